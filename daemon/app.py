@@ -1,0 +1,192 @@
+"""The composition root and supervisor of ``acedesk run``.
+
+Builds the components (pipeline worker, IMAP watchers, outbox sender, CSMS
+runner, ingress last), runs each as a supervised task that is restarted with
+capped exponential backoff when it crashes, tells systemd when it is ready,
+pings the watchdog, reloads on SIGHUP, and on SIGTERM/SIGINT stops accepting,
+drains in-flight work for ``shutdown_timeout`` seconds, cancels what is left
+and exits 0.  A second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from daemon import csms_runner, imap_watcher, ingress, outbox
+from daemon.context import AppContext
+from daemon.pipeline import build_stages
+from daemon.sdnotify import Notifier
+from daemon.worker import Stage, run_stage_once
+from models.migrate import current_revisions, head_revisions
+
+log = logging.getLogger("acedesk.app")
+
+
+class Component(Protocol):
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; return promptly after it is."""
+
+
+class PipelineWorker:
+    """Runs the pipeline stages whenever there is work, in a worker thread."""
+
+    name = "pipeline"
+
+    def __init__(self, ctx: AppContext, stages: Sequence[Stage]) -> None:
+        self.ctx = ctx
+        self.stages = list(stages)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wake = self.ctx.wakeup("pipeline")
+        cfg = self.ctx.config.pipeline
+        while not stop.is_set():
+            wake.clear()
+            handled = 0
+            for stage in self.stages:
+                # One batch per stage per round, so no stage starves the others.
+                handled += await asyncio.to_thread(run_stage_once, self.ctx.sessions, stage, cfg)
+                if stop.is_set():
+                    return
+            if handled:
+                continue
+            await _wait_any(stop, wake, cfg.poll_interval)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiters:
+            task.cancel()
+
+
+def build_components(ctx: AppContext) -> list[Any]:
+    """Return every component in start order (ingress last: accept mail only when all else runs)."""
+    components: list[Any] = [PipelineWorker(ctx, build_stages(ctx))]
+    components += outbox.make_components(ctx)
+    components += csms_runner.make_components(ctx)
+    components += imap_watcher.make_components(ctx)
+    components += ingress.make_components(ctx)
+    return components
+
+
+class Supervisor:
+    """Runs components, restarts crashed ones, and shuts everything down in order."""
+
+    def __init__(self, ctx: AppContext, components: Sequence[Any], notifier: Notifier | None = None) -> None:
+        self.ctx = ctx
+        self.components = list(components)
+        self.notifier = notifier or Notifier()
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def _supervise(self, component: Any) -> None:
+        cfg = self.ctx.config.daemon
+        delay = cfg.restart_backoff_min
+        while not self.stop.is_set():
+            try:
+                await component.run(self.stop)
+                if self.stop.is_set():
+                    return
+                log.warning("component %s returned without being asked to stop; restarting", component.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("component %s crashed; restarting in %.0f s", component.name, delay)
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(cfg.restart_backoff_max, delay * 2)
+
+    def request_stop(self, signame: str = "request") -> None:
+        if self.stop.is_set():
+            log.warning("second %s: forcing exit", signame)
+            self.force.set()
+            return
+        log.info("%s received: draining (up to %.0f s)", signame, self.ctx.config.daemon.shutdown_timeout)
+        self.notifier.stopping()
+        self.stop.set()
+
+    def reload(self) -> None:
+        log.info("SIGHUP: reloading templates and models")
+        for hook in self.ctx.reload_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("reload hook %r failed; keeping the previous state", hook)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if not interval:
+            return
+        while not self.stop.is_set():
+            self.notifier.watchdog()
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(signum, self.request_stop, name)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            for component in self.components:
+                self.tasks.append(asyncio.create_task(self._supervise(component), name=component.name))
+            watchdog = asyncio.create_task(self._watchdog())
+            names = ", ".join(c.name for c in self.components)
+            log.info("acedesk running (%s) as %s", names, self.ctx.instance)
+            self.notifier.ready(f"running: {names}")
+            await self.stop.wait()
+            await self._drain()
+            watchdog.cancel()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        log.info("acedesk stopped")
+        return 0
+
+    async def _drain(self) -> None:
+        timeout = self.ctx.config.daemon.shutdown_timeout
+        everything = asyncio.ensure_future(asyncio.gather(*self.tasks, return_exceptions=True))
+        force = asyncio.ensure_future(self.force.wait())
+        await asyncio.wait([everything, force], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        pending = [t for t in self.tasks if not t.done()]
+        if pending:
+            log.warning("cancelling %d component(s) still running after drain: %s", len(pending),
+                        ", ".join(t.get_name() for t in pending))
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(everything, return_exceptions=True)
+
+
+def check_schema(ctx: AppContext) -> str | None:
+    """Return why the database is not ready for this code, or None."""
+    current = current_revisions(ctx.engine)
+    heads = head_revisions(ctx.engine)
+    if current == heads:
+        return None
+    if not current:
+        return "the database has no tables yet: run 'acedesk db upgrade'"
+    return f"the database is at {sorted(current)}, this code needs {sorted(heads)}: run 'acedesk db upgrade'"
+
+
+async def run_daemon(ctx: AppContext) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the exit status."""
+    components = build_components(ctx)
+    supervisor = Supervisor(ctx, components)
+    try:
+        return await supervisor.run()
+    finally:
+        supervisor.notifier.close()

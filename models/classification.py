@@ -1,0 +1,1 @@
+"""Tables owned by the classification work (filled in by that work)."""

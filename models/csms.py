@@ -1,0 +1,1 @@
+"""Tables owned by the csms work (filled in by that work)."""

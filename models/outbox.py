@@ -1,0 +1,1 @@
+"""Tables owned by the outbox work (filled in by that work)."""

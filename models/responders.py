@@ -1,0 +1,1 @@
+"""Tables owned by the responders work (filled in by that work)."""

@@ -1,0 +1,77 @@
+"""Engines and transactions.
+
+``make_engine`` gives an engine tuned for its backend (SQLite: WAL, a busy
+timeout, foreign keys, and ``BEGIN IMMEDIATE`` so that two writers queue
+instead of failing on a lock upgrade; PostgreSQL: a pre-pinged pool).
+``transaction`` is the one way code writes: commit on success, roll back on
+any exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, base_dir: str | None = None) -> Engine:
+    """Return an engine for ``url``; a relative SQLite path is taken from ``base_dir``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo=echo, base_dir=base_dir)
+    return create_engine(
+        parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        future=True,
+    )
+
+
+def _sqlite_engine(parsed: Any, *, echo: bool, base_dir: str | None) -> Engine:
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database)
+        if not path.is_absolute() and base_dir:
+            path = Path(base_dir) / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
+    engine = create_engine(
+        parsed, echo=echo, future=True,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that
+        # reads and then writes fails at once ("database is locked") when
+        # another writer committed in between, instead of waiting.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Return the session factory used everywhere for ``engine``."""
+    return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+@contextlib.contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """Yield a session inside one transaction: commit on success, roll back on error."""
+    with factory() as session:
+        with session.begin():
+            yield session
