@@ -14,7 +14,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -334,5 +333,5 @@ def cmd_quarantine_retry(args: argparse.Namespace, lazy: Lazy) -> int:
     return 0
 
 
-def _unused(*_: Any) -> None:  # keeps linters quiet about re-exported names
-    pass
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,13 +65,29 @@ class DeskConfig:
     spanish_addresses: list[str] = field(default_factory=lambda: ["ayuda@ace-support.example"])
     csms_request_address: str = "csms-request@ace-support.example"
     csms_from_address: str = "csms@ace-support.example"
+    #: Return path of CSMS notices; each recipient gets ``<local>+<token>@<domain>`` (VERP).
+    bounce_address: str = "csms-bounces@ace-support.example"
     #: Address replies are sent from (and that bounces come back to).
     reply_from_address: str = "helpdesk@ace-support.example"
     #: Every address that is ours: never answered, recognised as loops.
     own_addresses: list[str] = field(default_factory=list)
 
     def accepted_addresses(self) -> list[str]:
-        return [a.lower() for a in (*self.helpdesk_addresses, self.csms_request_address)]
+        return [a.lower() for a in (*self.helpdesk_addresses, self.csms_request_address, self.bounce_address)]
+
+    def accepts(self, address: str) -> bool:
+        """Return whether mail to ``address`` is ours to take (a desk, or a VERP bounce address)."""
+        address = address.lower()
+        if address in self.accepted_addresses():
+            return True
+        local, _, domain = address.rpartition("@")
+        b_local, _, b_domain = self.bounce_address.lower().rpartition("@")
+        return domain == b_domain and local.startswith(b_local + "+")
+
+    def is_bounce_address(self, address: str) -> bool:
+        local, _, domain = address.lower().rpartition("@")
+        b_local, _, b_domain = self.bounce_address.lower().rpartition("@")
+        return domain == b_domain and (local == b_local or local.startswith(b_local + "+"))
 
     def all_own_addresses(self) -> set[str]:
         own = {a.lower() for a in self.own_addresses}

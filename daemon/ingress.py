@@ -40,7 +40,7 @@ class IngressHandler:
 
     def __init__(self, desk: DeskConfig, sessions: sessionmaker[Session], source: str,
                  on_stored: Callable[[], None] = lambda: None) -> None:
-        self.accepted = set(desk.accepted_addresses())
+        self.desk = desk
         self.sessions = sessions
         self.source = source
         self.on_stored = on_stored
@@ -49,7 +49,7 @@ class IngressHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if "\r" in address or "\n" in address or "@" not in address:
             return BAD_ADDRESS
-        if address.lower() not in self.accepted:
+        if not self.desk.accepts(address):
             log.info("refused recipient %s from %s (not a desk address)", address, session.peer)
             return RELAY_DENIED
         envelope.rcpt_tos.append(address)

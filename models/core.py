@@ -3,7 +3,9 @@ bytes first, then what each pipeline stage learned), quarantine records, and
 the audit log.
 
 An inbound message moves through ``state``:
-``new`` -> ``parsed`` -> ``classified`` -> ``done``; or ``quarantined`` (it
+``new`` -> ``parsed`` -> ``classified`` -> ``done``; CSMS mail (commands to
+the request address, bounces to a VERP return path) goes ``new`` -> ``csms``
+-> ``done``; or ``quarantined`` (it
 could not be parsed; raw bytes kept), or ``failed`` (a stage kept raising
 after ``max_attempts``).  Stages claim rows by state; see ``daemon.worker``.
 """
@@ -33,9 +35,11 @@ NEW = "new"
 PARSED = "parsed"
 CLASSIFIED = "classified"
 DONE = "done"
+#: CSMS traffic (subscription commands, bounces of notices) for the csms stage.
+CSMS = "csms"
 QUARANTINED = "quarantined"
 FAILED = "failed"
-STATES = (NEW, PARSED, CLASSIFIED, DONE, QUARANTINED, FAILED)
+STATES = (NEW, PARSED, CLASSIFIED, CSMS, DONE, QUARANTINED, FAILED)
 
 
 class Mailbox(Base):

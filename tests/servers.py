@@ -294,3 +294,45 @@ class SmtpCapture:
 def run_coro(coro: Any) -> Any:
     """Run ``coro`` on a fresh loop (tests of async components without pytest plugins)."""
     return asyncio.run(coro)
+
+
+class BackgroundComponent:
+    """Runs a daemon component's ``run(stop)`` on its own event loop in a thread."""
+
+    def __init__(self, component: Any) -> None:
+        self.component = component
+        self.loop = asyncio.new_event_loop()
+        self.stop_event: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self._ready = threading.Event()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def runner() -> None:
+            self.stop_event = asyncio.Event()
+            self._ready.set()
+            await self.component.run(self.stop_event)
+
+        try:
+            self.loop.run_until_complete(runner())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            self.error = exc
+        finally:
+            self.loop.close()
+
+    def start(self) -> "BackgroundComponent":
+        self.thread.start()
+        self._ready.wait(5)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.stop_event is not None and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self.stop_event.set)
+            except RuntimeError:
+                pass
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"{self.component!r} did not stop within {timeout} s")

@@ -1,0 +1,389 @@
+"""Parsing raw bytes into a :class:`~models.parsed.ParsedMessage`.
+
+mail-parser reads the structure (it never raises on malformed MIME); the text
+is then decoded part by part with the declared charset, falling back to UTF-8
+and a detected charset when the declaration is missing or wrong, so that
+ISO-2022-JP, windows-125x and RFC 2047 subjects split over several encoded
+words come out right.  HTML is turned into text.  Input that is not a mail
+message at all raises :class:`Unparseable` with a reason for the quarantine.
+
+Everything here is bounded: text is capped, nesting is capped, and the HTML
+converter is linear, so no input can hang the worker.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import html
+import logging
+import re
+from email.message import Message
+from html.parser import HTMLParser
+
+import mailparser
+
+from classifiers.text import split_body
+from models.parsed import Attachment, ParsedMessage
+
+log = logging.getLogger("acedesk.parse")
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+logging.getLogger("mail-parser").setLevel(logging.ERROR)
+
+#: Text kept per message; beyond this it is history or noise.
+MAX_TEXT = 200_000
+#: HTML converted per part.
+MAX_HTML = 1_000_000
+MAX_PARTS = 500
+
+#: Headers kept on the record for screening and verification.
+KEPT_HEADERS = (
+    "from", "sender", "reply-to", "return-path", "to", "cc", "subject", "date", "message-id",
+    "in-reply-to", "references", "auto-submitted", "precedence", "x-autoreply", "x-autorespond",
+    "x-auto-response-suppress", "list-id", "list-unsubscribe", "list-post", "list-help",
+    "authentication-results", "arc-authentication-results", "dkim-signature", "received-spf",
+    "content-type", "x-mailer", "x-loop", "x-failed-recipients", "errors-to", "delivered-to",
+    "x-acedesk-ticket", "feedback-id", "x-ms-exchange-generated-message-source",
+)
+
+_OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+_CRLF = re.compile(r"[\r\n]+")
+
+
+class Unparseable(Exception):
+    """The bytes are not a mail message we can read; ``reason`` names why for the quarantine."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_message(raw: bytes, envelope_from: str | None = None) -> ParsedMessage:
+    """Return the normalised record of ``raw``.
+
+    Raises:
+        Unparseable: binary data, no header section, or no sender at all.
+    """
+    # A message whose first header line was folded (starts with white space)
+    # is still a message; mail readers read it (enmime "bad-header-start").
+    raw = raw.lstrip(b" \t")
+    check_looks_like_mail(raw)
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+        msg: Message = parsed.message
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a quarantine reason
+        raise Unparseable("parser_error", f"{type(exc).__name__}: {exc}") from None
+    headers = kept_headers(msg)
+    sender_name, sender = first_address(headers.get("from", []))
+    if not sender:
+        sender_name, sender = first_address(headers.get("sender", []))
+    if not sender:
+        raise Unparseable("no_sender", "no usable From or Sender address")
+    text, attachments, defects = extract_text(msg)
+    new, quoted, signature = split_body(clean(text))
+    return clean_record(ParsedMessage(
+        sender=sender,
+        sender_name=sender_name,
+        return_path=return_path(envelope_from, headers),
+        to=addresses(headers.get("to", [])),
+        cc=addresses(headers.get("cc", [])),
+        reply_to=addresses(headers.get("reply-to", [])),
+        subject=one_line(first(headers, "subject")),
+        date=first(headers, "date") or None,
+        message_id=msg_id(first(headers, "message-id")),
+        in_reply_to=msg_id(first(headers, "in-reply-to")),
+        references=re.findall(r"<[^<>\s]+>", " ".join(headers.get("references", [])))[-50:],
+        text=text,
+        new_text=new,
+        quoted_text=quoted,
+        signature=signature,
+        attachments=attachments,
+        headers=headers,
+        content_type=msg.get_content_type(),
+        defects=defects + [type(d).__name__ for d in getattr(msg, "defects", [])][:20],
+    ))
+
+
+def clean(text: str) -> str:
+    """Return ``text`` as valid Unicode without NULs.
+
+    compat32 keeps undecodable header bytes as lone surrogates, and NUL is
+    legal in mail but not in PostgreSQL text or JSON: neither may reach storage.
+    """
+    if text.isascii():
+        return text.replace("\x00", "")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
+def _clean_value(value: object) -> object:
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, list):
+        return [_clean_value(v) for v in value]
+    if isinstance(value, dict):
+        return {clean(str(k)): _clean_value(v) for k, v in value.items()}
+    return value
+
+
+def clean_record(record: ParsedMessage) -> ParsedMessage:
+    """Return ``record`` with every string made safe for storage."""
+    return ParsedMessage.from_dict(_clean_value(record.to_dict()))  # type: ignore[arg-type]
+
+
+def check_looks_like_mail(raw: bytes) -> None:
+    """Raise :class:`Unparseable` for input that is not an RFC 5322 message at all."""
+    if not raw.strip():
+        raise Unparseable("empty", "no bytes")
+    if raw.startswith(_OLE2_MAGIC):
+        raise Unparseable("not_rfc5322", "an Outlook .msg (OLE2 compound file), not an RFC 5322 message")
+    head = raw[:4096].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    if b"\x00" in head:
+        raise Unparseable("not_rfc5322", "NUL bytes in the header section")
+    first_line = raw.lstrip(b"\r\n").split(b"\n", 1)[0]
+    if first_line.startswith(b"From "):  # mbox framing line
+        first_line = raw.lstrip(b"\r\n").split(b"\n", 2)[1] if raw.count(b"\n") > 1 else b""
+    if not _HEADER_LINE.match(first_line):
+        raise Unparseable("no_headers", f"does not start with a header field: {first_line[:60]!r}")
+
+
+# --- headers ------------------------------------------------------------------------
+
+
+def decode_header_value(value: object) -> str:
+    """Return a header value decoded from RFC 2047, tolerating unknown charsets and bad bytes."""
+    if isinstance(value, email.header.Header):
+        chunks = value._chunks  # noqa: SLF001 - the only way to reach undecodable bytes
+        return one_line("".join(_decode_chunk(s, str(c) if c else None) for s, c in chunks))
+    text = str(value)
+    if "=?" not in text:
+        return one_line(text)
+    try:
+        pieces = email.header.decode_header(text)
+    except Exception:  # noqa: BLE001 - malformed encoded words: keep the text as it is
+        return one_line(text)
+    return one_line("".join(_decode_chunk(s, c) for s, c in pieces))
+
+
+def _decode_chunk(chunk: bytes | str, charset: str | None) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    return decode_bytes(chunk, charset)
+
+
+def kept_headers(msg: Message) -> dict[str, list[str]]:
+    """Return the screening/verification headers, decoded, every value in order."""
+    kept: dict[str, list[str]] = {}
+    for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
+        key = str(name).strip().lower()
+        if key in KEPT_HEADERS:
+            kept.setdefault(key, []).append(decode_header_value(value)[:4000])
+    return kept
+
+
+def first(headers: dict[str, list[str]], name: str) -> str:
+    values = headers.get(name)
+    return values[0] if values else ""
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` unfolded: no CR or LF can travel from a header into anything we write."""
+    return _CRLF.sub(" ", text).strip()
+
+
+def addresses(values: list[str]) -> list[str]:
+    """Return the lower-cased addr-specs found in address header values."""
+    found = []
+    for name, addr in email.utils.getaddresses(values):
+        addr = addr.strip().strip("<>").lower()
+        if "@" in addr and not any(c.isspace() for c in addr):
+            found.append(addr)
+    return found
+
+
+def first_address(values: list[str]) -> tuple[str, str]:
+    """Return ``(display name, addr-spec)`` of the first address, or ``("", "")``.
+
+    A bare local part ("From: foo", seen on old DSNs) is kept as it is: such a
+    sender can never be verified, but the message is still readable.
+    """
+    pairs = email.utils.getaddresses(values)
+    for name, addr in pairs:
+        addr = addr.strip().strip("<>").lower()
+        if "@" in addr and not any(c.isspace() for c in addr):
+            return one_line(name), addr
+    for name, addr in pairs:
+        addr = addr.strip().strip("<>").lower()
+        if addr and not any(c.isspace() for c in addr):
+            return one_line(name), addr
+    return "", ""
+
+
+def return_path(envelope_from: str | None, headers: dict[str, list[str]]) -> str | None:
+    """Return the envelope sender: ``""`` for the null path ``<>``, None when unknown."""
+    value = envelope_from if envelope_from is not None else first(headers, "return-path") or None
+    if value is None:
+        return None
+    value = value.strip().strip("<>").strip().lower()
+    return value
+
+
+def msg_id(value: str) -> str | None:
+    found = re.search(r"<[^<>\s]+>", value or "")
+    return found.group(0) if found else (value.strip()[:998] or None)
+
+
+# --- body -----------------------------------------------------------------------------
+
+
+def extract_text(msg: Message) -> tuple[str, list[Attachment], list[str]]:
+    """Return the message's text (plain preferred, HTML converted), its attachments, and defects."""
+    plain: list[str] = []
+    htmls: list[str] = []
+    attachments: list[Attachment] = []
+    defects: list[str] = []
+    for count, part in enumerate(msg.walk()):
+        if count >= MAX_PARTS:
+            defects.append(f"more than {MAX_PARTS} MIME parts; the rest ignored")
+            break
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        filename = part_filename(part)
+        disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        is_text = part.get_content_maintype() == "text" and ctype in ("text/plain", "text/html")
+        if filename or disposition == "attachment" or not is_text:
+            if ctype not in ("message/delivery-status", "text/rfc822-headers"):
+                attachments.append(Attachment(filename or "", ctype, payload_size(part)))
+            continue
+        text = part_text(part, defects)
+        if ctype == "text/html":
+            htmls.append(html_to_text(text[:MAX_HTML]))
+        else:
+            plain.append(text)
+    body = "\n\n".join(p for p in plain if p.strip()) or "\n\n".join(h for h in htmls if h.strip())
+    return body[:MAX_TEXT], attachments[:200], defects
+
+
+def part_filename(part: Message) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001 - malformed RFC 2231 parameters
+        return "(unreadable name)"
+    return decode_header_value(name)[:255] if name else ""
+
+
+def payload_size(part: Message) -> int:
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        encoding = str(part.get("Content-Transfer-Encoding", "")).lower()
+        return len(payload) * 3 // 4 if "base64" in encoding else len(payload)
+    return 0
+
+
+def part_text(part: Message, defects: list[str]) -> str:
+    """Return a text part decoded with its declared charset, or the best guess when that is wrong."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception as exc:  # noqa: BLE001 - broken transfer encodings
+        defects.append(f"undecodable transfer encoding: {exc}")
+        raw = part.get_payload()
+        payload = raw.encode("ascii", "replace") if isinstance(raw, str) else b""
+    if payload is None:
+        payload = b""
+    charset = part.get_content_charset()
+    return decode_bytes(payload, charset, defects)
+
+
+def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = None) -> str:
+    """Decode ``data``: the declared charset if it fits, else UTF-8, else a detected one."""
+    candidates = []
+    if charset:
+        candidates.append(charset.strip().strip('"').lower())
+    candidates.append("utf-8")
+    for name in candidates:
+        try:
+            return data.decode(_codec(name))
+        except (LookupError, UnicodeDecodeError):
+            continue
+    guess = detect_charset(data)
+    if defects is not None:
+        defects.append(f"charset {charset or '(none)'} did not fit; decoded as {guess}")
+    try:
+        return data.decode(guess, "replace")
+    except LookupError:
+        return data.decode("cp1252", "replace")
+
+
+_ALIASES = {"x-unknown": "utf-8", "unknown-8bit": "utf-8", "us-ascii": "ascii", "ansi_x3.4-1968": "ascii",
+            "x-sjis": "shift_jis", "ks_c_5601-1987": "cp949", "gb2312": "gb18030", "gbk": "gb18030"}
+
+
+def _codec(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def detect_charset(data: bytes) -> str:
+    """Return the most likely charset of ``data`` (charset-normalizer, falling back to cp1252)."""
+    if b"\x1b$B" in data or b"\x1b$@" in data:
+        return "iso2022_jp"
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data[:20000]).best()
+        if best is not None:
+            return best.encoding
+    except Exception:  # noqa: BLE001 - detection is a best effort
+        pass
+    return "cp1252"
+
+
+class _TextExtractor(HTMLParser):
+    BLOCK = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote",
+             "section", "article", "header", "footer", "ul", "ol", "hr", "pre"}
+    SKIP = {"script", "style", "head", "title", "noscript", "template"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skipping = 0
+        self.quote_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+        if tag == "blockquote":
+            self.quote_depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP and self.skipping:
+            self.skipping -= 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+        if tag == "blockquote" and self.quote_depth:
+            self.quote_depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.skipping:
+            return
+        if self.quote_depth:
+            # Quoted history in HTML replies: mark it the way plain text does.
+            data = "\n".join("> " + line if line.strip() else line for line in data.split("\n"))
+        self.out.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Return the readable text of an HTML body (scripts and styles dropped; quotes marked)."""
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # noqa: BLE001 - malformed markup: fall back to stripping tags
+        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+    text = "".join(parser.out)
+    text = re.sub(r"[ \t\xa0]+", " ", text)
+    text = re.sub(r"\n\s*\n\s*\n+", "\n\n", text)
+    return "\n".join(line.strip() for line in text.split("\n")).strip()

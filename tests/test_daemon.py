@@ -1,0 +1,145 @@
+"""``acedesk run`` as an operator runs it: a real process, real signals,
+systemd notifications, mail in through SMTP, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from daemon.app import Supervisor
+from daemon.config import config_from_dict
+from daemon.context import AppContext
+from models.core import InboundMessage
+from models.migrate import upgrade
+from models.session import make_engine, make_sessionmaker
+from tests.servers import free_port, wait_for_port
+
+REPO = Path(__file__).parents[1]
+
+
+def write_config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[database]
+url = "sqlite:///{tmp_path}/acedesk.db"
+[daemon]
+state_dir = "{tmp_path}/var"
+shutdown_timeout = 5.0
+[ingress]
+port = {port}
+[pipeline]
+poll_interval = 0.2
+[outbound]
+spool_dir = "{tmp_path}/spool"
+""")
+    return path
+
+
+def acedesk(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120, **kw)
+
+
+def test_run_refuses_an_unmigrated_database_with_the_fix(tmp_path):
+    cfg = write_config(tmp_path, free_port())
+    result = acedesk("--config", str(cfg), "run")
+    assert result.returncode == 2
+    assert "acedesk db upgrade" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, port)
+    assert acedesk("--config", str(cfg), "db", "upgrade").returncode == 0
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = str(tmp_path / "notify.sock")
+    notify.bind(notify_path)
+    notify.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "ACEDESK_CONFIG": str(cfg)}
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert b"READY=1" in notify.recv(4096)
+        wait_for_port(port)
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.sendmail("jo@broker.example", ["helpdesk@ace-support.example"],
+                          b"From: jo@broker.example\r\nSubject: hello\r\nMessage-ID: <d1@broker.example>\r\n\r\n"
+                          b"My entry summary was rejected.\r\n")
+        engine = make_engine(f"sqlite:///{tmp_path}/acedesk.db")
+        sessions = make_sessionmaker(engine)
+        deadline = time.monotonic() + 15
+        state = None
+        while time.monotonic() < deadline:
+            with sessions() as s:
+                row = s.scalars(select(InboundMessage)).first()
+            state = row.state if row else None
+            if state not in (None, "new"):
+                break
+            time.sleep(0.1)
+        engine.dispose()
+        assert state not in (None, "new"), "the pipeline did not pick the message up"
+        proc.send_signal(signal.SIGHUP)  # reload: must not stop the daemon
+        time.sleep(0.3)
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 8
+        assert b"STOPPING=1" in notify.recv(4096)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+        notify.close()
+    assert "Traceback" not in output, output
+
+
+class Crashy:
+    name = "crashy"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.runs += 1
+        raise RuntimeError("boom")
+
+
+class Steady:
+    name = "steady"
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.ticks += 1
+            await asyncio.sleep(0.01)
+
+
+def test_a_crashing_component_is_restarted_with_backoff_and_others_go_on(tmp_path):
+    cfg = config_from_dict({"daemon": {"restart_backoff_min": 0.05, "restart_backoff_max": 0.2,
+                                       "shutdown_timeout": 2.0}}, base_dir=str(tmp_path))
+    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
+    upgrade(engine)
+    ctx = AppContext(config=cfg, engine=engine, sessions=make_sessionmaker(engine), instance="t")
+    crashy, steady = Crashy(), Steady()
+
+    async def scenario() -> int:
+        sup = Supervisor(ctx, [crashy, steady])
+        asyncio.get_running_loop().call_later(1.0, sup.request_stop, "test")
+        return await sup.run()
+
+    assert asyncio.run(scenario()) == 0
+    engine.dispose()
+    assert 3 <= crashy.runs <= 12  # restarted, but backing off (not a busy loop)
+    assert steady.ticks > 20
