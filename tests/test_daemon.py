@@ -64,11 +64,13 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
     notify_path = str(tmp_path / "notify.sock")
     notify.bind(notify_path)
     notify.settimeout(20)
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "ACEDESK_CONFIG": str(cfg)}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "ACEDESK_CONFIG": str(cfg),
+           "WATCHDOG_USEC": "400000"}  # systemd's WatchdogSec=0.4: pings every 0.2 s
     proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert b"READY=1" in notify.recv(4096)
+        assert b"WATCHDOG=1" in notify.recv(4096)
         wait_for_port(port)
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
             smtp.sendmail("jo@broker.example", ["helpdesk@ace-support.example"],
@@ -94,7 +96,9 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert time.monotonic() - started < 8
-        assert b"STOPPING=1" in notify.recv(4096)
+        rest = b""
+        while b"STOPPING=1" not in rest:
+            rest += notify.recv(4096)
     finally:
         if proc.poll() is None:
             proc.kill()
