@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(handler=cmd_messages)
 
+    p = sub.add_parser("stats", help="operator metrics: messages by state, backlog age, quarantine")
+    p.add_argument("--json", action="store_true", help="one JSON object (for monitoring)")
+    p.set_defaults(handler=cmd_stats)
+
     q = sub.add_parser("quarantine", help="messages that could not be processed")
     qsub = q.add_subparsers(dest="q_command", metavar="ACTION")
     qsub.required = True
@@ -258,6 +262,35 @@ def cmd_messages(args: argparse.Namespace, lazy: Lazy) -> int:
         label = f"{r.label} {r.confidence:.2f}" if r.label and r.confidence is not None else "-"
         print(f"{r.id:>8}  {r.state:<11} {r.received_at:%Y-%m-%d %H:%M}  {r.desk:<32} {label:<28} "
               f"{(r.message_id or '')[:60]}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, lazy: Lazy) -> int:
+    from models.base import utcnow
+    from models.core import DONE, FAILED, QUARANTINED, STATES, InboundMessage, QuarantineRecord
+
+    with lazy.ctx.sessions() as session:
+        counts = dict(session.execute(
+            select(InboundMessage.state, func.count()).group_by(InboundMessage.state)).all())
+        waiting = [s for s in STATES if s not in (DONE, FAILED, QUARANTINED)]
+        oldest = session.scalar(select(func.min(InboundMessage.received_at))
+                                .where(InboundMessage.state.in_(waiting)))
+        open_quarantine = session.scalar(select(func.count()).select_from(QuarantineRecord)
+                                         .where(QuarantineRecord.resolved_at.is_(None)))
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import timezone
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    backlog_age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+    data = {"messages": {s: counts.get(s, 0) for s in STATES},
+            "backlog": sum(counts.get(s, 0) for s in waiting),
+            "oldest_waiting_seconds": round(backlog_age, 1),
+            "quarantine_open": open_quarantine}
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    print("messages:  " + "  ".join(f"{k} {v}" for k, v in data["messages"].items()))
+    print(f"backlog:   {data['backlog']} waiting, oldest {backlog_age:.0f} s")
+    print(f"quarantine: {open_quarantine} open")
     return 0
 
 

@@ -168,8 +168,6 @@ class PipelineConfig:
     max_attempts: int = 5
     #: Seconds between sweeps when nothing wakes the worker.
     poll_interval: float = 2.0
-    #: Seconds a claim lasts before another worker may take the message over.
-    lease_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

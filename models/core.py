@@ -89,7 +89,6 @@ class InboundMessage(Base):
     state: Mapped[str] = mapped_column(String(16), default=NEW)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
 
     #: The normalised record from the parse stage (``models.parsed.ParsedMessage.to_dict``).

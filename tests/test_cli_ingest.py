@@ -43,5 +43,9 @@ def test_ingest_process_quarantine_show_and_retry(tmp_path):
     assert retried.returncode == 0 and "1 quarantined again" in retried.stdout
     assert "no quarantined messages" not in run(cfg, "quarantine", "list").stdout
 
+    import json
+    stats = json.loads(run(cfg, "stats", "--json").stdout)
+    assert stats["messages"]["quarantined"] == 1 and stats["quarantine_open"] == 1
+
     missing = run(cfg, "quarantine", "show", "999")
     assert missing.returncode == 2 and missing.stderr.strip() == "acedesk: no quarantine record 999"

@@ -51,7 +51,6 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", TS),
-        sa.Column("lease_until", TS),
         sa.Column("error", sa.Text()),
         sa.Column("parsed", JSON),
         sa.Column("label", sa.String(64)),
