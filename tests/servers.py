@@ -7,6 +7,7 @@ Under ``CI=true`` a missing Dovecot is a failure, never a skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -121,6 +122,8 @@ class Dovecot:
     binary: str = "dovecot"
     proc_pid: int | None = None
     _counter: int = 0
+    #: Extra settings appended to the config (e.g. ``imap_capability = ...`` to hide IDLE or MOVE).
+    extra_conf: str = ""
 
     @property
     def conf(self) -> Path:
@@ -149,7 +152,7 @@ class Dovecot:
         self.root.chmod(0o755)
         self.conf.write_text(DOVECOT_CONF.format(
             root=self.root, port=self.port, uid=uid, gid=gid, password=self.password,
-            login_user=login_user, login_group=login_group))
+            login_user=login_user, login_group=login_group) + self.extra_conf)
 
     def start(self) -> None:
         self.write_config()
@@ -195,6 +198,32 @@ class Dovecot:
         self.stop()
         self.start()
 
+    def crash_restart(self) -> None:
+        """Restart like a server reboot: the master and every session process die, connections drop.
+
+        (A plain SIGTERM to the master leaves running ``imap`` sessions alive.)
+        """
+        sessions = self.session_pids()
+        self.stop()
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.start()
+
+    def session_pids(self) -> list[int]:
+        """Return the pids of this instance's processes (titled ``dovecot-<instance>/...``)."""
+        title = f"dovecot-acedesk-test-{self.port}/".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if (entry / "cmdline").read_bytes().startswith(title):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
     def log_tail(self, lines: int = 20) -> str:
         path = self.root / "log" / "dovecot.log"
         if not path.exists():
@@ -205,6 +234,19 @@ class Dovecot:
         """Return a fresh user name: a mailbox no other test touches."""
         self._counter += 1
         return f"{prefix}{self._counter}-{os.getpid()}"
+
+    def doveadm(self, *args: str) -> str:
+        """Run ``doveadm`` against this instance's config and return its output."""
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        result = subprocess.run([doveadm, "-c", str(self.conf), *args], capture_output=True, text=True,
+                                timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def set_uidvalidity(self, user: str, folder: str, value: int) -> None:
+        """Change ``folder``'s UIDVALIDITY, as a restored or recreated mailbox would."""
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity", str(value), folder)
 
     def maildir(self, user: str) -> Path:
         return self.root / "mail" / user

@@ -1,0 +1,536 @@
+"""The IMAP watcher against a real private Dovecot: batch ingest, IDLE latency,
+crashes and restarts, server restarts, UIDVALIDITY changes, polling without
+IDLE or MOVE, the one-watcher-per-mailbox lease, and STARTTLS refusal."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon import imap_watcher
+from daemon.context import AppContext
+from daemon.imap_watcher import ImapWatcher, LeaseLost, TlsRefused, make_components
+from models.core import InboundMessage, Mailbox
+from models.migrate import upgrade
+from models.session import make_engine, make_sessionmaker
+from tests.servers import BackgroundComponent, Dovecot, find_dovecot, free_port
+
+PROCESSED = "acedesk/processed"
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def message(n: int, tag: str = "") -> bytes:
+    """Return a realistic help-desk message of about 2 KB, unique per ``n`` and ``tag``."""
+    body = (f"Hello ACE help desk,\r\n\r\nMy ACE portal account (UserID TRADER{n:05d}) is locked "
+            "after three attempts. Our filer code is ABC and the entry is pending release.\r\n"
+            + "Please advise how to reset the password before the cut-off. " * 25
+            + f"\r\n\r\nRegards,\r\nImporter {n} {tag}\r\n")
+    return (f"From: Importer {n} <importer{n}@trade.example>\r\n"
+            "To: helpdesk@ace-support.example\r\n"
+            f"Subject: ACE account locked ({n})\r\n"
+            "Date: Sun, 22 Nov 2026 08:00:00 +0000\r\n"
+            f"Message-ID: <{n}.{tag}@trade.example>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+
+
+def append(dovecot: Dovecot, user: str, messages: list[bytes], folder: str = "INBOX") -> None:
+    client = dovecot.client(user)
+    try:
+        if client.has_capability("MULTIAPPEND"):
+            for start in range(0, len(messages), 100):
+                client.multiappend(folder, messages[start:start + 100])
+        else:
+            for raw in messages:
+                client.append(folder, raw)
+    finally:
+        client.logout()
+
+
+def count(dovecot: Dovecot, user: str, folder: str) -> int:
+    client = dovecot.client(user)
+    try:
+        if not client.folder_exists(folder):
+            return 0
+        return int(client.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"])
+    finally:
+        client.logout()
+
+
+def rows(sessions: sessionmaker[Session]) -> list[InboundMessage]:
+    with sessions() as session:
+        return list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+
+
+def row_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(InboundMessage)) or 0
+
+
+def log_lines(server: Dovecot) -> list[str]:
+    return (server.root / "log" / "dovecot.log").read_text(errors="replace").splitlines()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
+
+
+def assert_each_once(sessions: sessionmaker[Session], expected: list[bytes]) -> None:
+    """Every expected message is stored exactly once, byte for byte, and nothing else."""
+    stored = rows(sessions)
+    digests = [r.sha256 for r in stored]
+    assert len(digests) == len(set(digests)), "a message was stored twice"
+    assert sorted(digests) == sorted(hashlib.sha256(raw).hexdigest() for raw in expected)
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    eng = make_engine(sqlite_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def password_file(tmp_path: Path, dovecot: Dovecot) -> Path:
+    path = tmp_path / "imap.pw"
+    path.write_text(dovecot.password + "\n")
+    return path
+
+
+@pytest.fixture
+def make_watcher(config_factory: Any, password_file: Path) -> Iterator[Callable[..., ImapWatcher]]:
+    """``make_watcher(server, user, engine, instance=..., **mailbox_settings)`` -> a watcher."""
+
+    def build(server: Dovecot, user: str, engine: Engine, instance: str = "test-a",
+              use_idle: bool = True, **settings: Any) -> ImapWatcher:
+        mailbox = {"name": user, "host": "127.0.0.1", "port": server.port, "tls": "none",
+                   "username": user, "password_file": str(password_file), "batch_size": 100,
+                   "poll_interval": 0.3, "lease_seconds": 5.0, "command_timeout": 10.0, **settings}
+        config = config_factory(engine.url.render_as_string(hide_password=False),
+                                imap={"mailboxes": [mailbox]})
+        ctx = AppContext(config=config, engine=engine, sessions=make_sessionmaker(engine), instance=instance)
+        [watcher] = make_components(ctx)
+        watcher.use_idle = use_idle
+        watcher.backoff_min, watcher.backoff_max = 0.2, 2.0
+        return watcher
+
+    yield build
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[ImapWatcher], BackgroundComponent]]:
+    """Start watchers through their ``run(stop)`` in background loops; stop them all at the end."""
+    started: list[BackgroundComponent] = []
+
+    def start(watcher: ImapWatcher) -> BackgroundComponent:
+        component = BackgroundComponent(watcher).start()
+        started.append(component)
+        return component
+
+    yield start
+    for component in started:
+        component.stop(timeout=10)
+
+
+@contextlib.contextmanager
+def private_dovecot(prefix: str, extra_conf: str = "", setup: Callable[[Path], str] | None = None
+                    ) -> Iterator[Dovecot]:
+    """Start a Dovecot of our own (its own root and port), for settings the shared one must not get."""
+    binary = find_dovecot()
+    if binary is None:
+        pytest.skip("Dovecot is not installed")
+    root = Path(tempfile.mkdtemp(prefix=f"acedesk-dovecot-{prefix}-"))
+    try:
+        if setup is not None:
+            extra_conf += setup(root)
+        server = Dovecot(root=root, port=free_port(), binary=binary, extra_conf=extra_conf)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def bare_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot that offers neither IDLE nor MOVE (an older or minimal server)."""
+    capabilities = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT THREAD=REFERENCES UNSELECT "
+                    "CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 ESEARCH LITERAL+")
+    with private_dovecot("bare", f"protocol imap {{\n  imap_capability = {capabilities}\n}}\n") as server:
+        yield server
+
+
+@pytest.fixture
+def lonely_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot for failed logins: its auth penalty for 127.0.0.1 must not slow the other tests."""
+    with private_dovecot("penalty") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_dovecot() -> Iterator[tuple[Dovecot, int, Path]]:
+    """A Dovecot with a self-signed certificate: STARTTLS on ``port``, IMAPS on the second value;
+    the third is the certificate (a CA file that trusts it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed for the TLS tests")
+    imaps = free_port()
+
+    def certificate(root: Path) -> str:
+        cert, key = root / "cert.pem", root / "key.pem"
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       check=True, capture_output=True, timeout=60)
+        return (f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+                f"service imap-login {{\n  inet_listener imaps {{\n    port = {imaps}\n  }}\n}}\n")
+
+    with private_dovecot("tls", setup=certificate) as server:
+        yield server, imaps, server.root / "cert.pem"
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+def test_ingests_a_batch_once_and_moves_it(dovecot: Dovecot, engine: Engine, sessions: sessionmaker[Session],
+                                           make_watcher: Any, running: Any,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    user = dovecot.new_user("batch")
+    sent = [message(i, user) for i in range(250)]
+    append(dovecot, user, sent)
+    watcher = make_watcher(dovecot, user, engine)
+
+    running(watcher)
+
+    assert wait_until(lambda: row_count(sessions) >= 250 and count(dovecot, user, "INBOX") == 0, 20)
+    assert_each_once(sessions, sent)
+    assert count(dovecot, user, PROCESSED) == 250
+    stored = rows(sessions)
+    assert sorted(r.uid for r in stored) == list(range(1, 251))
+    assert {(r.source, r.desk, r.state) for r in stored} == {("imap", "helpdesk@ace-support.example", "new")}
+    with sessions() as session:
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == user)).one()
+    assert mailbox.last_uid == 250 and mailbox.uidvalidity == stored[0].uidvalidity
+    assert {r.mailbox_id for r in stored} == {mailbox.id}
+    assert (f"imap[{user}]: fetched 250 messages (uid 1-250), stored 250 new, moved to {PROCESSED}"
+            in caplog.messages), caplog.messages
+    assert watcher.ctx.wakeups["pipeline"].is_set(), "the pipeline was not woken"
+
+
+def test_idle_wakes_up_fast_and_stops_promptly(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                               running: Any) -> None:
+    user = dovecot.new_user("idle")
+    watcher = make_watcher(dovecot, user, sqlite_engine)
+    component = running(watcher)
+    assert wait_until(lambda: watcher.status == "idle", 10)
+
+    sent = message(1, user)
+    started = time.monotonic()
+    append(dovecot, user, [sent])
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 1, 5, every=0.005)
+    latency = time.monotonic() - started
+    print(f"IDLE wake-up latency: {latency * 1000:.0f} ms")
+    assert latency < 2.0
+    assert_each_once(watcher.ctx.sessions, [sent])
+
+    started = time.monotonic()
+    component.stop(timeout=5)
+    assert time.monotonic() - started < 2.0, "run() did not return promptly from IDLE"
+    assert component.error is None
+    with watcher.ctx.sessions() as session:
+        assert session.scalars(select(Mailbox.lease_owner)).one() is None, "lease not released on stop"
+
+
+def test_crash_between_commit_and_move_loses_nothing_and_stores_nothing_twice(
+        dovecot: Dovecot, engine: Engine, sessions: sessionmaker[Session], make_watcher: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    user = dovecot.new_user("crash")
+    sent = [message(i, user) for i in range(400)]
+    append(dovecot, user, sent)
+
+    def crash(*args: Any) -> None:
+        raise OSError("killed right after the commit")
+
+    # Given a watcher that dies at its first move, after committing two batches of 100
+    # (moves per batch, one commit in flight: the crash point is deterministic),
+    with monkeypatch.context() as patch:
+        patch.setattr(imap_watcher, "move_messages", crash)
+        patch.setattr(imap_watcher, "MOVE_BATCH", 100)
+        patch.setattr(imap_watcher, "MAX_IN_FLIGHT", 1)
+        with pytest.raises(OSError):
+            make_watcher(dovecot, user, engine).fetch_new()
+    assert row_count(sessions) == 200
+    assert count(dovecot, user, "INBOX") == 400
+
+    # when a fresh watcher starts,
+    stored = make_watcher(dovecot, user, engine).fetch_new()
+
+    # then every message is stored exactly once, and all of them are moved.
+    assert stored == 200
+    assert_each_once(sessions, sent)
+    assert count(dovecot, user, "INBOX") == 0
+    assert count(dovecot, user, PROCESSED) == 400
+
+
+def test_stop_mid_batch_then_restart(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                     running: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = dovecot.new_user("restart")
+    sent = [message(i, user) for i in range(300)]
+    append(dovecot, user, sent)
+    first = make_watcher(dovecot, user, sqlite_engine, batch_size=20)
+    sessions = first.ctx.sessions
+    # A slow database (50 ms a commit), so that the stop surely lands in the middle.
+    commit = imap_watcher.commit_batch
+
+    def slow_commit(*args: Any) -> int:
+        time.sleep(0.05)
+        return commit(*args)
+
+    monkeypatch.setattr(imap_watcher, "commit_batch", slow_commit)
+    component = running(first)
+    assert wait_until(lambda: row_count(sessions) > 0, 10, every=0.005)
+    component.stop(timeout=5)
+    assert row_count(sessions) < 300, "the watcher finished before it was stopped; nothing was tested"
+    assert count(dovecot, user, "INBOX") > 0
+
+    monkeypatch.setattr(imap_watcher, "commit_batch", commit)
+    running(make_watcher(dovecot, user, sqlite_engine, batch_size=20))
+    assert wait_until(lambda: count(dovecot, user, "INBOX") == 0 and row_count(sessions) == 300, 20)
+    assert_each_once(sessions, sent)
+    assert count(dovecot, user, PROCESSED) == 300
+
+
+def test_server_restart_during_idle(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                    running: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    user = dovecot.new_user("bounce")
+    watcher = make_watcher(dovecot, user, sqlite_engine)
+    running(watcher)
+    before = message(1, user)
+    append(dovecot, user, [before])
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 1 and watcher.status == "idle", 10)
+
+    dovecot.crash_restart()
+
+    after = message(2, user)
+    append(dovecot, user, [after])
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 2, 15)
+    assert_each_once(watcher.ctx.sessions, [before, after])
+    assert wait_until(lambda: count(dovecot, user, "INBOX") == 0, 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"imap[{user}]: idling failed" in w and "reconnecting" in w for w in warnings), warnings
+
+
+def test_uidvalidity_change_refetches_without_duplicates(
+        dovecot: Dovecot, engine: Engine, sessions: sessionmaker[Session], make_watcher: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    user = dovecot.new_user("uidv")
+    first = [message(i, user) for i in range(3)]
+    append(dovecot, user, first)
+    # Stored, but left in INBOX (as if the watcher died before moving them).
+    with monkeypatch.context() as patch:
+        patch.setattr(imap_watcher, "move_messages", lambda *a: (_ for _ in ()).throw(OSError("died")))
+        with pytest.raises(OSError):
+            make_watcher(dovecot, user, engine).fetch_new()
+    assert row_count(sessions) == 3
+
+    # The server's UIDs change meaning (mailbox restored or recreated); two new messages arrive.
+    dovecot.set_uidvalidity(user, "INBOX", 4242)
+    later = [message(i, user) for i in range(3, 5)]
+    append(dovecot, user, later)
+
+    caplog.set_level(logging.WARNING, logger="acedesk.imap")
+    assert make_watcher(dovecot, user, engine).fetch_new() == 2
+
+    assert_each_once(sessions, first + later)
+    assert count(dovecot, user, "INBOX") == 0
+    assert count(dovecot, user, PROCESSED) == 5
+    assert any("UIDVALIDITY of INBOX changed" in m and "4242" in m for m in caplog.messages), caplog.messages
+    with sessions() as session:
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == user)).one()
+    assert (mailbox.uidvalidity, mailbox.last_uid) == (4242, 5)
+
+
+def test_polls_and_copies_when_server_lacks_idle_and_move(bare_dovecot: Dovecot, sqlite_engine: Engine,
+                                                         make_watcher: Any, running: Any) -> None:
+    user = bare_dovecot.new_user("bare")
+    watcher = make_watcher(bare_dovecot, user, sqlite_engine)
+    running(watcher)
+    assert wait_until(lambda: watcher.status == "polling", 10)
+
+    sent = [message(i, user) for i in range(5)]
+    append(bare_dovecot, user, sent)
+
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 5, 5)
+    assert wait_until(lambda: count(bare_dovecot, user, "INBOX") == 0, 5)
+    assert_each_once(watcher.ctx.sessions, sent)
+    assert count(bare_dovecot, user, PROCESSED) == 5
+
+
+def test_polls_when_idle_is_disabled(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                     running: Any) -> None:
+    user = dovecot.new_user("noidle")
+    watcher = make_watcher(dovecot, user, sqlite_engine, use_idle=False)
+    running(watcher)
+    assert wait_until(lambda: watcher.status == "polling", 10)
+    sent = message(1, user)
+    append(dovecot, user, [sent])
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 1, 5)
+    assert_each_once(watcher.ctx.sessions, [sent])
+
+
+def test_one_watcher_per_mailbox(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                 running: Any) -> None:
+    user = dovecot.new_user("lease")
+    a = make_watcher(dovecot, user, sqlite_engine, instance="host-a:1")
+    b = make_watcher(dovecot, user, sqlite_engine, instance="host-b:2")
+    run_a = running(a)
+    assert wait_until(lambda: a.status == "idle", 10)
+    running(b)
+    assert wait_until(lambda: b.status == "waiting for lease", 5)
+    with pytest.raises(LeaseLost):
+        make_watcher(dovecot, user, sqlite_engine, instance="host-c:3").fetch_new()
+
+    sent = [message(i, user) for i in range(10)]
+    append(dovecot, user, sent)
+    assert wait_until(lambda: row_count(a.ctx.sessions) == 10, 5)
+    assert b.status == "waiting for lease"
+
+    # When the holder stops, the other instance takes over.
+    run_a.stop(timeout=5)
+    assert wait_until(lambda: b.status == "idle", 10)
+    with a.ctx.sessions() as session:
+        assert session.scalars(select(Mailbox.lease_owner)).one() == "host-b:2"
+    more = message(10, user)
+    append(dovecot, user, [more])
+    assert wait_until(lambda: row_count(a.ctx.sessions) == 11, 5)
+    assert_each_once(a.ctx.sessions, sent + [more])
+
+
+def test_starttls_refused_by_plaintext_server_never_logs_in(dovecot: Dovecot, sqlite_engine: Engine,
+                                                           make_watcher: Any) -> None:
+    user = dovecot.new_user("tls")
+    append(dovecot, user, [message(1, user)])
+    seen = len(log_lines(dovecot))
+    watcher = make_watcher(dovecot, user, sqlite_engine, tls="starttls")
+
+    with pytest.raises(TlsRefused, match="does not offer STARTTLS; refusing to log in over plaintext"):
+        watcher.fetch_new()
+
+    # Dovecot records the connection as closed without any login attempt.
+    assert wait_until(lambda: any("no auth attempts" in line for line in log_lines(dovecot)[seen:]), 5)
+    assert not any(f"user=<{user}>" in line for line in log_lines(dovecot)[seen:])
+    assert row_count(watcher.ctx.sessions) == 0
+    assert count(dovecot, user, "INBOX") == 1
+
+
+def test_bad_password_is_an_error_and_does_not_busy_loop(lonely_dovecot: Dovecot, sqlite_engine: Engine,
+                                                        make_watcher: Any, running: Any, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    dovecot = lonely_dovecot
+    user = dovecot.new_user("badpw")
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password\n")
+    watcher = make_watcher(dovecot, user, sqlite_engine, password_file=str(wrong))
+    component = running(watcher)
+
+    # One readable ERROR line, then the long back-off (not a quick retry loop).
+    assert wait_until(lambda: watcher.status == "backing off", 10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert f"imap[{user}]: connecting to 127.0.0.1:{dovecot.port} as {user}" in errors[0], errors
+    assert "LoginError: [AUTHENTICATIONFAILED]" in errors[0], errors
+    delay = float(re.search(r"retrying in ([\d.]+) s", errors[0]).group(1))  # type: ignore[union-attr]
+    assert delay >= 0.75 * watcher.backoff_max - 0.5
+    started = time.monotonic()
+    component.stop(timeout=5)
+    assert time.monotonic() - started < 2.0
+
+
+def test_starttls_checks_the_certificate_and_never_falls_back(tls_dovecot: tuple[Dovecot, int, Path],
+                                                             sqlite_engine: Engine, make_watcher: Any) -> None:
+    server, _, _ = tls_dovecot
+    user = server.new_user("untrusted")
+    append(server, user, [message(1, user)])
+    seen = len(log_lines(server))
+    watcher = make_watcher(server, user, sqlite_engine, tls="starttls")
+
+    with pytest.raises(TlsRefused, match="certificate verify failed.*refusing to log in over plaintext"):
+        watcher.fetch_new()
+
+    # Dovecot saw the handshake rejected and no login attempt, in TLS or in plaintext.
+    assert wait_until(lambda: any("unknown ca" in line and "no auth attempts" in line
+                                  for line in log_lines(server)[seen:]), 5), log_lines(server)[seen:]
+    assert not any(f"user=<{user}>" in line for line in log_lines(server)[seen:])
+    assert row_count(watcher.ctx.sessions) == 0
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_tls_with_a_trusted_certificate(tls_dovecot: tuple[Dovecot, int, Path], sqlite_engine: Engine,
+                                        make_watcher: Any, running: Any, mode: str) -> None:
+    server, imaps_port, cert = tls_dovecot
+    user = server.new_user(mode)
+    port = imaps_port if mode == "implicit" else server.port
+    watcher = make_watcher(server, user, sqlite_engine, tls=mode, port=port, ca_file=str(cert))
+    running(watcher)
+    assert wait_until(lambda: watcher.status == "idle", 10)
+
+    sent = message(1, user)
+    append(server, user, [sent])
+
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 1, 5)
+    assert_each_once(watcher.ctx.sessions, [sent])
+    # The watcher logged in before the test appended anything: its login is the first, over TLS.
+    logins = [line for line in log_lines(server) if f"Login: user=<{user}>" in line]
+    assert logins and ", TLS," in logins[0], logins
+
+
+def test_hung_server_times_out_and_is_retried(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
+                                             running: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    # A server that accepts the TCP connection and never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        user = dovecot.new_user("hung")
+        watcher = make_watcher(dovecot, user, sqlite_engine, port=port, command_timeout=0.5)
+        component = running(watcher)
+
+        def warned() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+        assert wait_until(lambda: len(warned()) >= 2, 10), warned()
+        assert all(f"imap[{user}]: connecting to 127.0.0.1:{port}" in w and "timed out" in w
+                   and "reconnecting in" in w for w in warned()), warned()
+        started = time.monotonic()
+        component.stop(timeout=5)
+        assert time.monotonic() - started < 2.0
