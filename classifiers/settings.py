@@ -1,4 +1,5 @@
-"""The ``[classifier]`` section of the configuration."""
+"""The ``[classifier]`` section of the configuration: where models live, how
+much text the model reads, batch size, and per-label threshold overrides."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 class ClassifierConfig:
     #: Folder of trained model versions; empty = the model shipped with the package.
     model_dir: str = ""
-    #: Characters of new text (subject + body) the model reads; the rest is quoted history or noise.
-    max_chars: int = 2000
+    #: Characters of new text (subject + body) the model reads; 0 = the model's own (1000 for the
+    #: shipped model).  The opening says what a sender wants, and the cost grows with the length.
+    max_chars: int = 0
     #: Messages classified per batch in the daemon.
     batch_size: int = 500
     #: Per-label confidence thresholds that override the model card's, e.g. ``{ password_reset = 0.9 }``.

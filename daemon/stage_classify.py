@@ -1,10 +1,91 @@
-"""The classify stage (parsed -> classified).  Not built yet."""
+"""The classify stage (parsed -> classified).
+
+Reads each message's subject and new text, classifies a whole batch at once
+(label, calibrated confidence, whether it clears the label's threshold for
+an automatic action, language, identifiers) and stores the answer with the
+model version on the row.  The model is loaded at start from
+``[classifier] model_dir`` (default: the model shipped with the package)
+and again on SIGHUP; a model that fails to load leaves the previous one in
+use and says why in the log.
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from classifiers.classify import MessageText, classify
+from classifiers.labels import LABELS
+from classifiers.model import ModelLoadError
+from classifiers.settings import ClassifierConfig
+from classifiers.store import ModelHolder, model_dir
 from daemon.context import AppContext
 from daemon.worker import Stage
+from models.core import CLASSIFIED, PARSED, InboundMessage
+from models.parsed import ParsedMessage
+
+log = logging.getLogger("acedesk.classify")
+
+
+def message_text(row: InboundMessage, spanish_desks: frozenset[str]) -> MessageText:
+    """Return what the classifier reads of ``row`` (its parsed record)."""
+    hint = "es" if row.desk.lower() in spanish_desks else "en"
+    if not row.parsed:
+        return MessageText(subject="", new_text="", language_hint=hint)
+    parsed = ParsedMessage.from_dict(row.parsed)
+    return MessageText(subject=parsed.subject, new_text=parsed.new_text, signature=parsed.signature,
+                       quoted=parsed.quoted_text[:4000], language_hint=hint)
+
+
+def classify_rows(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: frozenset[str],
+                  session: Session, rows: list[InboundMessage]) -> None:
+    """Classify ``rows`` in batches of ``cfg.batch_size`` and move them to ``classified``."""
+    model = holder.current  # one model for the whole batch, even if SIGHUP swaps it meanwhile
+    if model is None:
+        raise RuntimeError("no classifier model loaded")
+    for start in range(0, len(rows), max(1, cfg.batch_size)):
+        chunk = rows[start:start + max(1, cfg.batch_size)]
+        results = classify(model, [message_text(r, spanish_desks) for r in chunk], cfg.thresholds or None,
+                           cfg.max_chars or None)
+        for row, result in zip(chunk, results, strict=True):
+            row.label = result.label
+            row.confidence = result.confidence
+            row.auto = result.auto
+            row.language = result.language
+            row.identifiers = result.identifiers
+            row.model_version = result.model_version
+            row.state = CLASSIFIED
+            row.error = None
+            log.debug("message %s (Message-ID %s): %s %.3f auto=%s %s", row.id, row.message_id,
+                      result.label, result.confidence, result.auto, result.language)
 
 
 def make_stage(ctx: AppContext) -> Stage | None:
-    return None
+    """Return the classify stage with the newest model loaded, or None when there is no usable model."""
+    cfg = ctx.config.classifier
+    directory = model_dir(_resolve(cfg.model_dir, ctx.config.base_dir))
+    try:
+        holder = ModelHolder.open(directory)
+    except ModelLoadError as exc:
+        log.error("classifier unavailable, messages wait in state 'parsed': %s", exc)
+        return None
+    assert holder.current is not None
+    log.info("classifier model %s loaded from %s", holder.current.version, holder.current.path)
+    unknown = sorted(set(cfg.thresholds) - set(LABELS))
+    if unknown:
+        log.warning("[classifier] thresholds for labels not in the taxonomy are ignored: %s", ", ".join(unknown))
+    ctx.reload_hooks.append(holder.reload)
+    spanish = frozenset(a.lower() for a in ctx.config.desk.spanish_addresses)
+    stage = Stage(name="classify", consumes=PARSED, needs_parsed=True,
+                  process=lambda session, rows: classify_rows(holder, cfg, spanish, session, rows),
+                  batch_size=max(cfg.batch_size, 1))
+    return stage
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    if not path:
+        return ""
+    p = Path(path)
+    return str(p if p.is_absolute() else Path(base_dir) / p)

@@ -1,0 +1,57 @@
+"""Language detection, English or Spanish, for every message.
+
+Fast, deterministic, no data files and no network: counts the commonest
+function words of each language and the letters only Spanish uses
+(``ñ``, accented vowels, ``¿``/``¡``).  Ties (no evidence at all: an empty
+message, a bare identifier) fall to the default, English, unless the caller
+has a better hint (the Spanish desk address).
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[a-záéíóúüñ]+", re.IGNORECASE)
+
+# Function words that are frequent in one language and rare in the other
+# (no "a", "me", "no", "son", "he" ...: shared, or words in both).
+_EN = frozenset("""
+the and is are was were be been have has had do does did not this that these those with
+for from of to in on at by it its we our you your i my they their he she his her will would
+can could should please thanks thank hello hi dear regards what when where why how which
+there here any some but or if an as so just get got need trying tried still unable cannot
+can't don't doesn't won't i'm we're it's after before again also about into out up new
+account password locked unlock reset refund help issue problem working shipment
+""".split())
+_ES = frozenset("""
+el la los las un una unos unas y o pero que de del al en con por para sin sobre es son
+está estan están esta este esto estos estas fue ser hay tiene tengo tenemos nuestro nuestra
+nuestros su sus mi mis le les lo se nos usted ustedes favor gracias hola buenos buenas días
+dias tardes saludo saludos estimados estimado cuando donde dónde como cómo qué porque pues
+ya aún todavía pero muy más mas puede pueden podrían podria quisiera necesito necesitamos
+también tambien ayuda mismo cual cuál desde hasta entre después despues antes
+cuenta contraseña contrasena usuario bloqueada bloqueado reembolso correo agente aduanal aduana
+empresa mensaje mensajes fianza mercancía mercancia envío envio problema funciona
+""".split())
+_ES_MARKS = re.compile(r"[ñáéíóú¿¡]", re.IGNORECASE)
+
+
+def language_scores(text: str) -> tuple[float, float]:
+    """Return ``(english, spanish)`` evidence counts for ``text``."""
+    en = es = 0.0
+    for match in _WORD.finditer(text[:4000]):
+        word = match.group().lower()
+        if word in _EN:
+            en += 1
+        elif word in _ES:
+            es += 1
+    es += 0.5 * len(_ES_MARKS.findall(text[:4000]))
+    return en, es
+
+
+def detect_language(text: str, default: str = "en") -> str:
+    """Return ``"en"`` or ``"es"`` for ``text``; ``default`` when there is no evidence (a tie)."""
+    en, es = language_scores(text)
+    if en == es:
+        return default
+    return "es" if es > en else "en"

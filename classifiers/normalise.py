@@ -1,0 +1,56 @@
+"""What the model reads: a message's new text folded to a stable form.
+
+Lower case, accents folded (``contraseña`` and ``contrasena`` are one word to
+the model: real users type both), numbers, e-mail addresses and URLs
+replaced by placeholders (an entry number says "entry", not which entry),
+and the text capped: the opening of a message says what it wants, and the
+cost of the character n-grams grows with the length.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+#: Bumped whenever the output of :func:`normalise` or of the analyzers in
+#: :mod:`classifiers.features` changes: a model trained with another version
+#: reads different features and is refused on load.
+NORMALISER_VERSION = 2
+
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
+_DIGITS = re.compile(r"\d+")
+_SPACE = re.compile(r"[ \t\u00a0]+")
+_NEWLINES = re.compile(r"\n\s*\n+")
+_NON_TEXT = re.compile(r"[^\w\s.,;:?!¿¡'\"()/&%$#@+-]")
+
+# Folding table for the accented letters of Spanish (and the Latin-1 rest):
+# str.translate is much faster than NFKD per character on the hot path.
+_FOLD = {}
+for _code in range(0xC0, 0x250):
+    _ch = chr(_code)
+    _base = "".join(c for c in unicodedata.normalize("NFKD", _ch) if not unicodedata.combining(c))
+    if _base != _ch and _base.isascii():
+        _FOLD[_code] = _base
+_FOLD.update({ord("ß"): "ss", ord("æ"): "ae", ord("ø"): "o", ord("œ"): "oe",
+              ord("\u2019"): "'", ord("\u2018"): "'", ord("\u201c"): '"', ord("\u201d"): '"',
+              ord("\u2013"): "-", ord("\u2014"): "-"})
+
+
+def fold_accents(text: str) -> str:
+    """Return ``text`` with accents removed (``ñ`` -> ``n``, ``á`` -> ``a``)."""
+    return text.translate(_FOLD)
+
+
+def normalise(text: str, max_chars: int = 1000) -> str:
+    """Return the model's view of ``text`` (subject + new text), at most ``max_chars`` long."""
+    # Cap first (with slack for the replacements below) so that the cost is bounded.
+    text = text[: max_chars * 2]
+    text = _URL.sub(" zurl ", text)
+    text = _EMAIL.sub(" zemail ", text)
+    text = _DIGITS.sub("0", text)
+    text = fold_accents(text.lower())
+    text = _NON_TEXT.sub(" ", text)
+    text = _SPACE.sub(" ", text)
+    text = _NEWLINES.sub("\n", text)
+    return text.strip()[:max_chars]
