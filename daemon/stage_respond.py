@@ -1,10 +1,146 @@
-"""The respond stage (classified -> done): screen, verify, decide, act.  Not built yet."""
+"""The respond stage (classified -> done): screen, verify, decide, act.
+
+The pure steps live in ``responders``; this module builds the responder from
+the configuration (the Message-ID secret, the optional local DKIM check, which
+does DNS and so belongs here), and runs ``responders.service.respond_rows``
+inside the worker's claiming transaction: tickets, triage items, records and
+outbox rows commit together with the rows' move to ``done``.  After that
+commit it wakes the outbox sender.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from daemon.config import Config, ConfigError, read_secret
 from daemon.context import AppContext
 from daemon.worker import Stage
+from models.core import CLASSIFIED, InboundMessage
+from responders.render import Renderer
+from responders.service import DeskInfo, Responder, respond_rows
+
+log = logging.getLogger("acedesk.respond")
+
+SECRET_FILE = "responders.secret"
 
 
-def make_stage(ctx: AppContext) -> Stage | None:
-    return None
+def load_secret(config: Config) -> bytes:
+    """Return the Message-ID signing secret: from ``secret_env``/``secret_file``, else a
+    per-install secret generated once in ``[daemon] state_dir`` (mode 0600)."""
+    cfg = config.responders
+    if cfg.secret_env or cfg.secret_file:
+        value = read_secret("responders", cfg.secret_env, cfg.secret_file, config)
+        if len(value) < 16:
+            raise ConfigError("[responders] secret: must be at least 16 characters")
+        return value.encode()
+    path = config.path(config.daemon.state_dir) / SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_hex(32).encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        # link() fails if another process won the race: then everyone uses its secret.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+def desk_info(config: Config) -> DeskInfo:
+    desk = config.desk
+    return DeskInfo(reply_from=desk.reply_from_address.lower(), own_addresses=frozenset(desk.all_own_addresses()),
+                    spanish_addresses=frozenset(a.lower() for a in desk.spanish_addresses),
+                    csms_address=desk.csms_request_address)
+
+
+def dkim_check(raw: bytes, from_domain: str) -> bool | None:
+    """Verify the message's first DKIM signature with dkimpy; pass only when aligned with From."""
+    try:
+        import dkim
+    except ImportError:  # pragma: no cover - dkimpy is a dependency
+        return None
+    try:
+        verifier = dkim.DKIM(raw)
+        ok = verifier.verify()
+    except Exception:  # noqa: BLE001 - DNS and parse errors are "no result", not a crash
+        return None
+    if not ok:
+        return False
+    domain = (verifier.domain or b"").decode("ascii", "replace").lower()
+    return domain == from_domain.lower() or from_domain.lower().endswith("." + domain)
+
+
+def check_rules(config: Config, renderer: Renderer) -> None:
+    """Refuse a policy table that could not work: unknown actions, targets, labels or templates."""
+    from classifiers.labels import LABELS
+    from responders.policy import KINDS
+    from responders.verify import MISMATCH, UNAUTHENTICATED, UNKNOWN, VERIFIED
+
+    outcomes = {VERIFIED, MISMATCH, UNAUTHENTICATED, UNKNOWN, "*"}
+    for i, rule in enumerate(config.responders.rules):
+        where = f"[[responders.rules]] #{i + 1}"
+        if rule.action not in KINDS:
+            raise ConfigError(f"{where}: action {rule.action!r}: expected one of {', '.join(KINDS)}")
+        if rule.to not in ("sender", "on_file"):
+            raise ConfigError(f"{where}: to {rule.to!r}: expected 'sender' or 'on_file'")
+        bad = [label for label in rule.labels if label != "*" and label not in LABELS]
+        if bad:
+            raise ConfigError(f"{where}: unknown label(s) {', '.join(bad)}")
+        bad = [v for v in rule.verification if v not in outcomes]
+        if bad:
+            raise ConfigError(f"{where}: unknown verification outcome(s) {', '.join(bad)}")
+        if rule.template and not all(renderer.has(rule.template, lang) for lang in ("en", "es")):
+            raise ConfigError(f"{where}: no template {rule.template!r} in en and es")
+
+
+def make_responder(config: Config) -> Responder:
+    cfg = config.responders
+    renderer = Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None)
+    check_rules(config, renderer)
+    return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
+                     dkim_check=dkim_check if cfg.verify_dkim else None)
+
+
+def make_stage(ctx: AppContext) -> Stage:
+    responder = make_responder(ctx.config)
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+
+    def wake_outbox(_session: Session) -> None:
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(ctx.wake, "outbox")
+            except RuntimeError:
+                pass
+
+    def process(session: Session, rows: list[InboundMessage]) -> None:
+        stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw)
+        if stats.replies or stats.tickets or stats.triage:
+            # Wake the sender only once the outbox rows are committed.
+            event.listen(session, "after_commit", wake_outbox, once=True)
+
+    def reload() -> None:
+        responder.renderer = Renderer(ctx.config.path(ctx.config.responders.templates_dir)
+                                      if ctx.config.responders.templates_dir else None)
+
+    ctx.reload_hooks.append(reload)
+    return Stage(name="respond", consumes=CLASSIFIED, process=process, needs_raw=ctx.config.responders.verify_dkim,
+                 batch_size=200)

@@ -1,0 +1,284 @@
+"""Benchmark of the whole pipeline: messages in a private Dovecot to replies
+accepted by an SMTP server (Postfix's ``smtp-sink``).
+
+Run by hand (not by pytest), from the repository root:
+
+    .venv/bin/python bench/pipeline.py [--messages 10000] [--database URL]
+
+It starts a private Dovecot (like the test fixture) and ``smtp-sink`` on
+loopback ports, imports 1,000 users, fills a mailbox with a realistic mix of
+help-desk mail (password resets from verified users with a trusted
+Authentication-Results header, spoofed copies, AESDirect and refund questions
+in English and Spanish, thanks, out-of-office auto-replies), then runs the
+daemon's own components on one event loop -- the IMAP watcher, the pipeline
+worker (parse, classify, respond) and the outbox sender -- until every
+message is done and every reply has been accepted by smtp-sink.  Filling the
+mailbox is not timed.
+
+The classifier is the shipped model when one loads; otherwise a keyword stub
+stands in (and the figures say so).  Progress goes to stderr; the last line on
+stdout is one JSON object of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from daemon import imap_watcher  # noqa: E402
+from daemon.app import PipelineWorker  # noqa: E402
+from daemon.config import config_from_dict  # noqa: E402
+from daemon.context import make_context  # noqa: E402
+from daemon.outbox import OutboxSender  # noqa: E402
+from daemon.stage_classify import make_stage as make_classify_stage  # noqa: E402
+from daemon.stage_parse import make_stage as make_parse_stage  # noqa: E402
+from daemon.stage_respond import make_stage as make_respond_stage  # noqa: E402
+from daemon.worker import Stage  # noqa: E402
+from models.core import DONE, FAILED, PARSED, QUARANTINED, InboundMessage  # noqa: E402
+from models.migrate import upgrade  # noqa: E402
+from models.outbox import SENT, OutboxMessage  # noqa: E402
+from models.session import transaction  # noqa: E402
+from responders.users import parse_users_csv, upsert_users  # noqa: E402
+from tests.servers import Dovecot, find_dovecot, free_port, wait_for_port  # noqa: E402
+
+TRUSTED = "mx.ace-support.example"
+APPEND_CONNECTIONS = 4
+APPEND_CHUNK = 250
+USERS = 1000
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def users_csv() -> str:
+    lines = ["user_id,email,name,role,identifier,account_owner_email,language"]
+    for i in range(USERS):
+        lines.append(f"USER{i:05d},user{i}@importer{i % 50}.example,Trade User {i},importer,,"
+                     f"owner{i % 50}@importer{i % 50}.example,{'es' if i % 4 == 0 else 'en'}")
+    return "\n".join(lines) + "\n"
+
+
+def message(n: int, run: str) -> bytes:
+    """Return one message of the mix (2-4 KB), unique per ``n``."""
+    u = n % USERS
+    sender = f"user{u}@importer{u % 50}.example"
+    kind = n % 10
+    ar = f"Authentication-Results: {TRUSTED}; dkim=pass header.d=importer{u % 50}.example; " \
+         f"dmarc=pass header.from=importer{u % 50}.example\r\n"
+    extra = ""
+    filler = ("We file entries every day through our broker and this is blocking our operations. " * 12)
+    if kind in (0, 1, 2):
+        subject, body = "Forgot my ACE password", f"I forgot my ACE Portal password and need to reset it. {filler}"
+    elif kind == 3:
+        subject, body = "Forgot my ACE password", f"Reset my password please. {filler}"
+        ar = f"Authentication-Results: {TRUSTED}; dmarc=fail header.from=importer{u % 50}.example\r\n"
+    elif kind == 4:
+        subject, body = "AESDirect error", f"We get an AES error message when we submit the EEI export filing in AESDirect. {filler}"
+    elif kind == 5:
+        subject = "Reembolso por ACH"
+        body = ("Buenos días, ¿cómo nos inscribimos para recibir reembolsos electrónicos por ACH en el Portal ACE? "
+                "Necesitamos agregar la información bancaria. " * 6)
+    elif kind == 6:
+        subject, body = "ACE is down", f"ACE is very slow and our transactions are not processing since this morning. {filler}"
+    elif kind == 7:
+        subject, body = "Thank you", "Thanks for your help yesterday, all good now."
+    elif kind == 8:
+        subject, body = "Automatic reply: out of office", "I am out of the office until Monday."
+        extra = "Auto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n"
+    else:
+        subject, body = "Locked out of ACE", f"My ACE portal account is locked after too many attempts. {filler}"
+    return (ar + extra + f"From: Trade User {u} <{sender}>\r\nTo: helpdesk@ace-support.example\r\n"
+            f"Subject: {subject}\r\nDate: Sun, 22 Nov 2026 08:00:00 +0000\r\n"
+            f"Message-ID: <{n}.{run}@importer{u % 50}.example>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            f"Hello,\r\n\r\n{body}\r\n\r\nRegards,\r\nTrade User {u}\r\n").encode()
+
+
+def fill(server: Dovecot, user: str, count: int) -> float:
+    run = uuid.uuid4().hex[:8]
+    started = time.perf_counter()
+    errors: list[BaseException] = []
+
+    def worker(part: int) -> None:
+        try:
+            client = server.client(user)
+            numbers = list(range(part, count, APPEND_CONNECTIONS))
+            for start in range(0, len(numbers), APPEND_CHUNK):
+                client.multiappend("INBOX", [message(n, run) for n in numbers[start:start + APPEND_CHUNK]])
+            client.logout()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(APPEND_CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return count / (time.perf_counter() - started)
+
+
+def stub_classify(session, rows) -> None:
+    from classifiers.language import detect_language
+    from models.core import CLASSIFIED
+    from models.parsed import ParsedMessage
+
+    keys = {"password": "password_reset", "aesdirect": "export_aesdirect", "ach": "ach_refund",
+            "down": "system_status", "locked": "account_locked"}
+    for row in rows:
+        msg = ParsedMessage.from_dict(row.parsed)
+        label = next((v for k, v in keys.items() if k in msg.subject.lower()), "other")
+        row.label, row.confidence, row.auto = label, 0.9, True
+        row.language = detect_language(msg.classifier_text)
+        row.state = CLASSIFIED
+
+
+class Together:
+    name = "bench"
+
+    def __init__(self, *components) -> None:
+        self.components = components
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(c.run(stop) for c in self.components))
+
+
+def counts(ctx) -> tuple[int, int, int, int]:
+    with ctx.sessions() as s:
+        total = s.scalar(select(func.count()).select_from(InboundMessage)) or 0
+        done = s.scalar(select(func.count()).select_from(InboundMessage)
+                        .where(InboundMessage.state.in_((DONE, QUARANTINED, FAILED)))) or 0
+        queued = s.scalar(select(func.count()).select_from(OutboxMessage)) or 0
+        sent = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == SENT)) or 0
+    return total, done, queued, sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--database", default="", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    binary = find_dovecot()
+    sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if binary is None or not os.path.exists(sink_bin):
+        progress("needs dovecot and Postfix's smtp-sink")
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="acedesk-bench-"))
+    # mkdtemp is 0700: Dovecot's mail processes run as an unprivileged user and must reach the maildirs.
+    root.chmod(0o755)
+    server = Dovecot(root=root / "dovecot", port=free_port(), binary=binary)
+    (root / "dovecot").mkdir(parents=True)
+    sink_port = free_port()
+    # smtp-sink refuses to run as root without -u (it drops privileges to that user).
+    user_opt = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen([sink_bin, *user_opt, f"127.0.0.1:{sink_port}", "1000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        server.start()
+        wait_for_port(sink_port)
+        user = "bench"
+        progress(f"filling the mailbox with {args.messages} messages ...")
+        rate = fill(server, user, args.messages)
+        progress(f"  appended at {rate:.0f} msgs/s (not timed)")
+        pw = root / "imap.pw"
+        pw.write_text(server.password)
+        db_url = args.database or f"sqlite:///{root / 'acedesk.db'}"
+        config = config_from_dict({
+            "database": {"url": db_url},
+            "daemon": {"state_dir": str(root / "var")},
+            "ingress": {"enabled": False, "port": free_port()},
+            "pipeline": {"batch_size": 500, "poll_interval": 0.2},
+            "imap": {"mailboxes": [{"name": "helpdesk", "host": "127.0.0.1", "port": server.port,
+                                    "tls": "none", "username": user, "password_file": str(pw),
+                                    "batch_size": 500}]},
+            "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "retry_min": 1.0},
+            "responders": {"autoreply_max": 1_000_000},
+        }, base_dir=str(root))
+        ctx = make_context(config)
+        upgrade(ctx.engine)
+        rows, _ = parse_users_csv(users_csv())
+        with transaction(ctx.sessions) as s:
+            upsert_users(s, [r for _, r in rows])
+        classify = make_classify_stage(ctx)
+        classifier = "model"
+        if classify is None:
+            classify = Stage("classify-stub", PARSED, stub_classify)
+            classifier = "keyword stub (no model loaded)"
+        stages = [make_parse_stage(ctx), classify, make_respond_stage(ctx)]
+        progress(f"classifier: {classifier}; database: {ctx.engine.url.get_backend_name()}")
+
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        components = Together(*imap_watcher.make_components(ctx), PipelineWorker(ctx, stages),
+                              OutboxSender(ctx, poll_interval=0.2))
+        result: dict = {}
+
+        async def watch() -> None:
+            started = time.perf_counter()
+            last = 0.0
+            task = asyncio.ensure_future(components.run(stop))
+            try:
+                while time.perf_counter() - started < args.timeout:
+                    await asyncio.sleep(0.5)
+                    total, done, queued, sent = await asyncio.to_thread(counts, ctx)
+                    elapsed = time.perf_counter() - started
+                    if elapsed - last >= 2.0:
+                        progress(f"  {elapsed:6.1f} s: ingested {total}, done {done}, replies queued {queued}, "
+                                 f"accepted by smtp-sink {sent}")
+                        last = elapsed
+                    if total >= args.messages and done >= args.messages and sent >= queued:
+                        result.update(total=total, done=done, queued=queued, sent=sent, seconds=elapsed)
+                        return
+                result.update(timeout=True)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+        loop.run_until_complete(watch())
+        loop.close()
+        with ctx.sessions() as s:
+            states = dict(s.execute(select(InboundMessage.state, func.count()).group_by(InboundMessage.state)).all())
+            from models.responders import ResponseRecord
+            actions = dict(s.execute(select(ResponseRecord.action, func.count()).group_by(ResponseRecord.action)).all())
+        ctx.dispose()
+        seconds = result.get("seconds")
+        figures = {
+            "messages": args.messages, "seconds": round(seconds, 2) if seconds else None,
+            "msgs_per_s": round(args.messages / seconds, 1) if seconds else None,
+            "replies_accepted": result.get("sent"), "replies_per_s": round(result["sent"] / seconds, 1)
+            if seconds else None,
+            "states": states, "actions": actions, "classifier": classifier,
+            "database": db_url.split(":")[0], "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
+            "timed_out": bool(result.get("timeout")),
+        }
+        print(json.dumps(figures))
+        return 0 if seconds else 1
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""The respond step over the database: screen -> verify -> decide -> act.
+
+:func:`plan` is pure (plain data in, a :class:`Plan` out).  :func:`respond_rows`
+runs it over a batch of classified inbound rows and writes, in the caller's
+transaction, the ticket (or the follow-up on an existing one), the triage
+item, the screening/decision record, and the reply as an outbox row -- so the
+decision and the outgoing message commit together or not at all (the
+transactional outbox), and ``outbox.inbound_message_id`` being unique means
+one inbound message yields at most one reply whatever crashes.
+
+:func:`dry_run` is the same path without writing anything (``acedesk triage --json``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from classifiers.identifiers import extract_identifiers
+from classifiers.language import detect_language
+from models.base import utcnow
+from models.core import DONE, InboundMessage
+from models.outbox import PENDING, OutboxMessage
+from models.parsed import ParsedMessage
+from models.responders import (
+    TICKET_ANSWERED,
+    TICKET_OPEN,
+    AutoReplyLog,
+    ResponseRecord,
+    Ticket,
+    TicketMessage,
+    TriageItem,
+    User,
+)
+from responders.policy import DROP_ACTION, REPLY, TRIAGE, Decision, decide
+from responders.render import Renderer, RenderError, Reply, build_reply
+from responders.screen import Screen, ScreenContext, screen
+from responders.settings import ResponderConfig
+from responders.tickets import priority, quoted_number, reply_subject, ticket_number
+from responders.verify import (
+    VERIFIED,
+    Directory,
+    UserRecord,
+    Verification,
+    quoted_identifiers,
+    verify,
+    with_userid_candidates,
+)
+
+log = logging.getLogger("acedesk.respond")
+
+_SSN = re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")
+
+
+@dataclass(frozen=True)
+class DeskInfo:
+    """The desk's own addresses, as plain data (built by the daemon from ``[desk]``)."""
+
+    reply_from: str
+    own_addresses: frozenset[str]
+    spanish_addresses: frozenset[str] = frozenset()
+    csms_address: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.reply_from.rpartition("@")[2].lower()
+
+
+@dataclass
+class Responder:
+    """Everything the respond step needs, built once per process."""
+
+    cfg: ResponderConfig
+    desk: DeskInfo
+    secret: bytes
+    renderer: Renderer = field(default_factory=Renderer)
+    #: Optional local DKIM check (daemon-provided: it does DNS): raw bytes -> pass/fail/None.
+    dkim_check: Callable[[bytes, str], bool | None] | None = None
+    _domains: frozenset[str] = frozenset()
+    _domains_at: float = -1e9
+
+
+@dataclass(frozen=True)
+class Plan:
+    screen: Screen
+    verification: Verification
+    decision: Decision
+    language: str
+    priority: str
+    priority_reasons: tuple[str, ...]
+    label: str
+    confidence: float
+
+
+def choose_language(msg: ParsedMessage, row_language: str | None, desk_address: str, desk: DeskInfo) -> str:
+    """Return the reply language: the message's own, else the desk address's (ayuda@ is Spanish)."""
+    if row_language in ("en", "es"):
+        return row_language
+    default = "es" if desk_address.lower() in desk.spanish_addresses else "en"
+    return detect_language(msg.classifier_text, default=default)
+
+
+def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: float, auto: bool | None,
+         language: str, identifiers: dict[str, Any] | None, directory: Directory, recent_autoreplies: int,
+         followup: bool, dkim_ok: bool | None = None) -> Plan:
+    """Screen, verify and decide for one message (pure)."""
+    cfg = responder.cfg
+    ctx = ScreenContext(own_addresses=responder.desk.own_addresses, domain=responder.desk.domain,
+                        secret=responder.secret, recent_autoreplies=recent_autoreplies,
+                        autoreply_max=cfg.autoreply_max)
+    screened = screen(msg, ctx)
+    identifiers = with_userid_candidates(identifiers if identifiers is not None
+                                         else extract_identifiers(msg.classifier_text), msg.classifier_text)
+    verification = verify(msg, identifiers, directory, cfg.trusted_authserv_ids, dkim_ok)
+    decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
+                      followup=followup)
+    prio, why = priority(label, msg.classifier_text, verification.status == VERIFIED)
+    return Plan(screened, verification, decision, language, prio, tuple(why), label, confidence)
+
+
+def reply_context(responder: Responder, msg: ParsedMessage, verification: Verification) -> dict[str, Any]:
+    """Return the template data.  The sender's words are data only; the name only when verified."""
+    subject = _SSN.sub("###-##-####", msg.subject or "")[:200]
+    return {
+        "name": verification.name if verification.status == VERIFIED else "",
+        "subject": subject,
+        "csms_address": responder.desk.csms_address,
+        "target_hours": f"{responder.cfg.target_hours:g}",
+    }
+
+
+def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str) -> Reply:
+    """Build the reply of plan ``p`` for ticket ``number``."""
+    assert p.decision.template and p.decision.to
+    return build_reply(
+        responder.renderer, template=p.decision.template, language=p.language, to=p.decision.to,
+        from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
+        subject=reply_subject(msg.subject, number, responder.cfg.ticket_prefix, p.language),
+        ticket=number, secret=responder.secret, in_reply_to=msg.message_id, references=msg.references,
+        context=reply_context(responder, msg, p.verification))
+
+
+# --- database lookups ---------------------------------------------------------------
+
+
+def _record(u: User) -> UserRecord:
+    return UserRecord(user_id=u.user_id, email=u.email, name=u.name, role=u.role, identifier=u.identifier,
+                      account_owner_email=u.account_owner_email, language=u.language)
+
+
+def known_domains(session: Session, responder: Responder, max_age: float = 300.0) -> frozenset[str]:
+    """Return the domains of addresses on file (cached for ``max_age`` seconds; lookalike check)."""
+    import time
+
+    now = time.monotonic()
+    if now - responder._domains_at > max_age:
+        emails = session.scalars(select(User.email).distinct())
+        responder._domains = frozenset(e.rpartition("@")[2] for e in emails)
+        responder._domains_at = now
+    return responder._domains
+
+
+def load_directory(session: Session, senders: Iterable[str], identifiers: Iterable[dict[str, Any] | None],
+                   domains: frozenset[str]) -> Directory:
+    """Return the users that concern these senders and the identifiers they quote (one query)."""
+    senders = {s.lower() for s in senders if s}
+    user_ids: set[str] = set()
+    others: set[str] = set()
+    for ids in identifiers:
+        uids, other = quoted_identifiers(ids)
+        user_ids.update(v for u in uids for v in (u, u.lower(), u.upper()))
+        others.update(o.upper() for o in other)
+    conds = []
+    if senders:
+        conds += [User.email.in_(senders), User.account_owner_email.in_(senders)]
+    if user_ids:
+        conds.append(User.user_id.in_(user_ids))
+    if others:
+        conds.append(User.identifier.in_(others))
+    if not conds:
+        return Directory((), domains)
+    users = session.scalars(select(User).where(or_(*conds)))
+    return Directory(tuple(_record(u) for u in users), domains)
+
+
+def recent_counts(session: Session, recipients: Iterable[str], window: float, now: dt.datetime) -> dict[str, int]:
+    """Return how many automatic answers each recipient got in the sliding window."""
+    recipients = {r.lower() for r in recipients if r}
+    if not recipients:
+        return {}
+    since = now - dt.timedelta(seconds=window)
+    rows = session.execute(select(AutoReplyLog.recipient, func.count()).where(AutoReplyLog.recipient.in_(recipients))
+                           .where(AutoReplyLog.at > since).group_by(AutoReplyLog.recipient))
+    return {r: n for r, n in rows}
+
+
+def find_thread(session: Session, responder: Responder, msg: ParsedMessage, our_ticket: str | None) -> Ticket | None:
+    """Return the ticket this message follows up on, if any.
+
+    Either it answers one of our signed Message-IDs (made for this sender), or
+    it quotes a ticket number in the subject and the sender is that ticket's
+    requester -- someone else quoting a number never reaches another's ticket.
+    """
+    if our_ticket:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == our_ticket.upper())).first()
+        if ticket is not None:
+            return ticket
+    number = quoted_number(msg, responder.cfg.ticket_prefix)
+    if number:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).first()
+        if ticket is not None and ticket.requester == msg.sender.lower():
+            return ticket
+    return None
+
+
+# --- acting on a batch ----------------------------------------------------------------
+
+
+@dataclass
+class Writes:
+    """Rows that need no id back, inserted in one executemany per table at the end of a batch."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    triage: list[dict[str, Any]] = field(default_factory=list)
+    autoreplies: list[dict[str, Any]] = field(default_factory=list)
+
+    def insert(self, session: Session) -> None:
+        for model, rows in ((ResponseRecord, self.records), (TicketMessage, self.history),
+                            (TriageItem, self.triage), (AutoReplyLog, self.autoreplies)):
+            if rows:
+                # Core executemany: no RETURNING, no per-row round trips.
+                session.connection().execute(model.__table__.insert(), rows)
+
+
+@dataclass
+class BatchStats:
+    replies: int = 0
+    tickets: int = 0
+    triage: int = 0
+    dropped: int = 0
+    followups: int = 0
+
+
+def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundMessage],
+                 raw_of: Callable[[InboundMessage], bytes] | None = None) -> BatchStats:
+    """Screen, verify, decide and act on classified ``rows``; set each ``done`` (same transaction).
+
+    Lookups are made for the whole batch first and writes are flushed three
+    times a batch (tickets, then replies, then their links), not per message.
+    """
+    now = utcnow()
+    stats = BatchStats()
+    parsed = [ParsedMessage.from_dict(row.parsed or {}) for row in rows]
+    idents = [with_userid_candidates(row.identifiers if row.identifiers is not None
+                                     else extract_identifiers(m.classifier_text), m.classifier_text)
+              for row, m in zip(rows, parsed)]
+    directory = load_directory(session, [m.sender for m in parsed], idents, known_domains(session, responder))
+    counts = recent_counts(session, [m.sender for m in parsed] + [u.email for u in directory.users],
+                           responder.cfg.autoreply_window, now)
+    probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
+                              responder.cfg.autoreply_max)
+    threads: list[Ticket | None] = []
+    for msg in parsed:
+        probe = screen(msg, probe_ctx)
+        threads.append(None if probe.verdict == "drop" else find_thread(session, responder, msg, probe.our_ticket))
+
+    writes = Writes()
+    pending: list[tuple[InboundMessage, ParsedMessage, Plan, Ticket | None, dict[str, Any]]] = []
+    with session.no_autoflush:
+        for row, msg, ids, thread in zip(rows, parsed, idents, threads):
+            dkim_ok = None
+            if responder.cfg.verify_dkim and responder.dkim_check and raw_of \
+                    and not msg.headers.get("authentication-results"):
+                dkim_ok = responder.dkim_check(raw_of(row), msg.sender.rpartition("@")[2])
+            language = choose_language(msg, row.language, row.desk, responder.desk)
+            label = row.label or "other"
+            confidence = float(row.confidence or 0.0)
+            # The cap counts answers to wherever the reply would go: the sender or the address on file.
+            recent = counts.get(msg.sender.lower(), 0)
+            p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
+                     identifiers=ids, directory=directory, recent_autoreplies=recent,
+                     followup=thread is not None, dkim_ok=dkim_ok)
+            if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
+                p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
+                         identifiers=ids, directory=directory, recent_autoreplies=responder.cfg.autoreply_max,
+                         followup=thread is not None, dkim_ok=dkim_ok)
+            if p.decision.template and p.decision.to:
+                counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
+            ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes)
+            pending.append((row, msg, p, ticket, record))
+            row.state = DONE
+            row.error = None
+    session.flush()  # one INSERT ... RETURNING for the batch's new tickets
+    links: list[tuple[dict[str, Any], OutboxMessage]] = []
+    with session.no_autoflush:
+        for row, msg, p, ticket, record in pending:
+            if ticket is None:
+                continue
+            out = finish(session, responder, row, msg, p, ticket, record, now, stats, writes)
+            if out is not None:
+                links.append(out)
+    session.flush()
+    for history, out in links:
+        history["outbox_id"] = out.id
+    writes.insert(session)
+    return stats
+
+
+def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
+                thread: Ticket | None, now: dt.datetime, stats: BatchStats,
+                writes: Writes) -> tuple[Ticket | None, dict[str, Any]]:
+    """Record the decision and open (or reopen) the ticket; nothing is flushed here."""
+    d = p.decision
+    record: dict[str, Any] = dict(
+        inbound_message_id=row.id, screen=p.screen.reason, screen_reasons=list(p.screen.reasons),
+        verification=p.verification.status, verified_user_id=p.verification.user_id,
+        verification_reasons=list(p.verification.reasons), action=d.kind, template=d.template,
+        recipient=d.to, reasons=list(d.reasons) + [f"priority {p.priority}: {', '.join(p.priority_reasons)}"]
+        if p.priority_reasons else list(d.reasons), ticket_id=None, created_at=now)
+    writes.records.append(record)
+    if d.kind == DROP_ACTION:
+        stats.dropped += 1
+        log.info("message %s (Message-ID %s) dropped: %s", row.id, row.message_id, ", ".join(p.screen.reasons))
+        return None, record
+    if thread is not None:
+        thread.status = TICKET_OPEN
+        thread.resolved_at = None
+        thread.security = thread.security or d.security
+        if p.priority == "high":
+            thread.priority = "high"
+        stats.followups += 1
+        return thread, record
+    ticket = Ticket(status=TICKET_OPEN, priority=p.priority, label=p.label, language=p.language,
+                    requester=msg.sender.lower(), user_id=p.verification.user_id,
+                    verification=p.verification.status, subject=(msg.subject or "")[:998],
+                    security=d.security, created_at=now,
+                    due_at=now + dt.timedelta(hours=responder.cfg.target_hours), updated_at=now)
+    session.add(ticket)
+    stats.tickets += 1
+    return ticket, record
+
+
+def finish(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
+           ticket: Ticket, record: dict[str, Any], now: dt.datetime, stats: BatchStats,
+           writes: Writes) -> tuple[dict[str, Any], OutboxMessage] | None:
+    """Number the ticket, keep the message on it, queue the triage item and the reply."""
+    d = p.decision
+    if ticket.number is None:
+        ticket.number = ticket_number(responder.cfg.ticket_prefix, now.year, ticket.id)
+    record["ticket_id"] = ticket.id
+    excerpt = (msg.new_text or msg.text or "")[:4000]
+    writes.history.append(dict(ticket_id=ticket.id, direction="in", inbound_message_id=row.id, outbox_id=None,
+                               message_id=msg.message_id, author=msg.sender.lower(), text=excerpt, created_at=now))
+    followup = "follow-up on an existing ticket" in d.reasons
+    if d.kind == TRIAGE:
+        reason = "followup" if followup else ("security" if d.security else "policy")
+        writes.triage.append(dict(ticket_id=ticket.id, inbound_message_id=row.id, reason=reason, security=d.security,
+                                  status="open", label=p.label, confidence=p.confidence, created_at=now,
+                                  suggestion={"kind": d.kind, "template": d.template, "to": d.to,
+                                              "reasons": list(d.reasons)}))
+        stats.triage += 1
+    if not d.template or not d.to:
+        return None
+    try:
+        reply = render(responder, msg, p, ticket.number or "")
+    except RenderError as exc:
+        record["reasons"] = list(record["reasons"] or []) + [f"no reply: {exc}"]
+        record["recipient"] = None
+        log.warning("message %s: reply not built: %s", row.id, exc)
+        if d.kind != TRIAGE:
+            writes.triage.append(dict(ticket_id=ticket.id, inbound_message_id=row.id, reason="reply_failed",
+                                      security=d.security, status="open", label=p.label, confidence=p.confidence,
+                                      created_at=now, suggestion=None))
+        return None
+    out = OutboxMessage(inbound_message_id=row.id, ticket_id=ticket.id, mail_from=reply.mail_from,
+                        rcpt_to=[reply.to], message_id=reply.message_id, template=reply.template, raw=reply.raw,
+                        status=PENDING, attempts=0, next_attempt_at=now, created_at=now)
+    session.add(out)
+    history = dict(ticket_id=ticket.id, direction="out", inbound_message_id=None, outbox_id=None,
+                   message_id=reply.message_id, author=reply.mail_from, text=reply.text[:4000], created_at=now)
+    writes.history.append(history)
+    if d.kind == REPLY:
+        ticket.status = TICKET_ANSWERED
+        stats.replies += 1
+    writes.autoreplies.append(dict(recipient=reply.to, at=now))
+    return history, out
+
+
+def enqueue(session: Session, reply: Reply, ticket: Ticket, inbound_id: int | None,
+            now: dt.datetime) -> tuple[OutboxMessage, TicketMessage]:
+    """Write ``reply`` to the outbox (and the ticket's history) in the caller's transaction."""
+    out = OutboxMessage(inbound_message_id=inbound_id, ticket_id=ticket.id, mail_from=reply.mail_from,
+                        rcpt_to=[reply.to], message_id=reply.message_id, template=reply.template, raw=reply.raw,
+                        status=PENDING, attempts=0, next_attempt_at=now, created_at=now)
+    session.add(out)
+    history = TicketMessage(ticket_id=ticket.id, direction="out", message_id=reply.message_id,
+                            author=reply.mail_from, text=reply.text[:4000], created_at=now)
+    session.add(history)
+    session.flush()
+    history.outbox_id = out.id
+    return out, history
+
+
+# --- dry run (acedesk triage --json) ------------------------------------------------------
+
+
+def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *, label: str, confidence: float,
+            auto: bool | None, language: str | None, identifiers: dict[str, Any] | None,
+            desk_address: str) -> dict[str, Any]:
+    """Return what the daemon would do with ``msg``, writing nothing (the triage JSON fields)."""
+    ids = with_userid_candidates(identifiers if identifiers is not None
+                                 else extract_identifiers(msg.classifier_text), msg.classifier_text)
+    directory = Directory()
+    thread = None
+    recent = 0
+    if session is not None:
+        directory = load_directory(session, [msg.sender], [ids], known_domains(session, responder))
+        recent = recent_counts(session, [msg.sender], responder.cfg.autoreply_window, utcnow()).get(
+            msg.sender.lower(), 0)
+        probe = screen(msg, ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret))
+        if probe.verdict != "drop":
+            thread = find_thread(session, responder, msg, probe.our_ticket)
+    lang = choose_language(msg, language, desk_address, responder.desk)
+    p = plan(responder, msg, label=label, confidence=confidence, auto=auto, language=lang, identifiers=ids,
+             directory=directory, recent_autoreplies=recent, followup=thread is not None)
+    d = p.decision
+    out: dict[str, Any] = {
+        "screen": p.screen.reason,
+        "screen_reasons": list(p.screen.reasons),
+        "verification": {"status": p.verification.status, "user_id": p.verification.user_id,
+                         "reasons": list(p.verification.reasons), "impersonation": p.verification.impersonation},
+        "action": {"kind": d.kind, "template": d.template, "to": d.to, "security": d.security,
+                   "reasons": list(d.reasons)},
+        "priority": p.priority,
+        "language": lang,
+    }
+    if thread is not None:
+        out["action"]["ticket"] = thread.number
+    if d.template and d.to:
+        number = f"{responder.cfg.ticket_prefix}-{utcnow().year}-DRYRUN"
+        try:
+            reply = render(responder, msg, p, number)
+            out["reply"] = {"to": reply.to, "subject": reply.subject, "text": reply.text}
+        except RenderError as exc:
+            out["action"]["reasons"].append(f"no reply: {exc}")
+    return out

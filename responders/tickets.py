@@ -1,0 +1,88 @@
+"""Tickets as plain data: numbers (``ACE-2026-000123``), the subject tag that
+lets follow-ups thread into them, reply subjects, priority and the clocks
+against the desk's 4-hour target.  No I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from models.parsed import ParsedMessage
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
+_PREFIX = re.compile(r"^\s*((re|fw|fwd|rv|res|aw|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+def ticket_number(prefix: str, year: int, seq: int) -> str:
+    """Return the number of ticket ``seq`` opened in ``year``, e.g. ``ACE-2026-000123``."""
+    return f"{prefix}-{year:04d}-{seq:06d}"
+
+
+def number_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(r"\[?\b(" + re.escape(prefix) + r"-\d{4}-\d{6,})\b\]?", re.IGNORECASE)
+
+
+def quoted_number(msg: ParsedMessage, prefix: str) -> str | None:
+    """Return a ticket number the sender quotes in the subject (or first lines of the body)."""
+    pattern = number_pattern(prefix)
+    for text in (msg.subject or "", (msg.new_text or "")[:500]):
+        m = pattern.search(text)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def clean_header_text(value: str, limit: int = 200) -> str:
+    """Return ``value`` on one line: no CR/LF or other controls (no header injection), capped."""
+    value = _CONTROL.sub(" ", value or "")
+    value = re.sub(r"\s+", " ", value).strip()
+    return value[:limit]
+
+
+def reply_subject(original: str, number: str, prefix: str, language: str = "en") -> str:
+    """Return ``Re: <original> [ACE-2026-000123]`` (one prefix, one tag, one line)."""
+    subject = clean_header_text(original, 300)
+    subject = number_pattern(prefix).sub("", subject)
+    subject = _PREFIX.sub("", subject).strip() or ("(sin asunto)" if language == "es" else "(no subject)")
+    return clean_header_text(f"Re: {subject} [{number}]", 250)
+
+
+_URGENT = re.compile(r"\b(urgent|urgente|asap|emergency|emergencia)\b", re.IGNORECASE)
+_HELD = re.compile(r"\b(held|on hold|hold|detained|retenid[oa]s?|detenid[oa]s?)\b", re.IGNORECASE)
+_OUTAGE = re.compile(r"\b(down|outage|not processing|ca[ií]d[oa]|fuera de servicio|no (?:se )?procesa)\b",
+                     re.IGNORECASE)
+
+
+def priority(label: str | None, text: str, verified: bool) -> tuple[str, list[str]]:
+    """Return ``normal`` or ``high`` and why: outages, cargo held, "urgent" from a verified user."""
+    why: list[str] = []
+    if label == "system_status" and _OUTAGE.search(text):
+        why.append("outage")
+    if label == "cargo_release" and _HELD.search(text):
+        why.append("cargo held")
+    if verified and _URGENT.search(text):
+        why.append("urgent from a verified user")
+    return ("high" if why else "normal"), why
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where a ticket stands against the target."""
+
+    age_hours: float
+    first_response_hours: float | None
+    resolution_hours: float | None
+    overdue: bool
+
+
+def clock(created: dt.datetime, first_response: dt.datetime | None, resolved: dt.datetime | None,
+          now: dt.datetime, target_hours: float) -> Clock:
+    """Return the first-response and resolution clocks of a ticket against ``target_hours``."""
+    def hours(end: dt.datetime | None) -> float | None:
+        return None if end is None else round((end - created).total_seconds() / 3600, 2)
+
+    age = (now - created).total_seconds() / 3600
+    overdue = (first_response is None and age > target_hours) or (
+        resolved is None and age > target_hours)
+    return Clock(round(age, 2), hours(first_response), hours(resolved), overdue)
