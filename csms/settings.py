@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class CsmsConfig:
-    #: Public base URL of the unsubscribe / preferences endpoint.
+    #: Public base URL of the unsubscribe / preferences endpoint (https in production).
     base_url: str = "http://127.0.0.1:8080"
+    #: Where the daemon serves one-click unsubscribe (RFC 8058); empty host = not served.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    #: Secret for the signed tokens: an environment variable or a file naming it;
+    #: when both are empty a per-install secret is generated in the state dir.
+    secret_env: str = ""
+    secret_file: str = ""
+    #: The first notice number this install allocates (numbers are never reused).
+    number_start: int = 67800001
+    #: Days a one-click unsubscribe link in a notice stays valid.
+    unsubscribe_token_days: int = 365
+    #: Hours a subscribe/unsubscribe confirmation stays valid.
+    confirm_hours: int = 72
+    #: Confirmation mails one address may be sent per day (the request address must not mail-bomb).
+    confirmations_per_address_per_day: int = 3
+    #: Confirmation mails sent in total per hour (a flood of forged requests stops here).
+    confirmations_per_hour: int = 500
+    #: Hard bounces within ``bounce_window_days`` that disable an address.
+    bounce_threshold: int = 3
+    bounce_window_days: int = 30
+    #: Seconds between scheduler sweeps.
+    scheduler_interval: float = 15.0
+    #: A notice published this many seconds after its time is flagged late.
+    late_after: float = 300.0
+    #: Seconds the publishing lease on a notice lasts (renewed while it runs; a crash frees it).
+    lease_seconds: float = 30.0
+    #: Deliveries read per database round trip while fanning out.
+    chunk_size: int = 1000
+    #: Seconds between commits of delivery results: the most a kill can resend is what
+    #: was in flight plus this much sending.
+    mark_interval: float = 0.05
+    #: Topics created by ``acedesk db upgrade``'s first CSMS use (and listed by ``acedesk csms topics``).
+    default_topics: list[str] = field(default_factory=lambda: [
+        "ACE", "ACE Portal", "ACH Refunds", "Cargo Release", "Entry Summary", "Export", "Manifest",
+        "Partner Government Agencies", "Trade Policy"])
+    #: Hours of the morning (ET) at which derived reminders go out.
+    reminder_hour: int = 8
+    #: Folder of the static archive, relative to the state dir.
+    archive_dir: str = "csms-archive"

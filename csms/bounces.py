@@ -1,0 +1,80 @@
+"""Delivery status notifications (RFC 3464 ``multipart/report;
+report-type=delivery-status``) read into per-recipient reports.
+
+``Action: failed`` with a 5.x.x status is a **hard** bounce (counted toward
+disabling the address); ``delayed``, ``relayed``/``delivered`` or any 4.x.x
+status is **soft** (recorded, never counted as a failure: a full mailbox or a
+greylisting relay says nothing about the address).  Which subscriber a DSN
+is about comes from the VERP return path it was sent to, not from these
+fields; they are kept as evidence.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass
+from email import policy
+from email.message import Message
+
+HARD = "hard"
+SOFT = "soft"
+
+_STATUS_RE = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    recipient: str
+    action: str
+    status: str
+    diagnostic: str
+    kind: str
+
+
+def classify(action: str, status: str) -> str:
+    """Return ``hard`` or ``soft`` for one per-recipient block (RFC 3464 section 2.3)."""
+    action = action.strip().lower()
+    if action == "failed" and status.startswith("5"):
+        return HARD
+    return SOFT
+
+
+def _field(block: Message, name: str) -> str:
+    value = block.get(name)
+    return str(value).strip() if value is not None else ""
+
+
+def _address(value: str) -> str:
+    # "rfc822; jo@example.com" (RFC 3464 section 2.3.2)
+    return value.split(";", 1)[-1].strip().strip("<>").lower()
+
+
+def parse_dsn(raw: bytes) -> list[BounceReport]:
+    """Return the per-recipient reports of a DSN; ``[]`` when ``raw`` is not one."""
+    msg = email.message_from_bytes(raw, policy=policy.compat32)
+    reports: list[BounceReport] = []
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        payload = part.get_payload()
+        blocks: list[Message] = payload if isinstance(payload, list) else []
+        if not blocks and isinstance(payload, str):
+            # Some MTAs mislabel the part's encoding; parse the text as header blocks.
+            blocks = [email.message_from_string(chunk) for chunk in re.split(r"\r?\n\r?\n", payload) if chunk.strip()]
+        for block in blocks[1:] if len(blocks) > 1 else blocks:
+            recipient = _address(_field(block, "Final-Recipient") or _field(block, "Original-Recipient"))
+            if not recipient:
+                continue
+            action = _field(block, "Action").lower()
+            match = _STATUS_RE.search(_field(block, "Status"))
+            status = match.group(0) if match else ""
+            diagnostic = _field(block, "Diagnostic-Code")[:1000]
+            reports.append(BounceReport(recipient, action, status, diagnostic, classify(action, status)))
+    return reports
+
+
+def is_dsn(raw: bytes) -> bool:
+    """Return whether ``raw`` is a delivery-status report."""
+    head = raw[:8192].lower()
+    return b"multipart/report" in head and b"delivery-status" in raw.lower()

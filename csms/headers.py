@@ -1,0 +1,56 @@
+"""The list headers of a notice: List-Id and List-Unsubscribe (RFC 2369),
+List-Unsubscribe-Post (RFC 8058), Precedence: bulk and Auto-Submitted
+(RFC 3834), in the manner of Mailman's ``handlers/rfc_2369.py``.
+
+The fixed headers are built once per notice; the per-recipient ones (To,
+Message-ID, List-Unsubscribe with that recipient's signed token) are plain
+string functions so the fan-out can build them in microseconds.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+
+def list_id(domain: str) -> str:
+    """RFC 2919 List-Id: a stable identifier of the CSMS list."""
+    return f"CSMS notices <csms.{domain}>"
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    """The https URL one-click unsubscribe POSTs to (RFC 8058 section 3.1)."""
+    return f"{base_url.rstrip('/')}/u/{token}"
+
+
+def manage_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/u/{token}?manage=1"
+
+
+def list_unsubscribe(request_address: str, base_url: str, token: str) -> str:
+    """RFC 2369 List-Unsubscribe with both a mailto and an https URI.
+
+    RFC 8058 requires the https URI to identify the recipient on its own (no
+    cookies, no login): the signed token does.  The mailto carries the same
+    token so the request address can honour it without a confirmation round.
+    """
+    mailto = f"mailto:{request_address}?subject={quote('unsubscribe ' + token)}"
+    return f"<{mailto}>,\r\n <{unsubscribe_url(base_url, token)}>"
+
+
+#: RFC 8058 section 3.1: the exact value that says "POST this to unsubscribe".
+LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
+
+
+def fixed_headers(*, domain: str, number: int | None, language: str) -> list[tuple[str, str]]:
+    """The headers every copy of a notice carries, besides From/Subject/Date."""
+    headers = [
+        ("List-Id", list_id(domain)),
+        ("List-Unsubscribe-Post", LIST_UNSUBSCRIBE_POST),
+        # RFC 3834: automatic mail; responders must not answer it.
+        ("Auto-Submitted", "auto-generated"),
+        ("Precedence", "bulk"),
+        ("Content-Language", language),
+    ]
+    if number is not None:
+        headers.append(("X-CSMS-Number", str(number)))
+    return headers

@@ -1,0 +1,120 @@
+"""Personalised notice messages built fast: render once, splice per recipient.
+
+Building each message with ``EmailMessage`` costs about 1 ms; a notice to
+100,000 subscribers would spend 100 s in MIME alone.  So the notice is
+rendered once (:func:`csms.render.render` with markers), its header block
+serialised once, and the text and HTML bodies kept as byte segments between
+the markers.  Per recipient, :meth:`MessageTemplate.build` joins the segments
+with that recipient's values, base64-encodes each part (C speed; base64 keeps
+lines short and the message 7-bit whatever the relay offers) and prepends
+three header lines.  That is a few tens of microseconds per message.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.utils
+import html
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email import policy
+
+from csms import headers, render
+from csms.tokens import UNSUBSCRIBE, Signer
+
+_MARKER_RE = re.compile("\x00([0-9])\x00")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who a notice comes from and where its replies and bounces go."""
+
+    domain: str
+    from_address: str
+    request_address: str
+    bounce_address: str
+    base_url: str
+    from_name: str = "CBP CSMS"
+
+
+def _segments(text: str, escape: bool) -> list[bytes | int]:
+    """Split rendered text at the markers: byte strings and field indices, alternating."""
+    out: list[bytes | int] = []
+    pos = 0
+    for match in _MARKER_RE.finditer(text):
+        out.append(text[pos:match.start()].replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"))
+        out.append(int(match.group(1)) * 2 + (1 if escape else 0))
+        pos = match.end()
+    out.append(text[pos:].replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"))
+    return out
+
+
+def _b64(data: bytes) -> bytes:
+    # encodebytes gives 76-character lines ending in \n; SMTP wants CRLF.
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+class MessageTemplate:
+    """One notice, ready to be personalised for any number of recipients."""
+
+    def __init__(self, notice: render.NoticeView, sender: Sender, signer: Signer,
+                 unsubscribe_ttl: float, boundary_seed: str = "") -> None:
+        if notice.number is None:
+            raise ValueError("a notice is sent only once it has a number")
+        self.notice = notice
+        self.sender = sender
+        self.signer = signer
+        self.ttl = unsubscribe_ttl
+        self.bounce_local, _, self.bounce_domain = sender.bounce_address.partition("@")
+        rendered = render.render(notice)
+        self.subject = rendered.subject
+        self._text = _segments(rendered.text, escape=False)
+        self._html = _segments(rendered.html, escape=True)
+        boundary = f"=_csms_{notice.number}_{boundary_seed or 'b'}"
+        head = EmailMessage(policy=policy.SMTP)
+        head["From"] = email.utils.formataddr((sender.from_name, sender.from_address))
+        head["Reply-To"] = sender.request_address
+        head["Subject"] = rendered.subject
+        published = notice.published_at or dt.datetime.now(dt.timezone.utc)
+        head["Date"] = email.utils.format_datetime(published)
+        head["MIME-Version"] = "1.0"
+        for name, value in headers.fixed_headers(domain=sender.domain, number=notice.number,
+                                                 language=notice.language):
+            head[name] = value
+        head["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
+        block = head.as_bytes(policy=policy.SMTP)
+        self._head = block[:block.index(b"\r\n\r\n") + 2]
+        self._text_head = (f"\r\n--{boundary}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                           "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii")
+        self._html_head = (f"--{boundary}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
+                           "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii")
+        self._tail = f"--{boundary}--\r\n".encode("ascii")
+        self._preamble = b"This is a multi-part message in MIME format.\r\n"
+
+    def return_path(self, subscriber_id: int) -> str:
+        """The per-recipient VERP return path: a DSN names the subscriber without guessing."""
+        local = self.signer.verp_local(self.bounce_local, subscriber_id, self.notice.number or 0)
+        return f"{local}@{self.bounce_domain}"
+
+    def build(self, email_address: str, subscriber_id: int, topics: str) -> tuple[str, bytes]:
+        """Return ``(return_path, message bytes)`` for one recipient."""
+        token = self.signer.make(UNSUBSCRIBE, subscriber_id, self.ttl)
+        unsub = headers.unsubscribe_url(self.sender.base_url, token)
+        manage = headers.manage_url(self.sender.base_url, token)
+        raw_values = (email_address, topics, unsub, manage)
+        values: list[bytes] = []
+        for value in raw_values:
+            values.append(value.encode("utf-8"))
+            values.append(html.escape(value).encode("utf-8"))
+        text = b"".join(seg if isinstance(seg, bytes) else values[seg] for seg in self._text)
+        body_html = b"".join(seg if isinstance(seg, bytes) else values[seg] for seg in self._html)
+        per_recipient = (
+            f"To: <{email_address}>\r\n"
+            f"Message-ID: <csms.{self.notice.number}.{subscriber_id:x}@{self.sender.domain}>\r\n"
+            f"List-Unsubscribe: {headers.list_unsubscribe(self.sender.request_address, self.sender.base_url, token)}\r\n"
+        ).encode("utf-8")
+        data = b"".join((self._head, per_recipient, b"\r\n", self._preamble, self._text_head, _b64(text),
+                         self._html_head, _b64(body_html), self._tail))
+        return self.return_path(subscriber_id), data

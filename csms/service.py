@@ -1,0 +1,338 @@
+"""CSMS use cases over the database, each inside the caller's transaction:
+numbering, notices and their reminders, publishing (number + delivery rows
+in one transaction), fan-out bookkeeping (claiming due deliveries, recording
+results in batches).  Subscribers live in :mod:`csms.subscribers`.  SQLAlchemy only: no sockets, no SMTP (those live in ``daemon/``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from csms.render import NoticeView
+from models.csms import (
+    ACTIVE, CANCELLED, DONE, DRAFT, FAILED, PENDING, PUBLISHING, SCHEDULED, SENT, BounceEvent, CsmsCounter, Delivery, Notice, Subscriber, Subscription,
+    Topic,
+)
+
+log = logging.getLogger("acedesk.csms")
+
+NUMBER_COUNTER = "notice"
+
+
+class CsmsError(Exception):
+    """A CSMS operation that cannot be done as asked (shown to the user)."""
+
+
+# --- numbering -----------------------------------------------------------------
+
+
+def allocate_number(session: Session, start: int) -> int:
+    """Return the next notice number: one atomic ``UPDATE ... RETURNING`` on the counter row.
+
+    The row lock (PostgreSQL) or the write lock taken by ``BEGIN IMMEDIATE``
+    (SQLite) serialises concurrent publishers; a number handed out in a
+    transaction that rolls back was never used by anyone, so it is never
+    used twice either.
+    """
+    stmt = (update(CsmsCounter).where(CsmsCounter.name == NUMBER_COUNTER)
+            .values(value=CsmsCounter.value + 1).returning(CsmsCounter.value))
+    for _ in range(3):
+        value = session.execute(stmt).scalar()
+        if value is not None:
+            return int(value)
+        highest = session.scalar(select(func.max(Notice.number))) or 0
+        first = max(start, int(highest) + 1)
+        try:
+            with session.begin_nested():
+                session.execute(insert(CsmsCounter).values(name=NUMBER_COUNTER, value=first))
+            return first
+        except IntegrityError:
+            continue  # another publisher created the row first: increment it
+    raise CsmsError("could not allocate a notice number")
+
+
+# --- topics --------------------------------------------------------------------
+
+
+def ensure_topics(session: Session, names: Iterable[str]) -> dict[str, int]:
+    """Return ``{name: id}`` for ``names``, creating the missing topics."""
+    wanted = [n.strip() for n in names if n.strip()]
+    if not wanted:
+        return {}
+    found = {name: tid for tid, name in session.execute(select(Topic.id, Topic.name).where(Topic.name.in_(wanted)))}
+    for name in wanted:
+        if name not in found:
+            try:
+                with session.begin_nested():
+                    topic = Topic(name=name, description="")
+                    session.add(topic)
+                    session.flush()
+                found[name] = topic.id
+            except IntegrityError:
+                found[name] = session.scalar(select(Topic.id).where(Topic.name == name))  # type: ignore[assignment]
+    return found
+
+
+def topic_names(session: Session) -> list[str]:
+    return list(session.scalars(select(Topic.name).order_by(Topic.name)))
+
+
+def topic_counts(session: Session) -> list[tuple[str, int]]:
+    """Topics with their number of active subscribers."""
+    active = (select(Subscription.topic_id, func.count().label("n"))
+              .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+              .where(Subscriber.status == ACTIVE).group_by(Subscription.topic_id).subquery())
+    rows = session.execute(select(Topic.name, func.coalesce(active.c.n, 0))
+                           .outerjoin(active, active.c.topic_id == Topic.id).order_by(Topic.name))
+    return [(name, int(n)) for name, n in rows]
+
+
+# --- notices ---------------------------------------------------------------------
+
+
+def find_notice(session: Session, ref: str | int) -> Notice:
+    """Return the notice with number ``ref`` (also ``#N`` / ``CSMS#N``), else with id ``ref``."""
+    text = str(ref).strip().upper().replace("CSMS", "").lstrip("# ")
+    try:
+        value = int(text)
+    except ValueError:
+        raise CsmsError(f"not a notice id or number: {ref!r}") from None
+    notice = session.scalar(select(Notice).where(Notice.number == value))
+    if notice is None and not str(ref).strip().startswith(("#", "CSMS", "csms")):
+        notice = session.get(Notice, value)
+    if notice is None:
+        raise CsmsError(f"no notice {ref}")
+    return notice
+
+
+def create_notice(session: Session, *, title: str, type: str, body: str, topics: Sequence[str],
+                  tags: Sequence[str] = (), related: Sequence[int] = (), language: str = "en",
+                  author: str = "", translation_of: Notice | None = None, parent: Notice | None = None,
+                  scheduled_at: dt.datetime | None = None, event: dict | None = None) -> Notice:
+    """Create a draft notice (scheduled when ``scheduled_at`` is given); topics must exist."""
+    if not title.strip():
+        raise CsmsError("a notice needs a title")
+    if not topics:
+        raise CsmsError("a notice needs at least one topic (Programs Affected)")
+    known = set(topic_names(session))
+    unknown = [t for t in topics if t not in known]
+    if unknown:
+        raise CsmsError(f"unknown topic(s): {', '.join(unknown)} (see 'acedesk csms topics')")
+    notice = Notice(title=title.strip(), type=type.strip().upper(), body=body, topics=list(topics),
+                    tags=list(tags), related=[int(r) for r in related], language=language, author=author,
+                    translation_of_id=translation_of.id if translation_of else None,
+                    parent_id=parent.id if parent else None, event=event,
+                    status=SCHEDULED if scheduled_at else DRAFT, scheduled_at=scheduled_at,
+                    late=False, total=0)
+    session.add(notice)
+    session.flush()
+    return notice
+
+
+def schedule(session: Session, notice: Notice, at: dt.datetime) -> None:
+    if notice.status not in (DRAFT, SCHEDULED):
+        raise CsmsError(f"notice {notice.id} is {notice.status}; only drafts and scheduled notices can be scheduled")
+    notice.scheduled_at = at
+    notice.status = SCHEDULED
+
+
+def cancel(session: Session, notice: Notice) -> None:
+    if notice.status not in (DRAFT, SCHEDULED):
+        raise CsmsError(f"notice {notice.id} is {notice.status}; only drafts and scheduled notices can be cancelled")
+    notice.status = CANCELLED
+    # Reminders derived from it go with it.
+    for child in session.scalars(select(Notice).where(Notice.parent_id == notice.id,
+                                                       Notice.status.in_((DRAFT, SCHEDULED)))):
+        child.status = CANCELLED
+
+
+def view(session: Session, notice: Notice) -> NoticeView:
+    """Return the plain data that rendering needs."""
+    def number_of(notice_id: int | None) -> int | None:
+        return session.scalar(select(Notice.number).where(Notice.id == notice_id)) if notice_id else None
+
+    return NoticeView(number=notice.number, title=notice.title, type=notice.type, body=notice.body,
+                      topics=list(notice.topics), tags=list(notice.tags), related=list(notice.related),
+                      language=notice.language, published_at=notice.published_at,
+                      translation_of=number_of(notice.translation_of_id), parent=number_of(notice.parent_id),
+                      author=notice.author)
+
+
+def due_notices(session: Session, now: dt.datetime) -> list[int]:
+    """Ids of scheduled notices whose time has come (oldest first)."""
+    return list(session.scalars(select(Notice.id).where(Notice.status == SCHEDULED, Notice.scheduled_at <= now)
+                                .order_by(Notice.scheduled_at, Notice.id)))
+
+
+def _audience(notice: Notice, has_spanish_version: bool):  # type: ignore[no-untyped-def]
+    # A Spanish notice goes to Spanish-language subscribers; an English one to
+    # everyone else, and to Spanish-language subscribers too when no Spanish
+    # version of it exists.
+    if notice.language == "es":
+        return Subscriber.language == "es"
+    if has_spanish_version:
+        return Subscriber.language != "es"
+    return literal(True)
+
+
+def start_publish(session: Session, notice: Notice, now: dt.datetime, *, number_start: int,
+                  late_after: float = 300.0) -> int:
+    """Allocate the number and write one delivery row per subscriber, in the caller's transaction.
+
+    Returns the number of deliveries.  Idempotent: a notice already
+    publishing or done is left alone (returns its total).
+    """
+    session.refresh(notice, with_for_update=True)
+    if notice.status in (PUBLISHING, DONE):
+        return notice.total
+    if notice.status == CANCELLED:
+        raise CsmsError(f"notice {notice.id} was cancelled")
+    if notice.number is None:
+        notice.number = allocate_number(session, number_start)
+    notice.published_at = now
+    if notice.scheduled_at and (now - notice.scheduled_at).total_seconds() > late_after:
+        notice.late = True
+    has_es = session.scalar(select(exists().where(Notice.translation_of_id == notice.id,
+                                                  Notice.status != CANCELLED))) or False
+    topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics)))
+    audience = (
+        select(literal(notice.id), Subscriber.id, literal(PENDING), literal(0))
+        .where(Subscriber.status == ACTIVE, _audience(notice, bool(has_es)))
+        .where(exists().where(Subscription.subscriber_id == Subscriber.id, Subscription.topic_id.in_(topic_ids)))
+        .where(~exists().where(Delivery.notice_id == notice.id, Delivery.subscriber_id == Subscriber.id))
+    )
+    session.execute(insert(Delivery).from_select(["notice_id", "subscriber_id", "status", "attempts"], audience))
+    notice.total = session.scalar(select(func.count()).where(Delivery.notice_id == notice.id)) or 0
+    notice.status = PUBLISHING
+    log.info("CSMS #%s (notice %s) publishing to %d subscribers%s", notice.number, notice.id, notice.total,
+             " (late)" if notice.late else "")
+    return notice.total
+
+
+def counts(session: Session, notice_id: int) -> dict[str, int]:
+    """``{"sent": n, "failed": n, "pending": n}`` for one notice."""
+    result = {SENT: 0, FAILED: 0, PENDING: 0}
+    for status, n in session.execute(select(Delivery.status, func.count()).where(Delivery.notice_id == notice_id)
+                                     .group_by(Delivery.status)):
+        result[status] = int(n)
+    return result
+
+
+def finish_if_done(session: Session, notice_id: int, now: dt.datetime) -> bool:
+    """Mark the notice ``done`` when no delivery is pending; return whether it is done."""
+    pending = session.scalar(select(exists().where(Delivery.notice_id == notice_id, Delivery.status == PENDING)))
+    if pending:
+        return False
+    notice = session.get(Notice, notice_id)
+    if notice is not None and notice.status == PUBLISHING:
+        notice.status = DONE
+        notice.finished_at = now
+        notice.lease_owner = None
+        notice.lease_until = None
+        c = counts(session, notice_id)
+        log.info("CSMS #%s done: %d sent, %d failed", notice.number, c[SENT], c[FAILED])
+    return True
+
+
+def take_lease(session: Session, notice_id: int, owner: str, now: dt.datetime, seconds: float) -> bool:
+    """Take or renew the publishing lease on a notice; False if another live instance holds it."""
+    result = session.execute(
+        update(Notice).where(Notice.id == notice_id, Notice.status == PUBLISHING)
+        .where(or_(Notice.lease_owner.is_(None), Notice.lease_owner == owner, Notice.lease_until < now))
+        .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds)))
+    return bool(result.rowcount)
+
+
+def release_lease(session: Session, notice_id: int, owner: str) -> None:
+    session.execute(update(Notice).where(Notice.id == notice_id, Notice.lease_owner == owner)
+                    .values(lease_owner=None, lease_until=None))
+
+
+def publishing_notices(session: Session) -> list[int]:
+    return list(session.scalars(select(Notice.id).where(Notice.status == PUBLISHING).order_by(Notice.id)))
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    id: int
+    subscriber_id: int
+    email: str
+    attempts: int
+    first_attempt_at: dt.datetime | None
+    topics: str
+
+
+def fetch_due(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list[DueDelivery]:
+    """The next ``limit`` pending, due deliveries after ``after_id`` (keyset order), with matched topics."""
+    rows = session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.attempts, Delivery.first_attempt_at)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
+        .where(or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+        .order_by(Delivery.id).limit(limit)).all()
+    if not rows:
+        return []
+    topics: dict[int, list[str]] = {}
+    order = {name: i for i, name in enumerate(notice.topics)}
+    for sid, name in session.execute(
+            select(Subscription.subscriber_id, Topic.name).join(Topic, Topic.id == Subscription.topic_id)
+            .where(Subscription.subscriber_id.in_([r[1] for r in rows]), Topic.name.in_(list(notice.topics)))):
+        topics.setdefault(sid, []).append(name)
+    return [DueDelivery(r[0], r[1], r[2], r[3], r[4],
+                        ", ".join(sorted(topics.get(r[1], notice.topics[:1]), key=lambda n: order.get(n, 0))))
+            for r in rows]
+
+
+def next_retry_at(session: Session, notice_id: int) -> dt.datetime | None:
+    return session.scalar(select(func.min(Delivery.next_attempt_at))
+                          .where(Delivery.notice_id == notice_id, Delivery.status == PENDING))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one delivery attempt."""
+
+    delivery_id: int
+    subscriber_id: int
+    #: ``sent``, ``temporary`` or ``permanent``.
+    result: str
+    detail: str = ""
+    #: For temporary failures: when to try again; None = give up (permanent).
+    retry_at: dt.datetime | None = None
+
+
+def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datetime, *,
+                    notice_number: int | None = None) -> None:
+    """Write a batch of results: sent rows in one statement, failures row by row."""
+    sent = [o.delivery_id for o in outcomes if o.result == "sent"]
+    if sent:
+        session.execute(update(Delivery).where(Delivery.id.in_(sent))
+                        .values(status=SENT, sent_at=now, attempts=Delivery.attempts + 1,
+                                first_attempt_at=func.coalesce(Delivery.first_attempt_at, now)))
+    temps = [o for o in outcomes if o.result == "temporary" and o.retry_at is not None]
+    if temps:
+        session.connection().execute(
+            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
+            .values(attempts=Delivery.__table__.c.attempts + 1, next_attempt_at=bindparam("b_next"),
+                    last_error=bindparam("b_err"),
+                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
+            [{"b_id": o.delivery_id, "b_next": o.retry_at, "b_err": o.detail[:2000]} for o in temps])
+    perms = [o for o in outcomes if o.result == "permanent" or (o.result == "temporary" and o.retry_at is None)]
+    if perms:
+        session.connection().execute(
+            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
+            .values(status=FAILED, attempts=Delivery.__table__.c.attempts + 1, last_error=bindparam("b_err"),
+                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
+            [{"b_id": o.delivery_id, "b_err": o.detail[:2000]} for o in perms])
+        for o in perms:
+            if o.result == "permanent":
+                session.add(BounceEvent(subscriber_id=o.subscriber_id, notice_number=notice_number, kind="hard",
+                                        source="smtp", action="failed", status_code=o.detail[:3],
+                                        diagnostic=o.detail[:1000]))
