@@ -35,6 +35,17 @@ class CsmsConfig:
     late_after: float = 300.0
     #: Seconds the publishing lease on a notice lasts (renewed while it runs; a crash frees it).
     lease_seconds: float = 30.0
+    #: SMTP connections the fan-out keeps open to the relay ([outbound] relay_host/port/tls).
+    connections: int = 8
+    #: Notice messages per second at most (0: as fast as the relay takes them).
+    rate_per_second: float = 0.0
+    #: Notice messages per sliding hour at most (0: no cap).
+    hourly_cap: int = 0
+    #: Backoff of a recipient after a temporary failure (4xx, connection lost): doubles from
+    #: ``retry_min`` up to ``retry_max`` seconds; after ``give_up_hours`` the delivery fails.
+    retry_min: float = 60.0
+    retry_max: float = 3600.0
+    give_up_hours: float = 48.0
     #: Deliveries read per database round trip while fanning out.
     chunk_size: int = 1000
     #: Seconds between commits of delivery results: the most a kill can resend is what
