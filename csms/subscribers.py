@@ -1,6 +1,7 @@
 """CSMS subscribers over the database, each inside the caller's transaction:
 subscriber import, subscriptions, pending double-opt-in confirmations,
-bounce records and the rate-limited control mail (confirmations, results).
+bounce records and the rate-limited control mail (confirmations, results),
+which goes out through the transactional outbox like help-desk replies.
 SQLAlchemy only: no sockets, no SMTP (those live in ``daemon/``).
 """
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from csms.service import CsmsError, ensure_topics
 from models.base import utcnow
+from models.outbox import PENDING as OUTBOX_PENDING, OutboxMessage
 from models.csms import (
     ACTIVE, DISABLED, FAILED, PENDING, UNSUBSCRIBED,
     BounceEvent, ControlMail, Delivery, PendingConfirmation, Subscriber, Subscription,
@@ -167,8 +169,21 @@ def may_send_control_mail(session: Session, rcpt: str, now: dt.datetime, *, per_
     return total < per_hour
 
 
-def queue_control_mail(session: Session, rcpt: str, mail_from: str, kind: str, raw: bytes) -> ControlMail:
-    mail = ControlMail(rcpt=rcpt.lower(), mail_from=mail_from, kind=kind, raw=raw, status=PENDING, attempts=0)
+def queue_control_mail(session: Session, *, rcpt: str, mail_from: str, kind: str, raw: bytes, message_id: str,
+                       inbound_message_id: int | None, now: dt.datetime) -> ControlMail:
+    """Put one message from the request address in the transactional outbox and the ledger.
+
+    Both rows commit with the decision that made them (or neither does); the
+    outbox's unique ``inbound_message_id`` means one command gets at most one
+    answer, whatever crashes.
+    """
+    out = OutboxMessage(inbound_message_id=inbound_message_id, mail_from=mail_from, rcpt_to=[rcpt.lower()],
+                        message_id=message_id, template=f"csms_{kind}", raw=raw, status=OUTBOX_PENDING,
+                        attempts=0, created_at=now)
+    session.add(out)
+    session.flush()
+    mail = ControlMail(rcpt=rcpt.lower(), kind=kind, inbound_message_id=inbound_message_id, outbox_id=out.id,
+                       created_at=now)
     session.add(mail)
     session.flush()
     return mail

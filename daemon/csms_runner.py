@@ -1,12 +1,538 @@
-"""(not built yet)"""
+"""The CSMS side of the daemon: the scheduler that publishes what is due, the
+one-click unsubscribe endpoint (RFC 8058, and the confirmation links of
+double opt-in), and the pieces they share with the CLI, the csms stage and
+the fan-out (the token signer, the sender identity, the archive writer).
+
+The scheduler sweeps every ``[csms] scheduler_interval`` seconds, and at once
+when something calls ``ctx.wake("csms")``:
+
+1. every scheduled notice whose time has come is started
+   (:func:`csms.service.start_publish`: number and delivery rows in one
+   transaction), flagged late when that is more than ``late_after`` after its
+   time -- which is also what happens to a notice that fell due while the
+   daemon was down: it goes out on start, once, flagged late;
+2. every notice in state ``publishing`` without a task here gets one running
+   :func:`daemon.csms_fanout.publish` (which holds the notice's lease, so two
+   instances or the CLI never fan out the same notice at once; a crash
+   leaves the notice ``publishing`` and the next sweep resumes it);
+3. when a publish finishes, the static archive is rewritten.
+
+On stop the publish tasks see the same stop event, record what they sent,
+and return; the scheduler waits for them (the supervisor's drain).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import email
+import email.policy
+import html
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+from sqlalchemy import select
+
+from csms import archive, service, subscribers
+from csms.message import Sender
+from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
+from daemon.config import Config, ConfigError, read_secret
 from daemon.context import AppContext
+from models.base import utcnow
+from models.csms import ACTIVE, DONE, PUBLISHING, UNSUBSCRIBED, Notice, PendingConfirmation, Subscriber
+from models.session import transaction
+
+log = logging.getLogger("acedesk.csms")
+
+SECRET_FILE = "csms.secret"
+
+
+# --- shared with the CLI, the csms stage and the fan-out ------------------------------
+
+
+def load_secret(config: Config) -> bytes:
+    """Return the CSMS token secret: from ``[csms] secret_env``/``secret_file``, else a
+    per-install secret generated once in ``[daemon] state_dir/csms.secret`` (mode 0600).
+
+    Every process of one install (daemon, CLI, fan-out) must sign with the same
+    secret, or a link in a notice would not be honoured by the endpoint.
+    """
+    cfg = config.csms
+    if cfg.secret_env or cfg.secret_file:
+        value = read_secret("csms", cfg.secret_env, cfg.secret_file, config)
+        if len(value) < 16:
+            raise ConfigError("[csms] secret: must be at least 16 characters")
+        return value.encode()
+    path = config.path(config.daemon.state_dir) / SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_hex(32).encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        # link() fails if another process won the race: then everyone uses its secret.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+def load_signer(config: Config) -> Signer:
+    """Return the signer of this install's unsubscribe, confirmation and VERP tokens."""
+    return Signer(load_secret(config))
+
+
+def sender_of(config: Config) -> Sender:
+    """Return who notices come from and where replies, bounces and unsubscribes go."""
+    desk = config.desk
+    return Sender(domain=desk.domain, from_address=desk.csms_from_address,
+                  request_address=desk.csms_request_address, bounce_address=desk.bounce_address,
+                  base_url=config.csms.base_url)
+
+
+def archive_dir(config: Config) -> Path:
+    return config.path(config.daemon.state_dir) / config.csms.archive_dir
+
+
+def write_archive(ctx: AppContext) -> tuple[Path, int]:
+    """Rewrite the static archive of published notices; return ``(folder, notices)``.
+
+    Each file is written beside its final name and renamed, so a web server
+    reading the folder never serves half a page.
+    """
+    with ctx.sessions() as session:
+        notices = list(session.scalars(select(Notice).where(Notice.status.in_((PUBLISHING, DONE)))
+                                       .where(Notice.number.is_not(None))))
+        views = [service.view(session, n) for n in notices]
+    base = ctx.config.csms.base_url.rstrip("/") + "/archive"
+    files = archive.build_archive(views, base)
+    root = archive_dir(ctx.config)
+    for relative, text in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    return root, len(views)
+
+
+def start_due(ctx: AppContext, now: dt.datetime | None = None) -> list[int]:
+    """Start every scheduled notice that is due; return their ids.
+
+    Each notice is started in its own transaction, so one that cannot start
+    (cancelled meanwhile, a database error) does not hold back the others.
+    """
+    cfg = ctx.config.csms
+    now = now or utcnow()
+    with ctx.sessions() as session:
+        due = service.due_notices(session, now)
+    started = []
+    for notice_id in due:
+        try:
+            with transaction(ctx.sessions) as session:
+                notice = session.get(Notice, notice_id)
+                if notice is None:
+                    continue
+                service.start_publish(session, notice, now, number_start=cfg.number_start,
+                                      late_after=cfg.late_after)
+                late = notice.late
+                number = notice.number
+                scheduled = notice.scheduled_at
+            if late and scheduled is not None:
+                log.warning("CSMS #%s (notice %s) was due at %s and goes out %.0f s late", number, notice_id,
+                            scheduled.isoformat(timespec="seconds"), (now - scheduled).total_seconds())
+            started.append(notice_id)
+        except service.CsmsError as exc:
+            log.warning("notice %s not started: %s", notice_id, exc)
+    return started
+
+
+def publishing_ids(ctx: AppContext) -> list[int]:
+    with ctx.sessions() as session:
+        return service.publishing_notices(session)
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+class Scheduler:
+    """Starts due notices and runs one fan-out task per publishing notice."""
+
+    name = "csms-scheduler"
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._missing_fanout_logged = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wake = self.ctx.wakeup("csms")
+        interval = self.ctx.config.csms.scheduler_interval
+        try:
+            while not stop.is_set():
+                wake.clear()
+                await self.sweep(stop)
+                await _wait_any(stop, wake, interval)
+        finally:
+            # Drain: the tasks saw ``stop`` too; they record what was sent and return.
+            if self.tasks:
+                await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """One round: start what is due, and make sure every publishing notice has a task."""
+        await asyncio.to_thread(start_due, self.ctx)
+        for notice_id in await asyncio.to_thread(publishing_ids, self.ctx):
+            task = self.tasks.get(notice_id)
+            if task is not None and not task.done():
+                continue
+            fanout = self._fanout()
+            if fanout is None:
+                return
+            self.tasks[notice_id] = asyncio.create_task(self._publish(fanout, notice_id, stop),
+                                                        name=f"csms-publish-{notice_id}")
+
+    def _fanout(self) -> Any:
+        try:
+            from daemon import csms_fanout
+        except ImportError as exc:
+            if not self._missing_fanout_logged:
+                log.error("CSMS fan-out is not available (%s): notices wait in state 'publishing'", exc)
+                self._missing_fanout_logged = True
+            return None
+        return csms_fanout
+
+    async def _publish(self, fanout: Any, notice_id: int, stop: asyncio.Event) -> None:
+        try:
+            progress = await fanout.publish(self.ctx, notice_id, stop=stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The notice stays 'publishing'; the next sweep tries again.
+            log.exception("publishing notice %s failed; retrying at the next sweep", notice_id)
+            return
+        finally:
+            self.tasks.pop(notice_id, None)
+        if progress.pending == 0:
+            try:
+                root, count = await asyncio.to_thread(write_archive, self.ctx)
+                log.info("CSMS archive rewritten: %d notices in %s", count, root)
+            except Exception:  # noqa: BLE001 - the archive is a convenience; the notice went out
+                log.exception("could not rewrite the CSMS archive")
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+# --- one-click unsubscribe over HTTP (RFC 8058) -------------------------------------------
+#
+# A deliberately small HTTP/1.1 server on asyncio streams: one request per
+# connection, a bounded head and body, a deadline for reading them, no
+# chunked bodies, nothing served but these four routes.  TLS and the public
+# name belong to the reverse proxy in front of it (``[csms] base_url``).
+#
+#   GET  /u/<token>   a page with a button (a GET never unsubscribes: mail scanners follow links)
+#   POST /u/<token>   body List-Unsubscribe=One-Click: unsubscribe from everything, 200
+#   GET  /c/<token>   a page with a button to confirm a subscription request
+#   POST /c/<token>   confirm it
+
+MAX_HEAD = 8192
+MAX_BODY = 16384
+READ_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> bytes:
+        payload = self.body.encode("utf-8")
+        head = [f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Error')}",
+                f"Content-Type: {self.content_type}", f"Content-Length: {len(payload)}",
+                "Connection: close", "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+                "Referrer-Policy: no-referrer",
+                "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+                *(f"{k}: {v}" for k, v in self.extra)]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+_TOKEN_PATH = re.compile(r"^/([uc])/([A-Za-z0-9_-]{1,200}\.[A-Za-z0-9_-]{1,100})$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request:
+    """Read one request strictly: request line, headers, a Content-Length body (no chunking)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise HttpError(431, "request head too large") from None
+    except asyncio.IncompleteReadError:
+        raise HttpError(400, "incomplete request") from None
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):
+        raise HttpError(400, "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(505, "only HTTP/1.1 is spoken here")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _HEADER_NAME.match(name):
+            # Also refuses obsolete line folding (a line starting with white space).
+            raise HttpError(400, "malformed header line")
+        key = name.lower()
+        if key in headers and key in ("content-length", "host", "content-type"):
+            raise HttpError(400, f"duplicate {name} header")
+        headers[key] = value.strip()
+    if "transfer-encoding" in headers:
+        raise HttpError(501, "Transfer-Encoding is not supported; send Content-Length")
+    body = b""
+    if "content-length" in headers:
+        text = headers["content-length"]
+        if not text.isdigit():
+            raise HttpError(400, "bad Content-Length")
+        length = int(text)
+        if length > MAX_BODY:
+            raise HttpError(413, f"body larger than {MAX_BODY} bytes")
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise HttpError(400, "body shorter than its Content-Length") from None
+    elif method == "POST":
+        raise HttpError(411, "a POST needs a Content-Length")
+    path, _, query = target.partition("?")
+    return Request(method.upper(), path, parse_qs(query, keep_blank_values=True), headers, body)
+
+
+def form_fields(request: Request) -> dict[str, list[str]]:
+    """The fields of a form POST: ``application/x-www-form-urlencoded`` or ``multipart/form-data``
+    (RFC 8058 allows either for ``List-Unsubscribe=One-Click``)."""
+    content_type = request.headers.get("content-type", "application/x-www-form-urlencoded").lower()
+    if content_type.startswith("multipart/form-data"):
+        head = f"Content-Type: {request.headers['content-type']}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+        msg = email.message_from_bytes(head + request.body, policy=email.policy.HTTP)
+        fields: dict[str, list[str]] = {}
+        if msg.is_multipart():
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if isinstance(name, str):
+                    payload = part.get_payload(decode=True) or b""
+                    fields.setdefault(name, []).append(payload.decode("utf-8", "replace").strip())
+        return fields
+    try:
+        return parse_qs(request.body.decode("ascii"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise HttpError(400, "the form is not ASCII url-encoded") from None
+
+
+def _page(title: str, paragraphs: list[str], button: str | None = None, hidden: dict[str, str] | None = None,
+          status: int = 200) -> Response:
+    inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                     for k, v in (hidden or {}).items())
+    form = (f'<form method="post" action="">{inputs}<button type="submit" style="font-size:16px;'
+            f'padding:8px 16px">{html.escape(button)}</button></form>') if button else ""
+    body = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+    text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width"><title>{html.escape(title)}</title></head>'
+            f'<body style="font-family:Arial,Helvetica,sans-serif;max-width:560px;margin:40px auto">'
+            f"<h1 style=\"font-size:20px\">{html.escape(title)}</h1>{body}{form}</body></html>")
+    return Response(status, text, "text/html; charset=utf-8")
+
+
+class UnsubscribeServer:
+    """Serves one-click unsubscribe and subscription confirmation on ``[csms] http_host:http_port``."""
+
+    name = "csms-http"
+
+    def __init__(self, ctx: AppContext, signer: Signer) -> None:
+        self.ctx = ctx
+        self.signer = signer
+        self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.ctx.config.csms
+        server = await asyncio.start_server(self._connection, cfg.http_host, cfg.http_port, limit=MAX_HEAD)
+        log.info("CSMS unsubscribe endpoint on http://%s:%d (public: %s)", cfg.http_host, cfg.http_port,
+                 cfg.base_url)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.slots.locked():
+                response = Response(503, "busy, try again\n")
+            else:
+                async with self.slots:
+                    response = await self._answer(reader)
+            writer.write(response.encode())
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _answer(self, reader: asyncio.StreamReader) -> Response:
+        try:
+            request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
+            return await self.route(request)
+        except HttpError as exc:
+            return Response(exc.status, exc.message + "\n")
+        except TimeoutError:
+            return Response(408, "request not received in time\n")
+        except Exception:
+            log.exception("CSMS endpoint: unexpected error")
+            return Response(500, "internal error; nothing was changed\n")
+
+    async def route(self, request: Request) -> Response:
+        match = _TOKEN_PATH.match(request.path)
+        if match is None:
+            raise HttpError(404, "not found")
+        if request.method not in ("GET", "POST"):
+            return Response(405, "only GET and POST\n", extra=(("Allow", "GET, POST"),))
+        kind, token = match.groups()
+        purpose = UNSUBSCRIBE if kind == "u" else CONFIRM
+        try:
+            subject = self.signer.check(purpose, token)
+        except BadToken as exc:
+            log.info("CSMS endpoint: refused %s %s: %s", request.method, request.path[:3], exc)
+            raise HttpError(400, f"This link is not valid ({exc}). Nothing was changed.") from None
+        if kind == "u":
+            return await (self._unsubscribe(request, subject) if request.method == "POST"
+                          else self._unsubscribe_page(subject, manage="manage" in request.query))
+        return await (self._confirm(subject) if request.method == "POST" else self._confirm_page(subject))
+
+    async def _unsubscribe_page(self, subscriber_id: int, manage: bool) -> Response:
+        found = await asyncio.to_thread(_subscriber_state, self.ctx, subscriber_id)
+        if found is None:
+            return _page("CSMS subscription", ["This address is not subscribed to CSMS notices."])
+        address, topics = found
+        lines = [f"{address} receives CSMS notices about: {', '.join(topics)}." if topics
+                 else f"{address} is not subscribed to any CSMS topic."]
+        if manage:
+            lines.append("To change your topics, send 'subscribe <topics>' or 'unsubscribe <topics>' to "
+                         f"{self.ctx.config.desk.csms_request_address}.")
+        lines.append("Press the button to stop receiving all CSMS notices.")
+        return _page("Unsubscribe from CSMS notices", lines, "Unsubscribe",
+                     {"List-Unsubscribe": "One-Click"})
+
+    async def _unsubscribe(self, request: Request, subscriber_id: int) -> Response:
+        fields = form_fields(request)
+        if fields.get("List-Unsubscribe") != ["One-Click"]:
+            raise HttpError(400, "expected the form field List-Unsubscribe=One-Click (RFC 8058); nothing was changed")
+        address = await asyncio.to_thread(_one_click, self.ctx, subscriber_id)
+        if address is None:
+            return _page("Unsubscribed", ["This address is not subscribed to CSMS notices."])
+        log.info("CSMS: %s unsubscribed by one-click (subscriber %s)", address, subscriber_id)
+        return _page("Unsubscribed", [f"{address} will receive no more CSMS notices."])
+
+    async def _confirm_page(self, pending_id: int) -> Response:
+        pending = await asyncio.to_thread(_pending_state, self.ctx, pending_id)
+        if pending is None:
+            raise HttpError(400, "This confirmation is unknown. Nothing was changed.")
+        address, action, topics = pending
+        what = "subscribe" if action == "subscribe" else "unsubscribe"
+        return _page("Confirm your CSMS request",
+                     [f"Confirm that {address} wants to {what}: {', '.join(topics) or 'all topics'}."],
+                     "Confirm", {"confirm": "1"})
+
+    async def _confirm(self, pending_id: int) -> Response:
+        try:
+            address, topics = await asyncio.to_thread(_confirm, self.ctx, pending_id)
+        except service.CsmsError as exc:
+            raise HttpError(400, f"This confirmation cannot be used: {exc}. Nothing was changed.") from None
+        log.info("CSMS: %s confirmed request %s by link", address, pending_id)
+        return _page("Confirmed", [f"{address} now receives CSMS notices about: {', '.join(topics)}." if topics
+                                   else f"{address} receives no CSMS notices."])
+
+
+def _subscriber_state(ctx: AppContext, subscriber_id: int) -> tuple[str, list[str]] | None:
+    with ctx.sessions() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None or subscriber.status != ACTIVE:
+            return None
+        return subscriber.email, subscribers.subscriber_topics(session, subscriber_id)
+
+
+def _one_click(ctx: AppContext, subscriber_id: int) -> str | None:
+    with transaction(ctx.sessions) as session:
+        subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if subscriber is None or subscriber.status == UNSUBSCRIBED:
+            return None
+        subscribers.unsubscribe(session, subscriber)
+        return subscriber.email
+
+
+def _pending_state(ctx: AppContext, pending_id: int) -> tuple[str, str, list[str]] | None:
+    with ctx.sessions() as session:
+        pending = session.get(PendingConfirmation, pending_id)
+        if pending is None:
+            return None
+        return pending.email, pending.action, list(pending.topics)
+
+
+def _confirm(ctx: AppContext, pending_id: int) -> tuple[str, list[str]]:
+    with transaction(ctx.sessions) as session:
+        pending = subscribers.confirm_pending(session, pending_id, utcnow())
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email == pending.email))
+        topics = subscribers.subscriber_topics(session, subscriber.id) if subscriber else []
+        return pending.email, topics
 
 
 def make_components(ctx: AppContext) -> list[Any]:
     """Return this area's long-running components for the supervisor."""
-    return []
+    components: list[Any] = [Scheduler(ctx)]
+    if ctx.config.csms.http_host:
+        components.append(UnsubscribeServer(ctx, load_signer(ctx.config)))
+    return components

@@ -23,9 +23,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is *now*, not the one at set-up.
+
+    Why: a handler bound to the stream at set-up keeps writing to it after it
+    is replaced and closed (embedding, test capture), and logging then prints
+    "--- Logging error ---" instead of the record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def setup_logging(cfg: LoggingConfig, level_override: str | None = None) -> None:
     """Configure the root logger once for the process."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if cfg.format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -1,6 +1,7 @@
 """The pipeline table: which stages run, in which order, over inbound messages.
 
-ingest -> parse -> (screen, classify) -> (verify, decide, act).  A stage that
+ingest -> parse -> (screen, classify) -> (verify, decide, act); CSMS commands and
+bounces go parse -> csms.  A stage that
 is not available (no model yet, say) is left out and its messages wait in the
 state before it.  The order is a literal tuple, not plugin discovery.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from daemon import stage_classify, stage_parse, stage_respond
+from daemon import stage_classify, stage_csms, stage_parse, stage_respond
 from daemon.context import AppContext
 from daemon.worker import Stage
 
@@ -19,6 +20,7 @@ STAGE_MAKERS = (
     stage_parse.make_stage,
     stage_classify.make_stage,
     stage_respond.make_stage,
+    stage_csms.make_stage,
 )
 
 

@@ -14,9 +14,19 @@ Usage (any component may reuse it)::
 ``send`` may be awaited by many tasks at once; at most ``connections`` run
 concurrently, each on its own connection, and a connection is used for one
 transaction at a time.  With PIPELINING, ``MAIL``, ``RCPT`` and ``DATA`` go
-in one write and the message content in a second: two round trips per
-message instead of four.  ``raw`` is the whole message with CRLF line
+in one write and the content with its final dot in a second: two round trips
+per message instead of four.  ``raw`` is the whole message with CRLF line
 endings; dot-stuffing is done here.
+
+Every step (connect, greeting, EHLO, STARTTLS, AUTH, each transaction, QUIT)
+runs under ``timeout``: a relay that stops answering or drops the connection
+gives a ``temporary`` result, never a hang.  A relay that cannot be reached
+is not hammered: new connections wait out a doubling back-off (up to 30 s)
+after a failed connect.
+
+A ``temporary`` result after the final dot was written (a timeout or a drop
+while waiting for the 250) may hide a message the relay did accept: retrying
+it may deliver it twice (RFC 1047).  That is the inherent window of SMTP.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ TEMPORARY = "temporary"
 PERMANENT = "permanent"
 
 _DOT_LINE = re.compile(rb"(?m)^\.")
+#: Longest wait before reconnecting to a relay that refused or dropped us.
+RECONNECT_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,7 @@ class SendResult:
         return f"{self.code} {self.message}".strip()
 
 
-def classify(code: int) -> str:
+def classify(code: int) -> Literal["sent", "temporary", "permanent"]:
     """``sent`` for 2xx/3xx, ``permanent`` for 5xx, ``temporary`` for 4xx and anything else."""
     if 200 <= code < 400:
         return SENT
@@ -64,7 +76,18 @@ def classify(code: int) -> str:
     return TEMPORARY
 
 
+def dot_stuffed(data: bytes) -> bytes:
+    """Return ``data`` ready for DATA: lines starting with '.' doubled (RFC 5321 4.5.2), ending in CRLF."""
+    if data.startswith(b".") or b"\n." in data:
+        data = _DOT_LINE.sub(b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
 class SmtpError(Exception):
+    """The relay refused the session itself (greeting, EHLO, STARTTLS, AUTH)."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code} {message}")
         self.code = code
@@ -74,79 +97,117 @@ class SmtpError(Exception):
 class RateLimiter:
     """Messages per second (token bucket) and a sliding hourly cap, adaptive to throttling.
 
-    ``slow_down()`` (called on a 4xx) halves the effective rate; each success
-    raises it by 2 % until it is back at the configured rate: the relay's
-    throttling slows a publish down, it never drops anyone.
+    ``slow_down()`` (called on a 4xx) halves the effective rate, at most once
+    a second so that a burst of refusals for the messages already in flight
+    counts as one signal; each success raises it by 2 % until it is back at
+    the configured rate (or, unlimited, until it no longer binds).  The
+    relay's throttling slows a publish down; it never drops anyone.
+
+    The hourly cap counts sends in one-second buckets: memory is bounded by
+    3,600 buckets, whatever the cap.
     """
 
     def __init__(self, per_second: float = 0.0, hourly_cap: int = 0, *, floor: float = 1.0) -> None:
         self.configured = per_second if per_second > 0 else 0.0
         self.rate = self.configured
-        self.hourly_cap = hourly_cap
+        self.hourly_cap = max(0, hourly_cap)
         self.floor = floor
         self._tokens = 1.0
         self._last = time.monotonic()
-        self._hour: collections.deque[float] = collections.deque()
+        self._last_slowdown = 0.0
+        self._hour: collections.deque[list[float]] = collections.deque()  # [second, count]
+        self._in_hour = 0
         self._recent: collections.deque[float] = collections.deque(maxlen=200)
         self._lock = asyncio.Lock()
 
-    def _observed_rate(self) -> float:
+    def observed_rate(self) -> float:
+        """Messages per second over the last (up to) 200 sends."""
         if len(self._recent) < 2:
             return 10.0
         span = self._recent[-1] - self._recent[0]
         return (len(self._recent) - 1) / span if span > 0 else 1000.0
 
     def slow_down(self) -> None:
-        current = self.rate or self._observed_rate()
+        now = time.monotonic()
+        if now - self._last_slowdown < 1.0:
+            return
+        self._last_slowdown = now
+        current = self.rate or self.observed_rate()
         self.rate = max(self.floor, current / 2)
+        log.info("relay throttling: sending at %.1f msgs/s", self.rate)
 
     def speed_up(self) -> None:
         if self.rate and (not self.configured or self.rate < self.configured):
             self.rate *= 1.02
             if self.configured and self.rate >= self.configured:
                 self.rate = self.configured
-            elif not self.configured and self.rate > 100_000:
-                self.rate = 0.0
+            elif not self.configured and self.rate > 4 * self.observed_rate():
+                self.rate = 0.0   # no longer the limit: back to unlimited
+
+    def _hour_wait(self, now: float) -> float:
+        while self._hour and self._hour[0][0] <= now - 3600:
+            self._in_hour -= int(self._hour.popleft()[1])
+        if self._in_hour < self.hourly_cap:
+            return 0.0
+        return self._hour[0][0] + 3600 - now
+
+    def _count(self, now: float) -> None:
+        self._recent.append(now)
+        if self.hourly_cap:
+            second = float(int(now))
+            if self._hour and self._hour[-1][0] == second:
+                self._hour[-1][1] += 1
+            else:
+                self._hour.append([second, 1.0])
+            self._in_hour += 1
 
     async def acquire(self) -> None:
         """Wait until one more message may be sent."""
         if not self.rate and not self.hourly_cap:
             self._recent.append(time.monotonic())
             return
+        # One waiter at a time keeps the order fair and the bucket arithmetic simple.
         async with self._lock:
             while True:
                 now = time.monotonic()
                 wait = 0.0
                 if self.rate:
-                    self._tokens = min(max(1.0, self.rate / 10), self._tokens + (now - self._last) * self.rate)
-                    self._last = now
+                    burst = max(1.0, self.rate / 20)
+                    self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
                     if self._tokens < 1.0:
                         wait = (1.0 - self._tokens) / self.rate
+                self._last = now
                 if self.hourly_cap:
-                    while self._hour and self._hour[0] <= now - 3600:
-                        self._hour.popleft()
-                    if len(self._hour) >= self.hourly_cap:
-                        wait = max(wait, self._hour[0] + 3600 - now)
+                    wait = max(wait, self._hour_wait(now))
                 if wait <= 0:
                     if self.rate:
                         self._tokens -= 1.0
-                    if self.hourly_cap:
-                        self._hour.append(now)
-                    self._recent.append(now)
+                    self._count(now)
                     return
                 await asyncio.sleep(wait)
+
+
+def tls_context(verify: bool = True, ca_file: str = "") -> ssl.SSLContext:
+    """A client TLS context; ``verify=False`` only for loopback tests and private relays."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class SmtpConnection:
     """One SMTP session; one transaction at a time."""
 
     def __init__(self, host: str, port: int, *, tls: str = "none", ssl_context: ssl.SSLContext | None = None,
-                 username: str = "", password: str = "", timeout: float = 30.0, helo: str = "localhost") -> None:
+                 username: str = "", password: str = "", timeout: float = 30.0, helo: str = "localhost",
+                 pipelining: bool = True) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.ssl_context = ssl_context
         self.username, self.password = username, password
         self.timeout = timeout
         self.helo = helo
+        self.allow_pipelining = pipelining
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.extensions: dict[str, str] = {}
@@ -155,15 +216,16 @@ class SmtpConnection:
 
     @property
     def pipelining(self) -> bool:
-        return "pipelining" in self.extensions
+        return self.allow_pipelining and "pipelining" in self.extensions
 
     async def _reply(self) -> tuple[int, str]:
+        """Read one (possibly multi-line) reply."""
         assert self.reader is not None
         lines = []
         while True:
             line = await self.reader.readline()
-            if not line:
-                raise ConnectionError("connection closed by server")
+            if not line.endswith(b"\n"):
+                raise ConnectionError("connection closed by the server")
             try:
                 code = int(line[:3])
             except ValueError:
@@ -178,88 +240,92 @@ class SmtpConnection:
         return await self._reply()
 
     async def open(self) -> None:
-        async with asyncio.timeout(self.timeout):
-            ctx = self.ssl_context or ssl.create_default_context()
-            self.reader, self.writer = await asyncio.open_connection(
-                self.host, self.port, ssl=ctx if self.tls == "implicit" else None)
-            code, msg = await self._reply()
+        """Connect, greet, EHLO, STARTTLS and AUTH as configured; raises on any refusal."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._open()
+        except BaseException:
+            self.broken = True
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
+        ctx = self.ssl_context or tls_context()
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, ssl=ctx if self.tls == "implicit" else None)
+        code, msg = await self._reply()
+        if code != 220:
+            raise SmtpError(code, msg)
+        await self._ehlo()
+        if self.tls == "starttls":
+            if "starttls" not in self.extensions:
+                # Required when configured: never falls back to plaintext.
+                raise SmtpError(530, "the relay does not offer STARTTLS, which the configuration requires")
+            code, msg = await self._command("STARTTLS")
             if code != 220:
                 raise SmtpError(code, msg)
+            await self.writer.start_tls(ctx, server_hostname=self.host)
             await self._ehlo()
-            if self.tls == "starttls":
-                if "starttls" not in self.extensions:
-                    raise SmtpError(530, "server does not offer STARTTLS, which is required")
-                code, msg = await self._command("STARTTLS")
-                if code != 220:
-                    raise SmtpError(code, msg)
-                await self.writer.start_tls(ctx)
-                await self._ehlo()
-            if self.username:
-                secret = base64.b64encode(f"\0{self.username}\0{self.password}".encode()).decode()
-                code, msg = await self._command(f"AUTH PLAIN {secret}")
-                if code != 235:
-                    raise SmtpError(code, msg)
+        if self.username:
+            secret = base64.b64encode(f"\0{self.username}\0{self.password}".encode()).decode()
+            code, msg = await self._command(f"AUTH PLAIN {secret}")
+            if code != 235:
+                raise SmtpError(code, msg)
 
     async def _ehlo(self) -> None:
-        assert self.writer is not None and self.reader is not None
-        self.writer.write(f"EHLO {self.helo}\r\n".encode())
+        code, text = await self._command(f"EHLO {self.helo}")
+        if code != 250:
+            raise SmtpError(code, text)
+        # _reply joined the lines; re-split them: the first is the greeting, then one keyword a line.
         self.extensions = {}
-        first = True
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise ConnectionError("connection closed during EHLO")
-            code = int(line[:3])
-            if code != 250:
-                raise SmtpError(code, line[4:].decode(errors="replace").strip())
-            if not first:
-                keyword, _, params = line[4:].decode(errors="replace").strip().partition(" ")
-                self.extensions[keyword.lower()] = params
-            first = False
-            if line[3:4] != b"-":
-                return
+        assert self.reader is not None
+        for item in text.split(" ")[1:]:
+            pass  # replaced below (keywords need the original lines)
+        self.extensions = self._last_ehlo_extensions
 
     async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> SendResult:
         """Run one mail transaction; raises OSError/ConnectionError/TimeoutError on a broken session."""
         assert self.writer is not None
-        if b"\n." in data or data.startswith(b"."):
-            data = _DOT_LINE.sub(b"..", data)   # RFC 5321 section 4.5.2 transparency
-        if not data.endswith(b"\r\n"):
-            data += b"\r\n"
+        data = dot_stuffed(data)
+        commands = [f"MAIL FROM:<{mail_from}>", *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
         async with asyncio.timeout(self.timeout):
-            commands = [f"MAIL FROM:<{mail_from}>"] + [f"RCPT TO:<{r}>" for r in rcpts] + ["DATA"]
-            replies: list[tuple[int, str]] = []
             if self.pipelining:
                 self.writer.write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
-                for _ in commands:
-                    replies.append(await self._reply())
+                replies = [await self._reply() for _ in commands]
             else:
-                for command in commands:
-                    reply = await self._command(command)
-                    replies.append(reply)
-                    if reply[0] >= 400 and command.startswith("MAIL"):
-                        break
-            mail_reply = replies[0]
+                replies = await self._lockstep(commands)
+            mail_reply, data_reply = replies[0], replies[-1] if len(replies) == len(commands) else (0, "")
             rcpt_replies = replies[1:1 + len(rcpts)]
             refused = {r: rep for r, rep in zip(rcpts, rcpt_replies) if rep[0] >= 400}
-            accepted = len(rcpt_replies) - len(refused)
-            data_reply = replies[-1] if len(replies) == len(commands) else (0, "")
-            if mail_reply[0] >= 400 or not accepted or data_reply[0] != 354:
-                if data_reply[0] == 354:
-                    # A server that said 354 without a valid recipient gets an empty message ended at once.
-                    self.writer.write(b".\r\n")
-                    await self._reply()
+            if data_reply[0] != 354:
                 await self._rset()
                 code, msg = (mail_reply if mail_reply[0] >= 400
                              else next(iter(refused.values())) if refused else data_reply)
                 return SendResult(classify(code) if code >= 400 else TEMPORARY, code, msg, refused)
-            self.writer.write(data)
-            self.writer.write(b".\r\n")
+            if mail_reply[0] >= 400 or len(refused) == len(rcpts):
+                # A server that said 354 without a valid recipient gets an empty message, ended at once.
+                self.writer.write(b".\r\n")
+                await self._reply()
+                code, msg = mail_reply if mail_reply[0] >= 400 else next(iter(refused.values()))
+                return SendResult(classify(code), code, msg, refused)
+            self.writer.write(data + b".\r\n")
             code, msg = await self._reply()
-            self.sent += 1
-            if code == 421:
-                self.broken = True
-            return SendResult(classify(code), code, msg, refused)
+        self.sent += 1
+        if code == 421:
+            self.broken = True
+        return SendResult(classify(code), code, msg, refused)
+
+    async def _lockstep(self, commands: list[str]) -> list[tuple[int, str]]:
+        """Without PIPELINING: one command, one reply; stop early when going on is pointless."""
+        replies = [await self._command(commands[0])]
+        if replies[0][0] >= 400:
+            return replies
+        for command in commands[1:-1]:
+            replies.append(await self._command(command))
+        if all(code >= 400 for code, _ in replies[1:]):
+            return replies
+        replies.append(await self._command(commands[-1]))
+        return replies
 
     async def _rset(self) -> None:
         code, _ = await self._command("RSET")
@@ -267,78 +333,19 @@ class SmtpConnection:
             self.broken = True
 
     async def close(self) -> None:
-        if self.writer is None:
+        writer, self.writer = self.writer, None
+        if writer is None:
             return
         try:
-            if not self.broken:
-                async with asyncio.timeout(2):
-                    await self._command("QUIT")
+            if not self.broken and not writer.is_closing():
+                async with asyncio.timeout(min(2.0, self.timeout)):
+                    writer.write(b"QUIT\r\n")
+                    await self._reply()
         except Exception:  # noqa: BLE001 - closing anyway
             pass
+        writer.close()
         try:
-            self.writer.close()
-        except Exception:  # noqa: BLE001
+            async with asyncio.timeout(min(2.0, self.timeout)):
+                await writer.wait_closed()
+        except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
-        self.writer = None
-
-
-class SmtpPool:
-    """Up to ``connections`` concurrent, reused SMTP sessions to one relay."""
-
-    def __init__(self, host: str, port: int, *, connections: int = 4, tls: str = "none",
-                 ssl_context: ssl.SSLContext | None = None, username: str = "", password: str = "",
-                 timeout: float = 30.0, helo: str = "localhost", limiter: RateLimiter | None = None,
-                 max_per_connection: int = 0) -> None:
-        self.host, self.port = host, port
-        self.size = max(1, connections)
-        self.options = dict(tls=tls, ssl_context=ssl_context, username=username, password=password,
-                            timeout=timeout, helo=helo)
-        self.limiter = limiter
-        self.max_per_connection = max_per_connection
-        self._idle: list[SmtpConnection] = []
-        self._slots = asyncio.Semaphore(self.size)
-        self.stats = collections.Counter()  # type: ignore[var-annotated]
-
-    async def __aenter__(self) -> "SmtpPool":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> SendResult:
-        """Send one message; never raises for SMTP or network trouble (it is a ``temporary`` result)."""
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else None
-            try:
-                if conn is None:
-                    conn = SmtpConnection(self.host, self.port, **self.options)  # type: ignore[arg-type]
-                    await conn.open()
-                result = await conn.send(mail_from, rcpts, data)
-            except SmtpError as exc:
-                # Refused at greeting/EHLO/AUTH: the relay, not the message, is the problem.
-                result = SendResult(TEMPORARY if exc.code < 500 or exc.code == 530 else PERMANENT,
-                                    exc.code, exc.message)
-                if conn is not None:
-                    conn.broken = True
-            except (OSError, ConnectionError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-                result = SendResult(TEMPORARY, 0, f"connection error: {exc.__class__.__name__}: {exc}")
-                if conn is not None:
-                    conn.broken = True
-            if conn is not None:
-                if conn.broken or (self.max_per_connection and conn.sent >= self.max_per_connection):
-                    await conn.close()
-                else:
-                    self._idle.append(conn)
-        self.stats[result.status] += 1
-        if self.limiter is not None:
-            if result.status == TEMPORARY:
-                self.limiter.slow_down()
-            elif result.status == SENT:
-                self.limiter.speed_up()
-        return result
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)

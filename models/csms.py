@@ -1,7 +1,7 @@
 """CSMS tables: notices and their number counter, topics, subscribers and
 their subscriptions, pending (double opt-in) confirmations, one delivery row
-per (notice, subscriber), bounce events, and the small queue of control mail
-(confirmation requests) the CSMS sender delivers.
+per (notice, subscriber), bounce events, and the ledger of control mail
+(confirmation requests and results) that the request-address rate limits count.
 
 A notice moves through ``status``: ``draft`` -> ``scheduled`` ->
 ``publishing`` (its number is allocated and its delivery rows are written in
@@ -16,8 +16,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, deferred, mapped_column
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, JSONType, UTCDateTime, utcnow
 
@@ -29,7 +29,7 @@ DONE = "done"
 CANCELLED = "cancelled"
 NOTICE_STATES = (DRAFT, SCHEDULED, PUBLISHING, DONE, CANCELLED)
 
-# Delivery and control-mail states.
+# Delivery states.
 PENDING = "pending"
 SENT = "sent"
 FAILED = "failed"
@@ -182,19 +182,16 @@ class BounceEvent(Base):
 
 
 class ControlMail(Base):
-    """A confirmation request or acknowledgement to one address, sent by the CSMS sender."""
+    """One message the request address sent to one address (a confirmation request, a result,
+    help or an error): the ledger the rate limits count.  The message itself goes out through
+    the transactional outbox (``outbox_id``), written in the same transaction as this row."""
 
     __tablename__ = "csms_mail"
-    __table_args__ = (Index("ix_csms_mail_status_next", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rcpt: Mapped[str] = mapped_column(String(320), index=True)
-    mail_from: Mapped[str] = mapped_column(String(320))
+    #: ``confirm``, ``result``, ``help`` or ``error``.
     kind: Mapped[str] = mapped_column(String(32))
-    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
-    status: Mapped[str] = mapped_column(String(16), default=PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    inbound_message_id: Mapped[int | None] = mapped_column(Integer)
+    outbox_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

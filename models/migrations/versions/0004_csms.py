@@ -1,5 +1,5 @@
 """csms: notices and their counter, topics, subscribers, subscriptions,
-pending confirmations, deliveries, bounce events, control mail
+pending confirmations, deliveries, bounce events, the control-mail ledger
 
 Revision ID: 0004
 Revises: 0001
@@ -148,19 +148,14 @@ def upgrade() -> None:
         "csms_mail",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("rcpt", sa.String(320), nullable=False),
-        sa.Column("mail_from", sa.String(320), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
-        sa.Column("raw", sa.LargeBinary(), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", TS),
-        sa.Column("last_error", sa.Text()),
+        sa.Column("inbound_message_id", sa.Integer()),
+        sa.Column("outbox_id", sa.Integer()),
         sa.Column("created_at", TS, nullable=False),
-        sa.Column("sent_at", TS),
         sa.PrimaryKeyConstraint("id", name="pk_csms_mail"),
     )
-    op.create_index("ix_csms_mail_status_next", "csms_mail", ["status", "next_attempt_at"])
     op.create_index("ix_csms_mail_rcpt", "csms_mail", ["rcpt"])
+    op.create_index("ix_csms_mail_created_at", "csms_mail", ["created_at"])
 
 
 def downgrade() -> None:
