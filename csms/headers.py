@@ -9,7 +9,20 @@ string functions so the fan-out can build them in microseconds.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
+
+# A dot-atom addr-spec (RFC 5322 3.4.1) in ASCII: what a subscriber's address
+# must be to go into To: and RCPT TO: verbatim.  Anything else (CR, LF, spaces,
+# angle brackets, commas, quotes, non-ASCII) could smuggle a header or a
+# second recipient, so it is refused rather than escaped.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                            r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+
+
+def is_plain_address(address: str) -> bool:
+    """Whether ``address`` is a plain ASCII ``local@domain`` safe to put in a header and an envelope."""
+    return len(address) <= 254 and _PLAIN_ADDRESS.fullmatch(address) is not None
 
 
 def list_id(domain: str) -> str:

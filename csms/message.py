@@ -99,7 +99,13 @@ class MessageTemplate:
         return f"{local}@{self.bounce_domain}"
 
     def build(self, email_address: str, subscriber_id: int, topics: str) -> tuple[str, bytes]:
-        """Return ``(return_path, message bytes)`` for one recipient."""
+        """Return ``(return_path, message bytes)`` for one recipient.
+
+        Raises:
+            ValueError: ``email_address`` is not a plain ``local@domain`` (it could inject a header).
+        """
+        if not headers.is_plain_address(email_address):
+            raise ValueError(f"not a plain address, not sent: {email_address[:100]!r}")
         token = self.signer.make(UNSUBSCRIBE, subscriber_id, self.ttl)
         unsub = headers.unsubscribe_url(self.sender.base_url, token)
         manage = headers.manage_url(self.sender.base_url, token)

@@ -7,8 +7,12 @@ SQLAlchemy only: no sockets, no SMTP (those live in ``daemon/``).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import email.utils
+import io
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -216,3 +220,55 @@ def confirm_pending(session: Session, pending_id: int, now: dt.datetime) -> Pend
             unsubscribe(session, subscriber, pending.topics or None)
     return pending
 
+
+
+# --- the subscriber CSV (email,topics,language) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvProblem:
+    line: int
+    message: str
+
+
+def parse_subscribers_csv(text: str) -> tuple[list[tuple[int, str, list[str], str]], list[CsvProblem]]:
+    """Return ``([(line, email, topics, language)], problems)`` for a subscriber CSV.
+
+    Columns ``email,topics,language`` (a header row naming them; topics
+    ``;``-separated; language ``en`` or ``es``, empty = ``en``).  A bad row is
+    reported with its line number and left out; the others go on.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in reader.fieldnames or []]
+    missing = [c for c in ("email", "topics") if c not in header]
+    if missing:
+        return [], [CsvProblem(1, f"the header row must name the columns email,topics,language "
+                                  f"(missing: {', '.join(missing)})")]
+    reader.fieldnames = header
+    rows: list[tuple[int, str, list[str], str]] = []
+    problems: list[CsvProblem] = []
+    start = 2
+    for record in reader:
+        line = start
+        start = reader.line_num + 1
+        if None in record:
+            problems.append(CsvProblem(line, "more columns than the header names"))
+            continue
+        address = (record.get("email") or "").strip()
+        topics = [t.strip() for t in (record.get("topics") or "").split(";") if t.strip()]
+        language = (record.get("language") or "").strip().lower() or "en"
+        if not address and not topics:
+            continue  # a blank line
+        name, parsed = email.utils.parseaddr(address)
+        if not _ADDRESS.match(address) or parsed != address or name:
+            problems.append(CsvProblem(line, f"not an e-mail address: {address!r}"))
+        elif not topics:
+            problems.append(CsvProblem(line, f"{address}: no topics (separate several with ';')"))
+        elif language not in ("en", "es"):
+            problems.append(CsvProblem(line, f"{address}: language {language!r}: expected en or es"))
+        else:
+            rows.append((line, address.lower(), topics, language))
+    return rows, problems
+
+
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")

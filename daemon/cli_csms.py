@@ -1,9 +1,616 @@
-"""Command-line subcommands of this area (not built yet)."""
+"""``acedesk csms ...``: compose, preview, schedule, publish and follow CSMS
+notices; derive their reminders; import subscribers; list topics; write the
+static archive.
+
+Times are given and shown in US Eastern time, like the notices themselves
+(``--at "2026-12-03 14:00"``); they are stored in UTC.  A notice is named by
+its number (``67800001``, ``#67800001``, ``CSMS#67800001``) once it has one,
+or by its id before.  ``publish`` sends in the foreground with a progress
+bar (the daemon's scheduler would do the same; the notice's lease keeps the
+two from sending it twice); ``--no-wait`` leaves it to the daemon.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+EPILOG_TIMES = "Times are US Eastern (ET), as 'YYYY-MM-DD HH:MM'."
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this area's subcommands to ``acedesk``."""
+    csms = subparsers.add_parser(
+        "csms", help="CSMS notices: create, preview, schedule, publish, list; subscribers; topics; archive",
+        description="Compose and publish numbered CSMS notices to the subscribers of their topics.")
+    sub = csms.add_subparsers(dest="csms_command", metavar="ACTION")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("create", help="create a notice (a draft, or scheduled with --at)", formatter_class=fmt,
+                       description="Create a notice from a Markdown body. It is a draft until scheduled "
+                                   "(--at) or published.",
+                       epilog=EPILOG_TIMES + "\n\nExample:\n  acedesk csms create --title 'Support Call Today' "
+                              "--type REMINDER \\\n    --tag Deadline --tag 'High Urgency' --topic ACE "
+                              "--topic 'ACE Portal' --body call.md --at '2026-02-11 09:00'")
+    _notice_fields(p)
+    p.add_argument("--at", metavar="TIME", help="publish at this time (ET); without it the notice is a draft")
+    p.add_argument("--support-call", metavar="TIME",
+                   help="also derive a REMINDER sent the morning of a support call at TIME (ET)")
+    p.add_argument("--deadline", metavar="TIME",
+                   help="also derive REMINDERs before a deadline at TIME (ET); see --days-before")
+    p.add_argument("--days-before", metavar="N[,N...]", default="7,1",
+                   help="with --deadline: days before it to remind (default: 7,1)")
+    p.set_defaults(handler=cmd_create)
+
+    p = sub.add_parser("reminder", help="derive REMINDER notices from a notice's event", formatter_class=fmt,
+                       description="Derive reminders of a notice, each a scheduled REMINDER notice linked to it: "
+                                   "the morning of a support call, or N days before a deadline.",
+                       epilog=EPILOG_TIMES)
+    p.add_argument("notice", metavar="NOTICE", help="the parent notice (number or id)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--support-call", metavar="TIME", help="the call's start (ET)")
+    g.add_argument("--deadline", metavar="TIME", help="the deadline (ET)")
+    p.add_argument("--days-before", metavar="N[,N...]", default="7,1",
+                   help="with --deadline: days before it to remind (default: 7,1)")
+    p.set_defaults(handler=cmd_reminder)
+
+    p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it")
+    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
+    p.add_argument("--email", default="subscriber@example.com", help="the sample recipient's address")
+    p.set_defaults(handler=cmd_preview)
+
+    p = sub.add_parser("schedule", help="set (or move) the time a notice is published", epilog=EPILOG_TIMES)
+    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--at", metavar="TIME", required=True, help="publication time (ET)")
+    p.set_defaults(handler=cmd_schedule)
+
+    p = sub.add_parser("publish", help="publish a notice now, with a progress bar",
+                       description="Allocate the notice's number, plan one delivery per subscriber of its "
+                                   "topics, and send them now, showing progress. Interrupting (Ctrl-C) stops "
+                                   "cleanly; the daemon (or publish again) finishes what is left.")
+    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--no-wait", action="store_true", help="only start it: the daemon sends it")
+    p.set_defaults(handler=cmd_publish)
+
+    p = sub.add_parser("cancel", help="cancel a draft or scheduled notice (and its reminders)")
+    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.set_defaults(handler=cmd_cancel)
+
+    p = sub.add_parser("list", help="notices, newest first, with sent/failed/pending counts")
+    p.add_argument("--status", choices=["draft", "scheduled", "publishing", "done", "cancelled"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("show", help="one notice: its fields, schedule and delivery counts")
+    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=cmd_show)
+
+    subs = sub.add_parser("subscribers", help="subscriber lists")
+    ssub = subs.add_subparsers(dest="subscribers_command", metavar="ACTION")
+    ssub.required = True
+    p = ssub.add_parser("import", help="create or update subscribers from a CSV file (email,topics,language)",
+                        description="Import subscribers from a CSV file with the columns email,topics,language "
+                                    "(topics separated by ';', language en or es). Re-importing updates "
+                                    "subscribers' topics and language, never duplicates them; addresses that "
+                                    "unsubscribed or were disabled by bounces are left alone. Bad rows are "
+                                    "reported with their line numbers and skipped (exit status 1).")
+    p.add_argument("file", metavar="FILE.csv")
+    p.set_defaults(handler=cmd_subscribers_import)
+
+    p = sub.add_parser("topics", help="list topics with their active subscribers (or add topics)")
+    p.add_argument("--add", metavar="NAME", action="append", default=[], help="create a topic (repeatable)")
+    p.set_defaults(handler=cmd_topics)
+
+    p = sub.add_parser("archive", help="write the static archive (HTML pages, index, Atom feed)",
+                       description="Write every published notice as an HTML page, a searchable index and an "
+                                   "Atom feed of the latest 100 into <state_dir>/<archive_dir>. The daemon "
+                                   "rewrites it after each publish.")
+    p.set_defaults(handler=cmd_archive)
+
+
+def _notice_fields(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--title", required=True)
+    p.add_argument("--type", default="INFORMATION", help="REMINDER, INFORMATION, ACTION REQUIRED, UPDATE ... "
+                                                         "(default: INFORMATION)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="a tag such as Deadline, 'High Urgency', 'Action Required' (repeatable, or ';'-separated)")
+    p.add_argument("--topic", action="append", default=[], metavar="TOPIC", required=True,
+                   help="a program affected: the topic it goes to (repeatable, or ';'-separated)")
+    p.add_argument("--body", metavar="FILE", required=True, help="the body in Markdown; '-' reads stdin")
+    p.add_argument("--related", action="append", default=[], type=int, metavar="NUMBER",
+                   help="a related notice number (repeatable)")
+    p.add_argument("--language", choices=["en", "es"], default="en",
+                   help="es: a Spanish version, sent to Spanish-language subscribers (default: en)")
+    p.add_argument("--translation-of", metavar="NOTICE", help="with --language es: the English notice it translates")
+    p.add_argument("--author", default="", help="who wrote it (kept with the notice)")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _error(message: str) -> Exception:
+    from daemon.cli import CommandError  # late import: daemon.cli imports this module
+
+    return CommandError(message)
+
+
+def parse_et(value: str, option: str = "--at") -> dt.datetime:
+    """Return ``value`` (ET unless it carries an offset) as an aware UTC datetime."""
+    from csms.render import ET
+
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _error(f"{option} {value!r}: expected a time in ET like '2026-12-03 14:00'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ET)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def fmt_et(moment: dt.datetime | None) -> str:
+    from csms.render import to_et
+
+    return f"{to_et(moment):%Y-%m-%d %H:%M} ET" if moment else "-"
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for v in values for part in v.split(";") if part.strip()]
+
+
+def _days(value: str) -> list[int]:
+    try:
+        days = [int(d) for d in value.replace(" ", "").split(",") if d]
+    except ValueError:
+        raise _error(f"--days-before {value!r}: expected whole numbers like 7,1") from None
+    if not days or any(d < 0 for d in days):
+        raise _error(f"--days-before {value!r}: expected whole numbers like 7,1")
+    return days
+
+
+def _read_body(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _error(f"{name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _error(f"{name}: not UTF-8 text") from None
+
+
+def _find(session: Any, ref: str) -> Any:
+    from csms.service import CsmsError, find_notice
+
+    try:
+        return find_notice(session, ref)
+    except CsmsError as exc:
+        raise _error(str(exc)) from None
+
+
+def _label(notice: Any) -> str:
+    return f"CSMS #{notice.number}" if notice.number else f"notice {notice.id}"
+
+
+def _ensure_default_topics(lazy: Any) -> None:
+    from csms.service import ensure_topics
+    from models.session import transaction
+
+    with transaction(lazy.ctx.sessions) as session:
+        ensure_topics(session, lazy.config.csms.default_topics)
+
+
+def _resolve_topics(session: Any, wanted: list[str]) -> list[str]:
+    """Map topic names case-insensitively onto existing ones; unknown names are an error."""
+    from csms.commands import match_topics
+    from csms.service import topic_names
+
+    matched, unknown = match_topics(wanted, topic_names(session))
+    if unknown:
+        raise _error(f"unknown topic(s): {', '.join(unknown)} (see 'acedesk csms topics'; "
+                     "add one with 'acedesk csms topics --add NAME')")
+    return matched
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from models.session import transaction
+
+    if args.translation_of and args.language != "es":
+        raise _error("--translation-of is for a Spanish version: add --language es")
+    body = _read_body(args.body)
+    if not body.strip():
+        raise _error("the body is empty")
+    at = parse_et(args.at) if args.at else None
+    call = parse_et(args.support_call, "--support-call") if args.support_call else None
+    deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
+    days = _days(args.days_before) if deadline else []
+    _ensure_default_topics(lazy)
+    with transaction(lazy.ctx.sessions) as session:
+        original = _find(session, args.translation_of) if args.translation_of else None
+        try:
+            notice = service.create_notice(
+                session, title=args.title, type=args.type, body=body, topics=_resolve_topics(session, _split(args.topic)),
+                tags=_split(args.tag), related=args.related, language=args.language, author=args.author,
+                translation_of=original, scheduled_at=at)
+        except service.CsmsError as exc:
+            raise _error(str(exc)) from None
+        reminders = _derive(session, lazy.config, notice, call, deadline, days)
+        print(f"notice {notice.id} created: {notice.status}"
+              + (f", to be published {fmt_et(at)}" if at else " (schedule it with 'acedesk csms schedule "
+                 f"{notice.id} --at ...' or publish it with 'acedesk csms publish {notice.id}')"))
+        for r in reminders:
+            print(f"  reminder {r.id}: {r.title!r}, {fmt_et(r.scheduled_at)}")
+    return 0
+
+
+def _derive(session: Any, config: Any, parent: Any, call: dt.datetime | None, deadline: dt.datetime | None,
+            days: list[int]) -> list[Any]:
+    """Create the REMINDER notices of ``parent``'s event; return them."""
+    from csms import reminders, service
+    from models.base import utcnow
+
+    hour = config.csms.reminder_hour
+    plans = []
+    if call is not None:
+        plans.append(reminders.support_call_reminder(parent.title, parent.body, call, reminder_hour=hour,
+                                                     language=parent.language))
+    if deadline is not None:
+        plans += reminders.deadline_reminders(parent.title, parent.body, deadline, days, reminder_hour=hour,
+                                              language=parent.language, now=utcnow())
+        if not plans:
+            raise _error("every reminder day before that deadline is already past")
+    created = []
+    for plan in plans:
+        created.append(service.create_notice(
+            session, title=plan.title, type="REMINDER", body=plan.body, topics=list(parent.topics),
+            tags=list(parent.tags), related=list(parent.related), language=parent.language, author=parent.author,
+            parent=parent, scheduled_at=plan.send_at, event=plan.event))
+    return created
+
+
+def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
+    from models.csms import CANCELLED
+    from models.session import transaction
+
+    call = parse_et(args.support_call, "--support-call") if args.support_call else None
+    deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
+    days = _days(args.days_before) if deadline else []
+    with transaction(lazy.ctx.sessions) as session:
+        parent = _find(session, args.notice)
+        if parent.status == CANCELLED:
+            raise _error(f"{_label(parent)} was cancelled")
+        created = _derive(session, lazy.config, parent, call, deadline, days)
+        for r in created:
+            print(f"reminder {r.id} of {_label(parent)}: {r.title!r}, {fmt_et(r.scheduled_at)}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import headers, render, service
+    from csms.tokens import UNSUBSCRIBE
+    from daemon.csms_runner import load_signer
+
+    with lazy.ctx.sessions() as session:
+        notice = _find(session, args.notice)
+        view = service.view(session, notice)
+    signer = load_signer(lazy.config)
+    # A token for no one (subscriber 0): the links look real and unsubscribe nobody.
+    token = signer.make(UNSUBSCRIBE, 0, 3600)
+    base = lazy.config.csms.base_url
+    rendered = render.render_for(view, args.email, ", ".join(view.topics), headers.unsubscribe_url(base, token),
+                                 headers.manage_url(base, token))
+    if args.html:
+        print(rendered.html)
+    else:
+        print(f"Subject: {rendered.subject}\n")
+        print(rendered.text)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from models.base import utcnow
+    from models.session import transaction
+
+    at = parse_et(args.at)
+    with transaction(lazy.ctx.sessions) as session:
+        notice = _find(session, args.notice)
+        try:
+            service.schedule(session, notice, at)
+        except service.CsmsError as exc:
+            raise _error(str(exc)) from None
+    soon = " (already due: the daemon publishes it at its next sweep)" if at <= utcnow() else ""
+    print(f"{_label(notice)} scheduled for {fmt_et(at)}{soon}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from models.session import transaction
+
+    with transaction(lazy.ctx.sessions) as session:
+        notice = _find(session, args.notice)
+        try:
+            service.cancel(session, notice)
+        except service.CsmsError as exc:
+            raise _error(str(exc)) from None
+    print(f"{_label(notice)} cancelled")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from models.base import utcnow
+    from models.csms import DONE
+    from models.session import transaction
+
+    cfg = lazy.config.csms
+    with transaction(lazy.ctx.sessions) as session:
+        notice = _find(session, args.notice)
+        if notice.status == DONE:
+            c = service.counts(session, notice.id)
+            print(f"{_label(notice)} was already published: {c['sent']} sent, {c['failed']} failed")
+            return 0
+        try:
+            total = service.start_publish(session, notice, utcnow(), number_start=cfg.number_start,
+                                          late_after=cfg.late_after)
+        except service.CsmsError as exc:
+            raise _error(str(exc)) from None
+        notice_id, number = notice.id, notice.number
+    print(f"CSMS #{number} (notice {notice_id}) publishing to {total} subscriber(s)")
+    if args.no_wait:
+        print("the daemon sends it (follow it with 'acedesk csms show "
+              f"{number}')")
+        return 0
+    try:
+        from daemon import csms_fanout
+    except ImportError as exc:
+        raise _error(f"the fan-out is not available ({exc}); the daemon will send it when it is") from None
+    return asyncio.run(_publish_foreground(lazy.ctx, csms_fanout, notice_id, number, total))
+
+
+async def _publish_foreground(ctx: Any, fanout: Any, notice_id: int, number: int, total: int) -> int:
+    from tqdm import tqdm
+
+    from csms import service
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    bar = tqdm(total=total, desc=f"CSMS #{number}", unit="msg", dynamic_ncols=True, file=sys.stderr)
+
+    def show(done: int, failed: int, pending: int) -> None:
+        bar.update(max(0, done - bar.n))
+        bar.set_postfix(failed=failed, pending=pending, refresh=False)
+
+    def on_progress(p: Any) -> None:
+        show(p.sent + p.failed, p.failed, p.pending)
+
+    waited = False
+    try:
+        while True:
+            progress = await fanout.publish(ctx, notice_id, progress=on_progress, stop=stop)
+            show(progress.sent + progress.failed, progress.failed, progress.pending)
+            if progress.pending == 0 or stop.is_set():
+                break
+            # Another process (the daemon) holds the lease: follow its progress, take over if it stops.
+            if not waited:
+                bar.write(f"CSMS #{number} is being sent by another process; following its progress")
+                waited = True
+            for _ in range(10):
+                with ctx.sessions() as session:
+                    c = service.counts(session, notice_id)
+                show(c["sent"] + c["failed"], c["failed"], c["pending"])
+                if c["pending"] == 0 or stop.is_set():
+                    break
+                await asyncio.sleep(0.5)
+            with ctx.sessions() as session:
+                if service.counts(session, notice_id)["pending"] == 0:
+                    await asyncio.to_thread(_finish, ctx, notice_id)
+                    break
+    finally:
+        bar.close()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    with ctx.sessions() as session:
+        c = service.counts(session, notice_id)
+    if c["pending"]:
+        print(f"stopped: CSMS #{number}: {c['sent']} sent, {c['failed']} failed, {c['pending']} pending "
+              "(the daemon, or 'acedesk csms publish' again, sends the rest)")
+        return 130 if stop.is_set() else 1
+    from daemon.csms_runner import write_archive
+
+    write_archive(ctx)
+    print(f"CSMS #{number} done: {c['sent']} sent, {c['failed']} failed")
+    return 0
+
+
+def _finish(ctx: Any, notice_id: int) -> None:
+    from csms import service
+    from models.base import utcnow
+    from models.session import transaction
+
+    with transaction(ctx.sessions) as session:
+        service.finish_if_done(session, notice_id, utcnow())
+
+
+def _counts_by_notice(session: Any, ids: list[int]) -> dict[int, dict[str, int]]:
+    from models.csms import Delivery
+
+    result: dict[int, dict[str, int]] = {i: {"sent": 0, "failed": 0, "pending": 0} for i in ids}
+    if ids:
+        for notice_id, status, n in session.execute(
+                select(Delivery.notice_id, Delivery.status, func.count()).where(Delivery.notice_id.in_(ids))
+                .group_by(Delivery.notice_id, Delivery.status)):
+            result[notice_id][status] = int(n)
+    return result
+
+
+def _as_dict(notice: Any, counts: dict[str, int]) -> dict[str, Any]:
+    def iso(moment: dt.datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {"id": notice.id, "number": notice.number, "title": notice.title, "type": notice.type,
+            "tags": list(notice.tags), "topics": list(notice.topics), "related": list(notice.related),
+            "language": notice.language, "status": notice.status, "late": notice.late,
+            "parent_id": notice.parent_id, "translation_of_id": notice.translation_of_id, "event": notice.event,
+            "author": notice.author, "created_at": iso(notice.created_at), "scheduled_at": iso(notice.scheduled_at),
+            "published_at": iso(notice.published_at), "finished_at": iso(notice.finished_at),
+            "total": notice.total, **counts}
+
+
+def cmd_list(args: argparse.Namespace, lazy: Any) -> int:
+    from models.csms import Notice
+
+    with lazy.ctx.sessions() as session:
+        query = select(Notice).order_by(Notice.id.desc()).limit(args.limit)
+        if args.status:
+            query = query.where(Notice.status == args.status)
+        notices = list(session.scalars(query))
+        counts = _counts_by_notice(session, [n.id for n in notices])
+    if args.json:
+        for n in notices:
+            print(json.dumps(_as_dict(n, counts[n.id])))
+        return 0
+    if not notices:
+        print("no notices")
+        return 0
+    print(f"{'id':>5}  {'number':<9} {'status':<10} {'when (ET)':<19} {'sent':>7} {'failed':>6} {'pending':>7}  title")
+    for n in notices:
+        c = counts[n.id]
+        when = fmt_et(n.published_at or n.scheduled_at)
+        late = " late" if n.late else ""
+        print(f"{n.id:>5}  {n.number or '-':<9} {n.status:<10} {when:<19} {c['sent']:>7} {c['failed']:>6} "
+              f"{c['pending']:>7}  {n.title[:70]}{late}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from csms.render import format_date, format_time_et
+    from models.csms import Notice
+
+    with lazy.ctx.sessions() as session:
+        notice = _find(session, args.notice)
+        counts = service.counts(session, notice.id)
+        view = service.view(session, notice)
+        children = list(session.scalars(select(Notice).where(Notice.parent_id == notice.id).order_by(Notice.id)))
+        versions = list(session.scalars(select(Notice).where(Notice.translation_of_id == notice.id)))
+    if args.json:
+        data = _as_dict(notice, counts)
+        data["reminders"] = [c.id for c in children]
+        data["translations"] = [v.id for v in versions]
+        print(json.dumps(data))
+        return 0
+
+    def when(moment: dt.datetime | None) -> str:
+        return f"{format_date(moment)} {format_time_et(moment)}" if moment else "-"
+
+    print(f"{_label(notice)} (id {notice.id}): {notice.title}")
+    print(f"  type:      {notice.type}")
+    print(f"  tags:      {', '.join(notice.tags) or '-'}")
+    print(f"  topics:    {', '.join(notice.topics)}")
+    print(f"  language:  {notice.language}" + (f" (version of CSMS #{view.translation_of})"
+                                               if view.translation_of else ""))
+    if notice.parent_id:
+        print(f"  reminder of: {('CSMS #' + str(view.parent)) if view.parent else 'notice ' + str(notice.parent_id)}"
+              + (f" ({notice.event.get('kind')} at {when(dt.datetime.fromisoformat(notice.event['at']))})"
+                 if notice.event else ""))
+    if notice.related:
+        print(f"  related:   {', '.join(f'CSMS #{r}' for r in notice.related)}")
+    print(f"  status:    {notice.status}" + (" (published late)" if notice.late else ""))
+    print(f"  created:   {when(notice.created_at)}")
+    print(f"  scheduled: {when(notice.scheduled_at)}")
+    print(f"  published: {when(notice.published_at)}")
+    print(f"  finished:  {when(notice.finished_at)}")
+    print(f"  deliveries: {notice.total} planned, {counts['sent']} sent, {counts['failed']} failed, "
+          f"{counts['pending']} pending")
+    for c in children:
+        print(f"  reminder {c.id}: {c.status}, {fmt_et(c.scheduled_at)}: {c.title}")
+    for v in versions:
+        print(f"  Spanish version: notice {v.id} ({_label(v)}), {v.status}")
+    return 0
+
+
+def cmd_subscribers_import(args: argparse.Namespace, lazy: Any) -> int:
+    from tqdm import tqdm
+
+    from csms import subscribers
+    from csms.commands import match_topics
+    from csms.service import ensure_topics, topic_names
+    from models.session import transaction
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise _error(f"{args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _error(f"{args.file}: not UTF-8 text") from None
+    rows, problems = subscribers.parse_subscribers_csv(text)
+    for problem in problems:
+        print(f"{args.file}:{problem.line}: {problem.message} (skipped)", file=sys.stderr)
+    _ensure_default_topics(lazy)
+    with lazy.ctx.sessions() as session:
+        known = topic_names(session)
+    # Topic names match existing topics whatever their case or accents; new names become topics.
+    new_topics: list[str] = []
+    resolved = []
+    for line, address, topics, language in rows:
+        matched, unknown = match_topics(topics, known + new_topics)
+        new_topics += [u for u in unknown if u not in new_topics]
+        resolved.append((address, matched + unknown, language))
+    if new_topics:
+        with transaction(lazy.ctx.sessions) as session:
+            ensure_topics(session, new_topics)
+        print(f"new topic(s) created: {', '.join(new_topics)}")
+    stats = subscribers.ImportStats()
+    batch = 1000
+    with tqdm(total=len(resolved), desc="importing", unit="row", file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(resolved), batch):
+            chunk = resolved[start:start + batch]
+            with transaction(lazy.ctx.sessions) as session:
+                subscribers.import_subscribers(session, chunk, stats)
+            bar.update(len(chunk))
+    print(f"subscribers: {stats.created} created, {stats.updated} updated, {stats.unchanged} unchanged, "
+          f"{stats.skipped} left alone (unsubscribed or disabled), {len(problems)} bad row(s) skipped")
+    return 1 if problems else 0
+
+
+def cmd_topics(args: argparse.Namespace, lazy: Any) -> int:
+    from csms.service import ensure_topics, topic_counts
+    from models.session import transaction
+
+    _ensure_default_topics(lazy)
+    if args.add:
+        with transaction(lazy.ctx.sessions) as session:
+            ensure_topics(session, args.add)
+    with lazy.ctx.sessions() as session:
+        rows = topic_counts(session)
+    width = max((len(name) for name, _ in rows), default=10)
+    for name, n in rows:
+        print(f"{name:<{width}}  {n:>8} subscriber(s)")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.csms_runner import write_archive
+
+    root, count = write_archive(lazy.ctx)
+    print(f"archive of {count} published notice(s) written to {root} (index.html, atom.xml)")
+    return 0

@@ -31,7 +31,6 @@ import html
 import logging
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,68 +39,20 @@ from urllib.parse import parse_qs
 from sqlalchemy import select
 
 from csms import archive, service, subscribers
-from csms.message import Sender
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
-from daemon.config import Config, ConfigError, read_secret
+from daemon import csms_fanout
+from daemon.config import Config
 from daemon.context import AppContext
+from daemon.csms_fanout import load_signer, sender_of
 from models.base import utcnow
 from models.csms import ACTIVE, DONE, PUBLISHING, UNSUBSCRIBED, Notice, PendingConfirmation, Subscriber
 from models.session import transaction
 
 log = logging.getLogger("acedesk.csms")
 
-SECRET_FILE = "csms.secret"
-
-
-# --- shared with the CLI, the csms stage and the fan-out ------------------------------
-
-
-def load_secret(config: Config) -> bytes:
-    """Return the CSMS token secret: from ``[csms] secret_env``/``secret_file``, else a
-    per-install secret generated once in ``[daemon] state_dir/csms.secret`` (mode 0600).
-
-    Every process of one install (daemon, CLI, fan-out) must sign with the same
-    secret, or a link in a notice would not be honoured by the endpoint.
-    """
-    cfg = config.csms
-    if cfg.secret_env or cfg.secret_file:
-        value = read_secret("csms", cfg.secret_env, cfg.secret_file, config)
-        if len(value) < 16:
-            raise ConfigError("[csms] secret: must be at least 16 characters")
-        return value.encode()
-    path = config.path(config.daemon.state_dir) / SECRET_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_hex(32).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        # link() fails if another process won the race: then everyone uses its secret.
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_bytes().strip()
-
-
-def load_signer(config: Config) -> Signer:
-    """Return the signer of this install's unsubscribe, confirmation and VERP tokens."""
-    return Signer(load_secret(config))
-
-
-def sender_of(config: Config) -> Sender:
-    """Return who notices come from and where replies, bounces and unsubscribes go."""
-    desk = config.desk
-    return Sender(domain=desk.domain, from_address=desk.csms_from_address,
-                  request_address=desk.csms_request_address, bounce_address=desk.bounce_address,
-                  base_url=config.csms.base_url)
+# The token signer and the sender identity are the fan-out's: one definition, so that the
+# endpoint and the csms stage verify exactly what the fan-out signed.
+__all__ = ["load_signer", "sender_of", "make_components", "write_archive", "start_due"]
 
 
 def archive_dir(config: Config) -> Path:
@@ -177,7 +128,6 @@ class Scheduler:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self._missing_fanout_logged = False
 
     async def run(self, stop: asyncio.Event) -> None:
         wake = self.ctx.wakeup("csms")
@@ -199,25 +149,12 @@ class Scheduler:
             task = self.tasks.get(notice_id)
             if task is not None and not task.done():
                 continue
-            fanout = self._fanout()
-            if fanout is None:
-                return
-            self.tasks[notice_id] = asyncio.create_task(self._publish(fanout, notice_id, stop),
+            self.tasks[notice_id] = asyncio.create_task(self._publish(notice_id, stop),
                                                         name=f"csms-publish-{notice_id}")
 
-    def _fanout(self) -> Any:
+    async def _publish(self, notice_id: int, stop: asyncio.Event) -> None:
         try:
-            from daemon import csms_fanout
-        except ImportError as exc:
-            if not self._missing_fanout_logged:
-                log.error("CSMS fan-out is not available (%s): notices wait in state 'publishing'", exc)
-                self._missing_fanout_logged = True
-            return None
-        return csms_fanout
-
-    async def _publish(self, fanout: Any, notice_id: int, stop: asyncio.Event) -> None:
-        try:
-            progress = await fanout.publish(self.ctx, notice_id, stop=stop)
+            progress = await csms_fanout.publish(self.ctx, notice_id, stop=stop)
         except asyncio.CancelledError:
             raise
         except Exception:

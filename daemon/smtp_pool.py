@@ -213,13 +213,15 @@ class SmtpConnection:
         self.extensions: dict[str, str] = {}
         self.broken = False
         self.sent = 0
+        #: ``envelope`` until the content is written, then ``data``: what a failure may have cost.
+        self.stage = "envelope"
 
     @property
     def pipelining(self) -> bool:
         return self.allow_pipelining and "pipelining" in self.extensions
 
-    async def _reply(self) -> tuple[int, str]:
-        """Read one (possibly multi-line) reply."""
+    async def _reply_lines(self) -> tuple[int, list[str]]:
+        """Read one (possibly multi-line) reply: its code and the text of each line."""
         assert self.reader is not None
         lines = []
         while True:
@@ -232,7 +234,11 @@ class SmtpConnection:
                 raise ConnectionError(f"malformed reply {line[:80]!r}") from None
             lines.append(line[4:].strip().decode("utf-8", "replace"))
             if line[3:4] != b"-":
-                return code, " ".join(lines)
+                return code, lines
+
+    async def _reply(self) -> tuple[int, str]:
+        code, lines = await self._reply_lines()
+        return code, " ".join(lines)
 
     async def _command(self, text: str) -> tuple[int, str]:
         assert self.writer is not None
@@ -273,21 +279,23 @@ class SmtpConnection:
                 raise SmtpError(code, msg)
 
     async def _ehlo(self) -> None:
-        code, text = await self._command(f"EHLO {self.helo}")
+        assert self.writer is not None
+        self.writer.write(f"EHLO {self.helo}\r\n".encode())
+        code, lines = await self._reply_lines()
         if code != 250:
-            raise SmtpError(code, text)
-        # _reply joined the lines; re-split them: the first is the greeting, then one keyword a line.
+            raise SmtpError(code, " ".join(lines))
+        # The first line greets; each further line is one extension keyword and its parameters.
         self.extensions = {}
-        assert self.reader is not None
-        for item in text.split(" ")[1:]:
-            pass  # replaced below (keywords need the original lines)
-        self.extensions = self._last_ehlo_extensions
+        for line in lines[1:]:
+            keyword, _, params = line.partition(" ")
+            self.extensions[keyword.lower()] = params
 
     async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> SendResult:
         """Run one mail transaction; raises OSError/ConnectionError/TimeoutError on a broken session."""
         assert self.writer is not None
         data = dot_stuffed(data)
         commands = [f"MAIL FROM:<{mail_from}>", *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
+        self.stage = "envelope"
         async with asyncio.timeout(self.timeout):
             if self.pipelining:
                 self.writer.write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
@@ -308,6 +316,7 @@ class SmtpConnection:
                 await self._reply()
                 code, msg = mail_reply if mail_reply[0] >= 400 else next(iter(refused.values()))
                 return SendResult(classify(code), code, msg, refused)
+            self.stage = "data"
             self.writer.write(data + b".\r\n")
             code, msg = await self._reply()
         self.sent += 1
@@ -349,3 +358,100 @@ class SmtpConnection:
                 await writer.wait_closed()
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
+
+
+class SmtpPool:
+    """Up to ``connections`` concurrent, reused SMTP sessions to one relay."""
+
+    def __init__(self, host: str, port: int, *, connections: int = 4, tls: str = "none",
+                 ssl_context: ssl.SSLContext | None = None, username: str = "", password: str = "",
+                 timeout: float = 30.0, helo: str = "localhost", limiter: RateLimiter | None = None,
+                 max_per_connection: int = 0, pipelining: bool = True) -> None:
+        self.host, self.port = host, port
+        self.size = max(1, connections)
+        self.options = dict(tls=tls, ssl_context=ssl_context, username=username, password=password,
+                            timeout=timeout, helo=helo, pipelining=pipelining)
+        self.limiter = limiter
+        self.max_per_connection = max_per_connection
+        self._idle: list[SmtpConnection] = []
+        self._slots = asyncio.Semaphore(self.size)
+        self._reconnect_delay = 0.0
+        self._not_before = 0.0
+        self._closed = False
+        #: Outcomes by status, and ``connections``: sessions opened (reuse keeps it at the pool size).
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    async def __aenter__(self) -> "SmtpPool":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _connection(self) -> SmtpConnection:
+        """An idle session, or a new one once the reconnect back-off allows."""
+        if self._idle:
+            return self._idle.pop()
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        conn = SmtpConnection(self.host, self.port, **self.options)  # type: ignore[arg-type]
+        try:
+            await conn.open()
+        except (SmtpError, OSError, ConnectionError, TimeoutError, ssl.SSLError):
+            self._reconnect_delay = min(RECONNECT_MAX, max(0.5, self._reconnect_delay * 2))
+            self._not_before = time.monotonic() + self._reconnect_delay
+            raise
+        self._reconnect_delay = 0.0
+        self.stats["connections"] += 1
+        return conn
+
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> SendResult:
+        """Send one message; never raises for SMTP or network trouble (it is a ``temporary`` result)."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        async with self._slots:
+            conn: SmtpConnection | None = None
+            try:
+                conn = await self._connection()
+                try:
+                    result = await conn.send(mail_from, rcpts, data)
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    if not conn.sent or conn.stage != "envelope" or isinstance(exc, TimeoutError):
+                        raise
+                    # A reused session the relay closed while it sat idle: nothing of this message
+                    # was accepted yet, so one more try on a fresh session cannot duplicate it.
+                    conn.broken = True
+                    await conn.close()
+                    conn = None
+                    conn = await self._connection()
+                    result = await conn.send(mail_from, rcpts, data)
+            except SmtpError as exc:
+                # Refused at greeting/EHLO/STARTTLS/AUTH: the relay, not the message, is the problem,
+                # so even a 5xx there is no reason to give up on the recipient.
+                result = SendResult(TEMPORARY, exc.code, exc.message)
+            except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                result = SendResult(TEMPORARY, 0, f"connection error: {exc.__class__.__name__}: {exc}".rstrip(": "))
+                if conn is not None:
+                    conn.broken = True
+            except BaseException:
+                if conn is not None:   # cancelled mid-transaction: the session's state is unknown
+                    conn.broken = True
+                    await asyncio.shield(conn.close())
+                raise
+            if conn is not None:
+                if conn.broken or self._closed or (self.max_per_connection and conn.sent >= self.max_per_connection):
+                    await conn.close()
+                else:
+                    self._idle.append(conn)
+        self.stats[result.status] += 1
+        if self.limiter is not None:
+            if result.status == TEMPORARY:
+                self.limiter.slow_down()
+            elif result.status == SENT:
+                self.limiter.speed_up()
+        return result
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
