@@ -87,6 +87,7 @@ class Supervisor:
         self.stop = asyncio.Event()
         self.force = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def _supervise(self, component: Any) -> None:
         cfg = self.ctx.config.daemon
@@ -117,6 +118,14 @@ class Supervisor:
         self.stop.set()
 
     def reload(self) -> None:
+        """Start a reload (SIGHUP) without blocking the event loop."""
+        # Loading a model takes a noticeable fraction of a second: in a thread,
+        # so the ingress and the watchdog pings carry on meanwhile.
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._run_reload_hooks))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _run_reload_hooks(self) -> None:
         log.info("SIGHUP: reloading templates and models")
         for hook in self.ctx.reload_hooks:
             try:

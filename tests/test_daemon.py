@@ -105,6 +105,7 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
         output = proc.communicate()[0]
         notify.close()
     assert "Traceback" not in output, output
+    assert "SIGHUP: reloading" in output, output
 
 
 class Crashy:
