@@ -29,9 +29,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imapclient import IMAPClient  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import AppContext  # noqa: E402
@@ -48,15 +45,8 @@ from daemon.imap_watcher import ImapWatcher  # noqa: E402
 from models.core import InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.session import make_engine, make_sessionmaker  # noqa: E402
+from bench.common import drop_schema, fill, postgres_schema, progress  # noqa: E402
 from tests.servers import Dovecot, find_dovecot, free_port  # noqa: E402
-
-APPEND_CONNECTIONS = 4
-APPEND_CHUNK = 250
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
 
 def message(n: int, run: str) -> bytes:
     """Return a realistic help-desk message of 2-6 KB, unique per ``n``."""
@@ -75,32 +65,6 @@ def message(n: int, run: str) -> bytes:
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
             "Content-Transfer-Encoding: 8bit\r\n\r\n"
             f"Hello,\r\n\r\n{body}\r\n\r\nRegards,\r\nTrade User {n}\r\n").encode()
-
-
-def fill(server: Dovecot, user: str, count: int) -> float:
-    """Append ``count`` messages to ``user``'s INBOX over several connections; return msgs/s."""
-    run = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
-    errors: list[BaseException] = []
-
-    def worker(part: int) -> None:
-        try:
-            client = server.client(user)
-            numbers = list(range(part, count, APPEND_CONNECTIONS))
-            for start in range(0, len(numbers), APPEND_CHUNK):
-                client.multiappend("INBOX", [message(n, run) for n in numbers[start:start + APPEND_CHUNK]])
-            client.logout()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(APPEND_CONNECTIONS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return count / (time.perf_counter() - started)
 
 
 def warm(server: Dovecot, user: str) -> int:
@@ -126,25 +90,6 @@ def bare_fetch(server: Dovecot, user: str, batch_size: int) -> tuple[int, float]
     elapsed = time.perf_counter() - started
     client.logout()
     return fetched, fetched / elapsed
-
-
-def postgres_url() -> tuple[str, str]:
-    """Return (a URL whose search_path is a fresh schema, the schema) on ACEDESK_TEST_DATABASE_URL."""
-    base = os.environ["ACEDESK_TEST_DATABASE_URL"]
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False), schema
-
-
-def drop_schema(schema: str) -> None:
-    admin = create_engine(os.environ["ACEDESK_TEST_DATABASE_URL"])
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 def ingest(server: Dovecot, user: str, db_url: str, workdir: Path, batch_size: int) -> tuple[int, float]:
@@ -181,7 +126,7 @@ def run_backend(server: Dovecot, name: str, url_for: UrlFor, workdir: Path,
     bares, rates, ratios = [], [], []
     for n in range(1, args.rounds + 1):
         user = server.new_user(f"bench-{name}-")
-        rate = fill(server, user, args.messages)
+        rate = fill(server, user, args.messages, message)
         if warm(server, user) != args.messages:
             raise SystemExit(f"bench: {user} does not hold {args.messages} messages")
         progress(f"[{name} {n}/{args.rounds}] appended {args.messages} messages ({rate:,.0f} msgs/s)")
@@ -232,8 +177,9 @@ def main() -> int:
         if os.environ.get("ACEDESK_TEST_DATABASE_URL"):
             def pg_url(n: int) -> tuple[str, Callable[[], None]]:
                 (workdir / f"postgresql{n}").mkdir()
-                url, schema = postgres_url()
-                return url, lambda: drop_schema(schema)
+                base = os.environ["ACEDESK_TEST_DATABASE_URL"]
+                url, schema = postgres_schema(base)
+                return url, lambda: drop_schema(base, schema)
 
             pg = run_backend(server, "postgresql", pg_url, workdir, args)
             figures.update(postgresql_msgs_per_s=round(pg["rate"]),

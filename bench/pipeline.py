@@ -15,8 +15,7 @@ worker (parse, classify, respond) and the outbox sender -- until every
 message is done and every reply has been accepted by smtp-sink.  Filling the
 mailbox is not timed.
 
-The classifier is the shipped model when one loads; otherwise a keyword stub
-stands in (and the figures say so).  Progress goes to stderr; the last line on
+The classifier is the shipped model.  Progress goes to stderr; the last line on
 stdout is one JSON object of figures.
 """
 
@@ -28,12 +27,9 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,22 +44,16 @@ from daemon.outbox import OutboxSender  # noqa: E402
 from daemon.stage_classify import make_stage as make_classify_stage  # noqa: E402
 from daemon.stage_parse import make_stage as make_parse_stage  # noqa: E402
 from daemon.stage_respond import make_stage as make_respond_stage  # noqa: E402
-from daemon.worker import Stage  # noqa: E402
-from models.core import DONE, FAILED, PARSED, QUARANTINED, InboundMessage  # noqa: E402
+from models.core import DONE, FAILED, QUARANTINED, InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
 from models.session import transaction  # noqa: E402
 from responders.users import parse_users_csv, upsert_users  # noqa: E402
-from tests.servers import Dovecot, find_dovecot, free_port, wait_for_port  # noqa: E402
+from bench.common import fill, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from tests.servers import Dovecot, find_dovecot, free_port  # noqa: E402
 
 TRUSTED = "mx.ace-support.example"
-APPEND_CONNECTIONS = 4
-APPEND_CHUNK = 250
 USERS = 1000
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def users_csv() -> str:
@@ -110,46 +100,6 @@ def message(n: int, run: str) -> bytes:
             f"Hello,\r\n\r\n{body}\r\n\r\nRegards,\r\nTrade User {u}\r\n").encode()
 
 
-def fill(server: Dovecot, user: str, count: int) -> float:
-    run = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
-    errors: list[BaseException] = []
-
-    def worker(part: int) -> None:
-        try:
-            client = server.client(user)
-            numbers = list(range(part, count, APPEND_CONNECTIONS))
-            for start in range(0, len(numbers), APPEND_CHUNK):
-                client.multiappend("INBOX", [message(n, run) for n in numbers[start:start + APPEND_CHUNK]])
-            client.logout()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(APPEND_CONNECTIONS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return count / (time.perf_counter() - started)
-
-
-def stub_classify(session, rows) -> None:
-    from classifiers.language import detect_language
-    from models.core import CLASSIFIED
-    from models.parsed import ParsedMessage
-
-    keys = {"password": "password_reset", "aesdirect": "export_aesdirect", "ach": "ach_refund",
-            "down": "system_status", "locked": "account_locked"}
-    for row in rows:
-        msg = ParsedMessage.from_dict(row.parsed)
-        label = next((v for k, v in keys.items() if k in msg.subject.lower()), "other")
-        row.label, row.confidence, row.auto = label, 0.9, True
-        row.language = detect_language(msg.classifier_text)
-        row.state = CLASSIFIED
-
-
 class Together:
     name = "bench"
 
@@ -179,9 +129,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     binary = find_dovecot()
-    sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    if binary is None or not os.path.exists(sink_bin):
-        progress("needs dovecot and Postfix's smtp-sink")
+    sink_bin = smtp_sink_binary()
+    if binary is None or sink_bin is None:
+        progress("needs Dovecot and Postfix's smtp-sink: apt-get install dovecot-imapd postfix")
         return 2
     root = Path(tempfile.mkdtemp(prefix="acedesk-bench-"))
     # mkdtemp is 0700: Dovecot's mail processes run as an unprivileged user and must reach the maildirs.
@@ -189,16 +139,12 @@ def main() -> int:
     server = Dovecot(root=root / "dovecot", port=free_port(), binary=binary)
     (root / "dovecot").mkdir(parents=True)
     sink_port = free_port()
-    # smtp-sink refuses to run as root without -u (it drops privileges to that user).
-    user_opt = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([sink_bin, *user_opt, f"127.0.0.1:{sink_port}", "1000"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    sink = start_smtp_sink(sink_bin, sink_port)
     try:
         server.start()
-        wait_for_port(sink_port)
         user = "bench"
         progress(f"filling the mailbox with {args.messages} messages ...")
-        rate = fill(server, user, args.messages)
+        rate = fill(server, user, args.messages, message)
         progress(f"  appended at {rate:.0f} msgs/s (not timed)")
         pw = root / "imap.pw"
         pw.write_text(server.password)
@@ -220,12 +166,11 @@ def main() -> int:
         with transaction(ctx.sessions) as s:
             upsert_users(s, [r for _, r in rows])
         classify = make_classify_stage(ctx)
-        classifier = "model"
         if classify is None:
-            classify = Stage("classify-stub", PARSED, stub_classify)
-            classifier = "keyword stub (no model loaded)"
+            progress("no classifier model loads: run 'acedesk train' first")
+            return 2
         stages = [make_parse_stage(ctx), classify, make_respond_stage(ctx)]
-        progress(f"classifier: {classifier}; database: {ctx.engine.url.get_backend_name()}")
+        progress(f"database: {ctx.engine.url.get_backend_name()}")
 
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
@@ -267,7 +212,7 @@ def main() -> int:
             "msgs_per_s": round(args.messages / seconds, 1) if seconds else None,
             "replies_accepted": result.get("sent"), "replies_per_s": round(result["sent"] / seconds, 1)
             if seconds else None,
-            "states": states, "actions": actions, "classifier": classifier,
+            "states": states, "actions": actions, "classifier": "shipped model",
             "database": db_url.split(":")[0], "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
             "timed_out": bool(result.get("timeout")),
         }
