@@ -17,7 +17,8 @@ _TEXT = {
     "en": {
         "subscribe": "subscribe to",
         "unsubscribe": "unsubscribe from",
-        "request_subject": "CSMS: please confirm your request - confirm {token}",
+        # Short: a subject longer than a header line folds badly, and the token must survive replies.
+        "request_subject": "CSMS: confirm {token}",
         "request_body": (
             "We received a request to {what} the following CSMS topics for {email}:\n\n{topics}\n\n"
             "To confirm, reply to this message (keep the subject line), or send a message to\n"
@@ -42,7 +43,7 @@ _TEXT = {
     "es": {
         "subscribe": "suscribirse a",
         "unsubscribe": "cancelar la suscripción a",
-        "request_subject": "CSMS: confirme su solicitud - confirm {token}",
+        "request_subject": "CSMS: confirmar {token}",
         "request_body": (
             "Recibimos una solicitud para {what} los siguientes temas de CSMS para {email}:\n\n{topics}\n\n"
             "Para confirmar, responda a este mensaje (conserve el asunto), o envíe un mensaje a\n"

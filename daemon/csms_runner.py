@@ -333,7 +333,21 @@ class UnsubscribeServer:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.ctx.config.csms
-        server = await asyncio.start_server(self._connection, cfg.http_host, cfg.http_port, limit=MAX_HEAD)
+        while True:
+            try:
+                server = await asyncio.start_server(self._connection, cfg.http_host, cfg.http_port,
+                                                    limit=MAX_HEAD)
+                break
+            except OSError as exc:
+                # A busy port is an operator's problem to name, not a crash to restart in a loop.
+                log.error("CSMS unsubscribe endpoint cannot listen on %s:%d: %s (set [csms] http_port, or "
+                          "http_host = \"\" to serve it elsewhere); retrying in 30 s",
+                          cfg.http_host, cfg.http_port, exc.strerror or exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 30.0)
+                    return
+                except TimeoutError:
+                    continue
         log.info("CSMS unsubscribe endpoint on http://%s:%d (public: %s)", cfg.http_host, cfg.http_port,
                  cfg.base_url)
         try:
@@ -351,6 +365,10 @@ class UnsubscribeServer:
                     response = await self._answer(reader)
             writer.write(response.encode())
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+            if response.status >= 400:
+                # Lingering close: read what the client is still sending, so closing with
+                # unread data does not reset the connection before it reads our answer.
+                await asyncio.wait_for(reader.read(4 * MAX_BODY), 1.0)
         except (ConnectionError, TimeoutError):
             pass
         finally:
