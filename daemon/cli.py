@@ -21,13 +21,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from daemon import cli_classify, cli_csms, cli_responders
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import AppContext, make_context
+from daemon.errors import CommandError
 from daemon.logs import setup_logging
 
 log = logging.getLogger("acedesk.cli")
-
-
-class CommandError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
 
 
 #: A command handler: gets the parsed arguments and a lazily built context.
@@ -145,7 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acedesk: {exc}", file=sys.stderr)
         return 2
     except OperationalError as exc:
-        print(f"acedesk: database unavailable: {_first_line(exc)}", file=sys.stderr)
+        if _missing_table(exc):
+            print(f"acedesk: the database has no such table ({_first_line(exc)}): "
+                  "create or migrate it with 'acedesk db upgrade'", file=sys.stderr)
+        else:
+            print(f"acedesk: database unavailable: {_first_line(exc)}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:
         print(f"acedesk: database error: {_first_line(exc)} (is the schema current? 'acedesk db upgrade')",
@@ -157,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         lazy.close()
+
+
+def _missing_table(exc: OperationalError) -> bool:
+    # SQLite says "no such table"; PostgreSQL's UndefinedTable is a ProgrammingError.
+    return "no such table" in str(exc.orig)
 
 
 def _first_line(exc: BaseException) -> str:

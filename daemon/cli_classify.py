@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from classifiers.settings import ClassifierConfig
+from daemon.errors import CommandError
 
 if TYPE_CHECKING:
     from classifiers.classify import Classification, MessageText
@@ -64,12 +65,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 # --- helpers ---------------------------------------------------------------------
 
 
-def _error(message: str) -> Exception:
-    from daemon.cli import CommandError
-
-    return CommandError(message)
-
-
 def classifier_settings(args: argparse.Namespace, lazy: "Lazy") -> tuple[ClassifierConfig, str, frozenset[str]]:
     """Return the classifier config, its base folder and the Spanish desk addresses.
 
@@ -100,7 +95,7 @@ def load_model(args: argparse.Namespace, cfg: ClassifierConfig, base_dir: str) -
             configured = str(Path(base_dir) / configured)
         return load_newest(model_dir(configured))
     except ModelLoadError as exc:
-        raise _error(f"model refused: {exc}") from None
+        raise CommandError(f"model refused: {exc}") from None
 
 
 def read_messages(files: Sequence[str], spanish: frozenset[str]
@@ -186,21 +181,21 @@ def read_labels_csv(path: Path) -> list[tuple[str, str]]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
     except OSError as exc:
-        raise _error(f"{path}: {exc.strerror or exc}") from None
+        raise CommandError(f"{path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise _error(f"{path}: not a readable CSV: {exc}") from None
+        raise CommandError(f"{path}: not a readable CSV: {exc}") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
         rows = rows[1:]
     out = []
     for number, row in enumerate(rows, 1):
         if len(row) < 2:
-            raise _error(f"{path}: row {number}: expected file,label")
+            raise CommandError(f"{path}: row {number}: expected file,label")
         name, label = row[0].strip(), row[1].strip()
         if label not in LABELS:
-            raise _error(f"{path}: row {number}: unknown label {label!r}")
+            raise CommandError(f"{path}: row {number}: unknown label {label!r}")
         out.append((name, label))
     if not out:
-        raise _error(f"{path}: no file,label rows")
+        raise CommandError(f"{path}: no file,label rows")
     return out
 
 
@@ -210,7 +205,7 @@ def cmd_evaluate(args: argparse.Namespace, lazy: "Lazy") -> int:
 
     directory = Path(args.directory)
     if not directory.is_dir():
-        raise _error(f"{directory}: not a folder")
+        raise CommandError(f"{directory}: not a folder")
     rows = read_labels_csv(Path(args.labels))
     cfg, base_dir, spanish = classifier_settings(args, lazy)
     model = load_model(args, cfg, base_dir)
@@ -249,14 +244,14 @@ def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
 
     corpus = Path(args.corpus) if args.corpus else CORPUS_DIR
     if not corpus.is_dir():
-        raise _error(f"{corpus}: not a folder")
+        raise CommandError(f"{corpus}: not a folder")
     try:
         examples = load_split("train", corpus)
         heldout = load_split("test", corpus)
     except ValueError as exc:
-        raise _error(f"corpus: {exc}") from None
+        raise CommandError(f"corpus: {exc}") from None
     if not examples:
-        raise _error(f"{corpus}: no *_train.jsonl examples")
+        raise CommandError(f"{corpus}: no *_train.jsonl examples")
     cfg, base_dir, _spanish = classifier_settings(args, lazy)
     corrections: list[Example] = []
     if not args.no_corrections:
@@ -264,7 +259,7 @@ def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
     specs = tuple(s.strip() for s in args.specs.split(",")) if args.specs else SPECS
     unknown = [s for s in specs if s not in SPECS]
     if unknown:
-        raise _error(f"unknown --specs {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+        raise CommandError(f"unknown --specs {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     if args.out:
         out = Path(args.out)
     elif cfg.model_dir:
@@ -277,11 +272,11 @@ def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
         result = train([*examples, *corrections], seed=args.seed, specs=specs, heldout=heldout,
                        progress=not args.quiet)
     except ValueError as exc:
-        raise _error(f"cannot train: {exc}") from None
+        raise CommandError(f"cannot train: {exc}") from None
     try:
         path = write_artifacts(result, out)
     except OSError as exc:
-        raise _error(f"cannot write the model to {out}: {exc.strerror or exc} (set --out or "
+        raise CommandError(f"cannot write the model to {out}: {exc.strerror or exc} (set --out or "
                      "[classifier] model_dir)") from None
     card = result.card
     print(f"model {result.model.version} written to {path}")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import undefer
 
 from classifiers.labels import LABELS
+from daemon.errors import CommandError
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -77,12 +78,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.set_defaults(handler=cmd_triage)
 
 
-def _errors():  # late import: daemon.cli imports this module
-    from daemon.cli import CommandError
-
-    return CommandError
-
-
 # --- users ----------------------------------------------------------------------------
 
 
@@ -93,9 +88,9 @@ def cmd_users_import(args: argparse.Namespace, lazy: Any) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise _errors()(f"{args.file}: {exc.strerror}") from None
+        raise CommandError(f"{args.file}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise _errors()(f"{args.file}: not UTF-8 text") from None
+        raise CommandError(f"{args.file}: not UTF-8 text") from None
     rows, errors = parse_users_csv(text)
     for error in errors:
         print(f"{args.file}:{error.line}: {error.message}", file=sys.stderr)
@@ -114,7 +109,7 @@ def _item(session: Any, item_id: int) -> Any:
 
     item = session.get(TriageItem, item_id)
     if item is None:
-        raise _errors()(f"no triage item {item_id}")
+        raise CommandError(f"no triage item {item_id}")
     return item
 
 
@@ -215,7 +210,7 @@ def _send(session: Any, lazy: Any, ticket: Any, template: str, context: dict[str
             context={"name": "", "subject": ticket.subject[:200], "csms_address": responder.desk.csms_address,
                      "target_hours": f"{responder.cfg.target_hours:g}", **context}, auto=not human)
     except RenderError as exc:
-        raise _errors()(str(exc)) from None
+        raise CommandError(str(exc)) from None
     return enqueue(session, reply, ticket, None, utcnow())[0]
 
 
@@ -242,18 +237,18 @@ def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
     with transaction(lazy.ctx.sessions) as session:
         item = _item(session, args.id)
         if item.status != "open":
-            raise _errors()(f"triage item {item.id} is already {item.status}")
+            raise CommandError(f"triage item {item.id} is already {item.status}")
         ticket = session.get(Ticket, item.ticket_id)
         label = item.label or "other"
         if label in ACCOUNT_LABELS and ticket.verification != VERIFIED:
-            raise _errors()(f"{label} answers go only to verified users at the address on file; "
+            raise CommandError(f"{label} answers go only to verified users at the address on file; "
                             f"ticket {ticket.number} is {ticket.verification}: use 'queue reply' or 'queue close'")
         to = ticket.requester
         if label in ACCOUNT_LABELS:
             from models.responders import User
             user = session.scalars(select(User).where(User.user_id == ticket.user_id)).first()
             if user is None:
-                raise _errors()(f"user {ticket.user_id} is no longer on file")
+                raise CommandError(f"user {ticket.user_id} is no longer on file")
             to = user.email
         out = _send(session, lazy, ticket, label, {}, to, human=False)
         ticket.status = TICKET_ANSWERED
@@ -279,7 +274,7 @@ def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
                 try:
                     record_correction(session, item.inbound_message_id, args.label, args.by)
                 except ValueError as exc:
-                    raise _errors()(str(exc)) from None
+                    raise CommandError(str(exc)) from None
         item.label = args.label
         item.confidence = 1.0
         ticket = session.get(Ticket, item.ticket_id)
@@ -307,7 +302,7 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
         ticket = session.get(Ticket, item.ticket_id)
         if args.template:
             if args.template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
-                raise _errors()(f"the {args.template} answer goes only to verified users; ticket "
+                raise CommandError(f"the {args.template} answer goes only to verified users; ticket "
                                 f"{ticket.number} is {ticket.verification}")
             out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False)
         else:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import secrets
-from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
