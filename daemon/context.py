@@ -39,6 +39,28 @@ class AppContext:
         """Wake component ``name`` now; safe to call from the event loop only."""
         self.wakeup(name).set()
 
+    def waker(self, name: str) -> Callable[..., None]:
+        """Return a callable that wakes component ``name`` from any thread.
+
+        It captures the running event loop, if any (stages run in worker
+        threads; ``acedesk process`` has no loop, and then it does nothing).
+        Extra arguments are ignored, so it can be an SQLAlchemy event listener.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+
+        def wake(*_: object) -> None:
+            if loop is None or loop.is_closed():
+                return
+            try:
+                loop.call_soon_threadsafe(self.wake, name)
+            except RuntimeError:  # the loop closed meanwhile: nobody left to wake
+                pass
+
+        return wake
+
     def dispose(self) -> None:
         self.engine.dispose()
 

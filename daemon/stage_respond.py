@@ -10,7 +10,6 @@ commit it wakes the outbox sender.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -118,17 +117,7 @@ def make_responder(config: Config) -> Responder:
 
 def make_stage(ctx: AppContext) -> Stage:
     responder = make_responder(ctx.config)
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-
-    def wake_outbox(_session: Session) -> None:
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(ctx.wake, "outbox")
-            except RuntimeError:
-                pass
+    wake_outbox = ctx.waker("outbox")
 
     def process(session: Session, rows: list[InboundMessage]) -> None:
         stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw)
