@@ -266,28 +266,66 @@ class DueDelivery:
     email: str
     attempts: int
     first_attempt_at: dt.datetime | None
+    #: The notice's topics this subscriber is still subscribed to ("ACE, ACH Refunds"); empty
+    #: when they left all of them after publishing started.
     topics: str
+    #: False when the subscriber unsubscribed or was disabled (bounces) after publishing started.
+    active: bool = True
+
+    @property
+    def still_wanted(self) -> bool:
+        """Whether the subscriber still wants this notice: active and on one of its topics."""
+        return self.active and bool(self.topics)
+
+
+def due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list:
+    """The raw rows behind :func:`fetch_due`: one query, one row per (due delivery, matching topic).
+
+    Kept apart so that a caller can end its transaction (on SQLite, the write lock) before
+    turning the rows into :class:`DueDelivery` objects.
+    """
+    due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
+           .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
+           .where(or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+           .order_by(Delivery.id).limit(limit).subquery())
+    # The subscriber's topics among the notice's, joined in the same query: no second round trip
+    # with a thousand ids in an IN list.
+    topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics))).scalar_subquery()
+    return list(session.execute(
+        select(due.c.id, due.c.subscriber_id, Subscriber.email, due.c.attempts, due.c.first_attempt_at,
+               Subscriber.status, Topic.name)
+        .join(Subscriber, Subscriber.id == due.c.subscriber_id)
+        .outerjoin(Subscription, (Subscription.subscriber_id == due.c.subscriber_id)
+                   & Subscription.topic_id.in_(topic_ids))
+        .outerjoin(Topic, Topic.id == Subscription.topic_id)
+        .order_by(due.c.id)).all())
+
+
+def due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
+    """Turn :func:`due_rows` into deliveries, the matched topics in the notice's order."""
+    order = {name: i for i, name in enumerate(notice.topics)}
+    out: list[DueDelivery] = []
+    i = 0
+    while i < len(rows):
+        first = rows[i]
+        names = []
+        while i < len(rows) and rows[i][0] == first[0]:
+            if rows[i][6] is not None:
+                names.append(rows[i][6])
+            i += 1
+        names.sort(key=lambda n: order.get(n, 0))
+        out.append(DueDelivery(first[0], first[1], first[2], first[3], first[4], ", ".join(names),
+                               first[5] == ACTIVE))
+    return out
 
 
 def fetch_due(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list[DueDelivery]:
-    """The next ``limit`` pending, due deliveries after ``after_id`` (keyset order), with matched topics."""
-    rows = session.execute(
-        select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.attempts, Delivery.first_attempt_at)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
-        .where(or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
-        .order_by(Delivery.id).limit(limit)).all()
-    if not rows:
-        return []
-    topics: dict[int, list[str]] = {}
-    order = {name: i for i, name in enumerate(notice.topics)}
-    for sid, name in session.execute(
-            select(Subscription.subscriber_id, Topic.name).join(Topic, Topic.id == Subscription.topic_id)
-            .where(Subscription.subscriber_id.in_([r[1] for r in rows]), Topic.name.in_(list(notice.topics)))):
-        topics.setdefault(sid, []).append(name)
-    return [DueDelivery(r[0], r[1], r[2], r[3], r[4],
-                        ", ".join(sorted(topics.get(r[1], notice.topics[:1]), key=lambda n: order.get(n, 0))))
-            for r in rows]
+    """The next ``limit`` pending, due deliveries after ``after_id`` (keyset order), with matched topics.
+
+    Subscribers who left or were disabled since publishing started come back too, marked, so that
+    the fan-out settles their deliveries (``skipped``) instead of leaving them pending.
+    """
+    return due_deliveries(notice, due_rows(session, notice, after_id, limit, now))
 
 
 def next_retry_at(session: Session, notice_id: int) -> dt.datetime | None:
@@ -301,7 +339,8 @@ class Outcome:
 
     delivery_id: int
     subscriber_id: int
-    #: ``sent``, ``temporary`` or ``permanent``.
+    #: ``sent``, ``temporary``, ``permanent`` (a 5xx: also a hard bounce) or ``skipped`` (not sent:
+    #: the subscriber left before their turn).
     result: str
     detail: str = ""
     #: For temporary failures: when to try again; None = give up (permanent).
@@ -324,7 +363,8 @@ def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datet
                     last_error=bindparam("b_err"),
                     first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_next": o.retry_at, "b_err": o.detail[:2000]} for o in temps])
-    perms = [o for o in outcomes if o.result == "permanent" or (o.result == "temporary" and o.retry_at is None)]
+    perms = [o for o in outcomes
+             if o.result in ("permanent", "skipped") or (o.result == "temporary" and o.retry_at is None)]
     if perms:
         session.connection().execute(
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))

@@ -21,12 +21,22 @@ from sqlalchemy.orm import Session
 
 from csms.service import CsmsError, ensure_topics
 from models.base import utcnow
-from models.outbox import PENDING as OUTBOX_PENDING, OutboxMessage
 from models.csms import (
-    ACTIVE, DISABLED, FAILED, PENDING, UNSUBSCRIBED,
-    BounceEvent, ControlMail, Delivery, PendingConfirmation, Subscriber, Subscription,
+    ACTIVE,
+    DISABLED,
+    FAILED,
+    PENDING,
+    UNSUBSCRIBED,
+    BounceEvent,
+    ControlMail,
+    Delivery,
+    PendingConfirmation,
+    Subscriber,
+    Subscription,
     Topic,
 )
+from models.outbox import PENDING as OUTBOX_PENDING
+from models.outbox import OutboxMessage
 
 log = logging.getLogger("acedesk.csms")
 
@@ -129,6 +139,17 @@ def unsubscribe(session: Session, subscriber: Subscriber, topics: Sequence[str] 
         # Deliveries of notices still going out are not sent to someone who left.
         session.execute(update(Delivery).where(Delivery.subscriber_id == subscriber.id, Delivery.status == PENDING)
                         .values(status=FAILED, last_error="unsubscribed before delivery"))
+
+
+def set_topics(session: Session, subscriber: Subscriber, topics: Sequence[str]) -> None:
+    """Make ``topics`` exactly the subscriber's topics (none: unsubscribed); reactivates them."""
+    if not topics:
+        unsubscribe(session, subscriber)
+        return
+    drop = set(subscriber_topics(session, subscriber.id)) - set(topics)
+    subscribe(session, subscriber.email, topics, subscriber.language)
+    if drop:
+        unsubscribe(session, subscriber, sorted(drop))
 
 
 def subscriber_topics(session: Session, subscriber_id: int) -> list[str]:

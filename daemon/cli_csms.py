@@ -23,10 +23,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from daemon.errors import CommandError
+
 EPILOG_TIMES = "Times are US Eastern (ET), as 'YYYY-MM-DD HH:MM'."
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this area's subcommands to ``acedesk``."""
     csms = subparsers.add_parser(
         "csms", help="CSMS notices: create, preview, schedule, publish, list; subscribers; topics; archive",
@@ -36,8 +38,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("create", help="create a notice (a draft, or scheduled with --at)", formatter_class=fmt,
-                       description="Create a notice from a Markdown body. It is a draft until scheduled "
-                                   "(--at) or published.",
+                       description="Create a notice from a Markdown body. It is a draft until scheduled\n"
+                                   "(--at) or published; --support-call and --deadline also derive its\n"
+                                   "REMINDER notices.",
                        epilog=EPILOG_TIMES + "\n\nExample:\n  acedesk csms create --title 'Support Call Today' "
                               "--type REMINDER \\\n    --tag Deadline --tag 'High Urgency' --topic ACE "
                               "--topic 'ACE Portal' --body call.md --at '2026-02-11 09:00'")
@@ -51,7 +54,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    help="with --deadline: days before it to remind (default: 7,1)")
     p.set_defaults(handler=cmd_create)
 
-    p = sub.add_parser("reminder", help="derive REMINDER notices from a notice's event", formatter_class=fmt,
+    p = sub.add_parser("reminder", help="derive REMINDER notices from a notice's event",
                        description="Derive reminders of a notice, each a scheduled REMINDER notice linked to it: "
                                    "the morning of a support call, or N days before a deadline.",
                        epilog=EPILOG_TIMES)
@@ -121,7 +124,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def _notice_fields(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--title", required=True)
+    p.add_argument("--title", required=True, help="the title (the subject is 'CSMS# <number> - <title>')")
     p.add_argument("--type", default="INFORMATION", help="REMINDER, INFORMATION, ACTION REQUIRED, UPDATE ... "
                                                          "(default: INFORMATION)")
     p.add_argument("--tag", action="append", default=[], metavar="TAG",
@@ -140,12 +143,6 @@ def _notice_fields(p: argparse.ArgumentParser) -> None:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _error(message: str) -> Exception:
-    from daemon.cli import CommandError  # late import: daemon.cli imports this module
-
-    return CommandError(message)
-
-
 def parse_et(value: str, option: str = "--at") -> dt.datetime:
     """Return ``value`` (ET unless it carries an offset) as an aware UTC datetime."""
     from csms.render import ET
@@ -153,10 +150,10 @@ def parse_et(value: str, option: str = "--at") -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise _error(f"{option} {value!r}: expected a time in ET like '2026-12-03 14:00'") from None
+        raise CommandError(f"{option} {value!r}: expected a time in ET like '2026-12-03 14:00'") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ET)
-    return moment.astimezone(dt.timezone.utc)
+    return moment.astimezone(dt.UTC)
 
 
 def fmt_et(moment: dt.datetime | None) -> str:
@@ -173,9 +170,9 @@ def _days(value: str) -> list[int]:
     try:
         days = [int(d) for d in value.replace(" ", "").split(",") if d]
     except ValueError:
-        raise _error(f"--days-before {value!r}: expected whole numbers like 7,1") from None
+        raise CommandError(f"--days-before {value!r}: expected whole numbers like 7,1") from None
     if not days or any(d < 0 for d in days):
-        raise _error(f"--days-before {value!r}: expected whole numbers like 7,1")
+        raise CommandError(f"--days-before {value!r}: expected whole numbers like 7,1")
     return days
 
 
@@ -185,9 +182,9 @@ def _read_body(name: str) -> str:
     try:
         return Path(name).read_text(encoding="utf-8")
     except OSError as exc:
-        raise _error(f"{name}: {exc.strerror}") from None
+        raise CommandError(f"{name}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise _error(f"{name}: not UTF-8 text") from None
+        raise CommandError(f"{name}: not UTF-8 text") from None
 
 
 def _find(session: Any, ref: str) -> Any:
@@ -196,7 +193,7 @@ def _find(session: Any, ref: str) -> Any:
     try:
         return find_notice(session, ref)
     except CsmsError as exc:
-        raise _error(str(exc)) from None
+        raise CommandError(str(exc)) from None
 
 
 def _label(notice: Any) -> str:
@@ -218,7 +215,7 @@ def _resolve_topics(session: Any, wanted: list[str]) -> list[str]:
 
     matched, unknown = match_topics(wanted, topic_names(session))
     if unknown:
-        raise _error(f"unknown topic(s): {', '.join(unknown)} (see 'acedesk csms topics'; "
+        raise CommandError(f"unknown topic(s): {', '.join(unknown)} (see 'acedesk csms topics'; "
                      "add one with 'acedesk csms topics --add NAME')")
     return matched
 
@@ -231,10 +228,10 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
 
     if args.translation_of and args.language != "es":
-        raise _error("--translation-of is for a Spanish version: add --language es")
+        raise CommandError("--translation-of is for a Spanish version: add --language es")
     body = _read_body(args.body)
     if not body.strip():
-        raise _error("the body is empty")
+        raise CommandError("the body is empty")
     at = parse_et(args.at) if args.at else None
     call = parse_et(args.support_call, "--support-call") if args.support_call else None
     deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
@@ -248,7 +245,7 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
                 tags=_split(args.tag), related=args.related, language=args.language, author=args.author,
                 translation_of=original, scheduled_at=at)
         except service.CsmsError as exc:
-            raise _error(str(exc)) from None
+            raise CommandError(str(exc)) from None
         reminders = _derive(session, lazy.config, notice, call, deadline, days)
         print(f"notice {notice.id} created: {notice.status}"
               + (f", to be published {fmt_et(at)}" if at else " (schedule it with 'acedesk csms schedule "
@@ -273,7 +270,7 @@ def _derive(session: Any, config: Any, parent: Any, call: dt.datetime | None, de
         plans += reminders.deadline_reminders(parent.title, parent.body, deadline, days, reminder_hour=hour,
                                               language=parent.language, now=utcnow())
         if not plans:
-            raise _error("every reminder day before that deadline is already past")
+            raise CommandError("every reminder day before that deadline is already past")
     created = []
     for plan in plans:
         created.append(service.create_notice(
@@ -293,7 +290,7 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
     with transaction(lazy.ctx.sessions) as session:
         parent = _find(session, args.notice)
         if parent.status == CANCELLED:
-            raise _error(f"{_label(parent)} was cancelled")
+            raise CommandError(f"{_label(parent)} was cancelled")
         created = _derive(session, lazy.config, parent, call, deadline, days)
         for r in created:
             print(f"reminder {r.id} of {_label(parent)}: {r.title!r}, {fmt_et(r.scheduled_at)}")
@@ -303,7 +300,7 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_preview(args: argparse.Namespace, lazy: Any) -> int:
     from csms import headers, render, service
     from csms.tokens import UNSUBSCRIBE
-    from daemon.csms_runner import load_signer
+    from daemon.csms_fanout import load_signer
 
     with lazy.ctx.sessions() as session:
         notice = _find(session, args.notice)
@@ -333,7 +330,7 @@ def cmd_schedule(args: argparse.Namespace, lazy: Any) -> int:
         try:
             service.schedule(session, notice, at)
         except service.CsmsError as exc:
-            raise _error(str(exc)) from None
+            raise CommandError(str(exc)) from None
     soon = " (already due: the daemon publishes it at its next sweep)" if at <= utcnow() else ""
     print(f"{_label(notice)} scheduled for {fmt_et(at)}{soon}")
     return 0
@@ -348,7 +345,7 @@ def cmd_cancel(args: argparse.Namespace, lazy: Any) -> int:
         try:
             service.cancel(session, notice)
         except service.CsmsError as exc:
-            raise _error(str(exc)) from None
+            raise CommandError(str(exc)) from None
     print(f"{_label(notice)} cancelled")
     return 0
 
@@ -370,7 +367,7 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
             total = service.start_publish(session, notice, utcnow(), number_start=cfg.number_start,
                                           late_after=cfg.late_after)
         except service.CsmsError as exc:
-            raise _error(str(exc)) from None
+            raise CommandError(str(exc)) from None
         notice_id, number = notice.id, notice.number
     print(f"CSMS #{number} (notice {notice_id}) publishing to {total} subscriber(s)")
     if args.no_wait:
@@ -380,7 +377,7 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
     try:
         from daemon import csms_fanout
     except ImportError as exc:
-        raise _error(f"the fan-out is not available ({exc}); the daemon will send it when it is") from None
+        raise CommandError(f"the fan-out is not available ({exc}); the daemon will send it when it is") from None
     return asyncio.run(_publish_foreground(lazy.ctx, csms_fanout, notice_id, number, total))
 
 
@@ -559,9 +556,9 @@ def cmd_subscribers_import(args: argparse.Namespace, lazy: Any) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise _error(f"{args.file}: {exc.strerror}") from None
+        raise CommandError(f"{args.file}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise _error(f"{args.file}: not UTF-8 text") from None
+        raise CommandError(f"{args.file}: not UTF-8 text") from None
     rows, problems = subscribers.parse_subscribers_csv(text)
     for problem in problems:
         print(f"{args.file}:{problem.line}: {problem.message} (skipped)", file=sys.stderr)

@@ -1,7 +1,6 @@
 """The CSMS side of the daemon: the scheduler that publishes what is due, the
 one-click unsubscribe endpoint (RFC 8058, and the confirmation links of
-double opt-in), and the pieces they share with the CLI, the csms stage and
-the fan-out (the token signer, the sender identity, the archive writer).
+double opt-in), and the archive writer the CLI shares.
 
 The scheduler sweeps every ``[csms] scheduler_interval`` seconds, and at once
 when something calls ``ctx.wake("csms")``:
@@ -39,21 +38,26 @@ from urllib.parse import parse_qs
 from sqlalchemy import select
 
 from csms import archive, service, subscribers
+from csms.render import to_et
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
 from daemon import csms_fanout
 from daemon.config import Config
 from daemon.context import AppContext
-from daemon.csms_fanout import load_signer, sender_of
+
+# The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
+from daemon.csms_fanout import load_signer
 from models.base import utcnow
-from models.csms import ACTIVE, DONE, PUBLISHING, UNSUBSCRIBED, Notice, PendingConfirmation, Subscriber
+from models.csms import (
+    DONE,
+    PUBLISHING,
+    UNSUBSCRIBED,
+    Notice,
+    PendingConfirmation,
+    Subscriber,
+)
 from models.session import transaction
 
 log = logging.getLogger("acedesk.csms")
-
-# The token signer and the sender identity are the fan-out's: one definition, so that the
-# endpoint and the csms stage verify exactly what the fan-out signed.
-__all__ = ["load_signer", "sender_of", "make_components", "write_archive", "start_due"]
-
 
 def archive_dir(config: Config) -> Path:
     return config.path(config.daemon.state_dir) / config.csms.archive_dir
@@ -104,12 +108,20 @@ def start_due(ctx: AppContext, now: dt.datetime | None = None) -> list[int]:
                 number = notice.number
                 scheduled = notice.scheduled_at
             if late and scheduled is not None:
-                log.warning("CSMS #%s (notice %s) was due at %s and goes out %.0f s late", number, notice_id,
-                            scheduled.isoformat(timespec="seconds"), (now - scheduled).total_seconds())
+                log.warning("CSMS #%s (notice %s) was due %s and goes out %s late", number, notice_id,
+                            f"{to_et(scheduled):%Y-%m-%d %H:%M} ET", _duration(now - scheduled))
             started.append(notice_id)
         except service.CsmsError as exc:
             log.warning("notice %s not started: %s", notice_id, exc)
     return started
+
+
+def _duration(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days {hours % 24} h"
 
 
 def publishing_ids(ctx: AppContext) -> list[int]:
@@ -155,20 +167,22 @@ class Scheduler:
     async def _publish(self, notice_id: int, stop: asyncio.Event) -> None:
         try:
             progress = await csms_fanout.publish(self.ctx, notice_id, stop=stop)
+            if progress.pending == 0:
+                await self._rewrite_archive()
         except asyncio.CancelledError:
             raise
         except Exception:
             # The notice stays 'publishing'; the next sweep tries again.
             log.exception("publishing notice %s failed; retrying at the next sweep", notice_id)
-            return
         finally:
             self.tasks.pop(notice_id, None)
-        if progress.pending == 0:
-            try:
-                root, count = await asyncio.to_thread(write_archive, self.ctx)
-                log.info("CSMS archive rewritten: %d notices in %s", count, root)
-            except Exception:  # noqa: BLE001 - the archive is a convenience; the notice went out
-                log.exception("could not rewrite the CSMS archive")
+
+    async def _rewrite_archive(self) -> None:
+        try:
+            root, count = await asyncio.to_thread(write_archive, self.ctx)
+            log.info("CSMS archive rewritten: %d notices in %s", count, root)
+        except OSError as exc:  # the archive is a convenience; the notice went out
+            log.error("could not rewrite the CSMS archive: %s", exc)
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
@@ -184,11 +198,13 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) ->
 #
 # A deliberately small HTTP/1.1 server on asyncio streams: one request per
 # connection, a bounded head and body, a deadline for reading them, no
-# chunked bodies, nothing served but these four routes.  TLS and the public
+# chunked bodies, nothing served but these routes.  TLS and the public
 # name belong to the reverse proxy in front of it (``[csms] base_url``).
 #
-#   GET  /u/<token>   a page with a button (a GET never unsubscribes: mail scanners follow links)
-#   POST /u/<token>   body List-Unsubscribe=One-Click: unsubscribe from everything, 200
+#   GET  /u/<token>   a page with a button (a GET never unsubscribes: mail scanners follow links);
+#                     with ?manage=1, the subscriber's topics as checkboxes
+#   POST /u/<token>   body List-Unsubscribe=One-Click: unsubscribe from everything, 200;
+#                     body action=update&topic=...: the topics chosen on the preferences page
 #   GET  /c/<token>   a page with a button to confirm a subscription request
 #   POST /c/<token>   confirm it
 
@@ -321,6 +337,18 @@ def _page(title: str, paragraphs: list[str], button: str | None = None, hidden: 
     return Response(status, text, "text/html; charset=utf-8")
 
 
+def _manage_page(address: str, topics: list[str], known: list[str]) -> Response:
+    boxes = "".join(f'<label style="display:block;margin:4px 0"><input type="checkbox" name="topic" '
+                    f'value="{html.escape(t)}"{" checked" if t in topics else ""}> {html.escape(t)}</label>'
+                    for t in known)
+    page = _page("Your CSMS preferences", [f"Topics {address} receives CSMS notices about:"])
+    form = (f'<form method="post" action=""><input type="hidden" name="action" value="update">{boxes}'
+            '<p><button type="submit" style="font-size:16px;padding:8px 16px">Save</button></p></form>'
+            '<form method="post" action=""><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe from everything</button></form>')
+    return Response(200, page.body.replace("</body>", form + "</body>"), page.content_type)
+
+
 class UnsubscribeServer:
     """Serves one-click unsubscribe and subscription confirmation on ``[csms] http_host:http_port``."""
 
@@ -412,18 +440,18 @@ class UnsubscribeServer:
         found = await asyncio.to_thread(_subscriber_state, self.ctx, subscriber_id)
         if found is None:
             return _page("CSMS subscription", ["This address is not subscribed to CSMS notices."])
-        address, topics = found
-        lines = [f"{address} receives CSMS notices about: {', '.join(topics)}." if topics
-                 else f"{address} is not subscribed to any CSMS topic."]
+        address, topics, known = found
         if manage:
-            lines.append("To change your topics, send 'subscribe <topics>' or 'unsubscribe <topics>' to "
-                         f"{self.ctx.config.desk.csms_request_address}.")
-        lines.append("Press the button to stop receiving all CSMS notices.")
-        return _page("Unsubscribe from CSMS notices", lines, "Unsubscribe",
-                     {"List-Unsubscribe": "One-Click"})
+            return _manage_page(address, topics, known)
+        lines = [f"{address} receives CSMS notices about: {', '.join(topics)}." if topics
+                 else f"{address} is not subscribed to any CSMS topic.",
+                 "Press the button to stop receiving all CSMS notices."]
+        return _page("Unsubscribe from CSMS notices", lines, "Unsubscribe", {"List-Unsubscribe": "One-Click"})
 
     async def _unsubscribe(self, request: Request, subscriber_id: int) -> Response:
         fields = form_fields(request)
+        if fields.get("action") == ["update"]:
+            return await self._update(subscriber_id, fields.get("topic", []))
         if fields.get("List-Unsubscribe") != ["One-Click"]:
             raise HttpError(400, "expected the form field List-Unsubscribe=One-Click (RFC 8058); nothing was changed")
         address = await asyncio.to_thread(_one_click, self.ctx, subscriber_id)
@@ -431,6 +459,16 @@ class UnsubscribeServer:
             return _page("Unsubscribed", ["This address is not subscribed to CSMS notices."])
         log.info("CSMS: %s unsubscribed by one-click (subscriber %s)", address, subscriber_id)
         return _page("Unsubscribed", [f"{address} will receive no more CSMS notices."])
+
+    async def _update(self, subscriber_id: int, wanted: list[str]) -> Response:
+        found = await asyncio.to_thread(_set_topics, self.ctx, subscriber_id, wanted)
+        if found is None:
+            raise HttpError(400, "This address is not known here. Nothing was changed.")
+        address, topics = found
+        log.info("CSMS: %s set their topics to %s (subscriber %s)", address, ", ".join(topics) or "none",
+                 subscriber_id)
+        return _page("Preferences saved", [f"{address} now receives CSMS notices about: {', '.join(topics)}."
+                                           if topics else f"{address} will receive no more CSMS notices."])
 
     async def _confirm_page(self, pending_id: int) -> Response:
         pending = await asyncio.to_thread(_pending_state, self.ctx, pending_id)
@@ -452,11 +490,23 @@ class UnsubscribeServer:
                                    else f"{address} receives no CSMS notices."])
 
 
-def _subscriber_state(ctx: AppContext, subscriber_id: int) -> tuple[str, list[str]] | None:
+def _subscriber_state(ctx: AppContext, subscriber_id: int) -> tuple[str, list[str], list[str]] | None:
+    """``(address, its topics, every topic)``, or None for an unknown subscriber."""
     with ctx.sessions() as session:
         subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None or subscriber.status != ACTIVE:
+        if subscriber is None:
             return None
+        return subscriber.email, subscribers.subscriber_topics(session, subscriber_id), service.topic_names(session)
+
+
+def _set_topics(ctx: AppContext, subscriber_id: int, wanted: list[str]) -> tuple[str, list[str]] | None:
+    with transaction(ctx.sessions) as session:
+        subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if subscriber is None:
+            return None
+        # Only topics that exist: a crafted form cannot create new ones.
+        topics = [t for t in service.topic_names(session) if t in set(wanted)]
+        subscribers.set_topics(session, subscriber, topics)
         return subscriber.email, subscribers.subscriber_topics(session, subscriber_id)
 
 
