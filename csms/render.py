@@ -40,7 +40,7 @@ LABELS = {
         "related": "Avisos relacionados", "subscribed_to": "Usted está suscrito a",
         "unsubscribe": "Cancelar la suscripción", "manage": "Administrar sus preferencias",
         "sent_to": "Este mensaje fue enviado a", "by": "por",
-        "sender": "la Oficina de Aduanas y Protección Fronteriza de EE. UU.",
+        "sender": "la Oficina de Aduanas y Protección Fronteriza de los Estados Unidos",
         "translation_of": "Esta es la versión en español de", "reminder_of": "Este es un recordatorio de",
     },
 }

@@ -262,9 +262,11 @@ class _Fanout:
 
     def _fetch(self, after_id: int) -> list[DueDelivery]:
         assert self.notice is not None
-        with transaction(self.sessions) as s:
+        # A read (no transaction()): on SQLite a WAL snapshot that neither waits
+        # for nor holds the write lock the result commits need.  A delivery seen
+        # pending here and sent meanwhile cannot be: only this lease holder sends.
+        with self.sessions() as s:
             rows = service.due_rows(s, self.notice, after_id, self.cfg.chunk_size, utcnow())
-        # Built after the commit: on SQLite the transaction holds the write lock.
         return service.due_deliveries(self.notice, rows)
 
     def _commit(self, outcomes: list[Outcome]) -> bool:

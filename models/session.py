@@ -1,10 +1,12 @@
 """Engines and transactions.
 
 ``make_engine`` gives an engine tuned for its backend (SQLite: WAL, a busy
-timeout, foreign keys, and ``BEGIN IMMEDIATE`` so that two writers queue
-instead of failing on a lock upgrade; PostgreSQL: a pre-pinged pool).
-``transaction`` is the one way code writes: commit on success, roll back on
-any exception.
+timeout, foreign keys, and ``BEGIN IMMEDIATE`` for writers so that two
+writers queue instead of failing on a lock upgrade; PostgreSQL: a pre-pinged
+pool).  ``transaction`` is the one way code writes: commit on success, roll
+back on any exception.  A session used without it only reads: on SQLite it
+begins a deferred transaction, a WAL snapshot that neither waits for nor
+holds the write lock.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+
+#: Execution option that marks a connection as a writer (see :func:`transaction`).
+WRITER = "acedesk_writer"
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, base_dir: str | None = None) -> Engine:
@@ -56,10 +62,13 @@ def _sqlite_engine(parsed: Any, *, echo: bool, base_dir: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock up front: a deferred transaction that
-        # reads and then writes fails at once ("database is locked") when
-        # another writer committed in between, instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the lock up front: a deferred transaction that reads
+        # and then writes fails at once ("database is locked") when another
+        # writer committed in between, instead of waiting.  Readers must not
+        # take it: the fan-out's and the CLI's reads would queue behind every
+        # pipeline batch and hold up the writers behind them.
+        write = conn.get_execution_options().get(WRITER, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -72,6 +81,14 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 @contextlib.contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """Yield a session inside one transaction: commit on success, roll back on error."""
-    with factory() as session:
+    with factory(bind=_writer(factory.kw["bind"])) as session:
         with session.begin():
             yield session
+
+
+def _writer(engine: Engine) -> Engine:
+    """``engine`` with its connections marked as writers (a light view on the same pool)."""
+    # A bind, not an option set on a connection procured up front: the
+    # connection (and on SQLite the write lock) is still taken at the first
+    # statement, as before.
+    return engine.execution_options(**{WRITER: True})
