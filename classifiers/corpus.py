@@ -122,15 +122,22 @@ def write_eml_dir(examples: Sequence[Example], directory: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m classifiers.corpus OUTDIR [train|test]``: materialise a split for ``acedesk evaluate``."""
+    """``python -m classifiers.corpus OUTDIR [test|train|independent]``: materialise a split
+    (or the independent evaluation set, never trained on) for ``acedesk evaluate``."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or len(args) > 2:
-        print("usage: python -m classifiers.corpus OUTDIR [test|train]", file=sys.stderr)
+        print("usage: python -m classifiers.corpus OUTDIR [test|train|independent]", file=sys.stderr)
         return 2
     split = args[1] if len(args) > 1 else "test"
-    examples = load_split(split)
+    if split == "independent":
+        examples = load_examples([CORPUS_DIR / "independent_eval.jsonl"])
+    elif split in ("train", "test"):
+        examples = load_split(split)
+    else:
+        print(f"unknown split {split!r}: test, train or independent", file=sys.stderr)
+        return 2
     csv_path = write_eml_dir(examples, Path(args[0]))
     print(f"wrote {len(examples)} {split} messages and {csv_path}")
     return 0
