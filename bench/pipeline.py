@@ -49,7 +49,7 @@ from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
 from models.session import transaction  # noqa: E402
 from responders.users import parse_users_csv, upsert_users  # noqa: E402
-from bench.common import fill, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from bench.common import drop_schema, fill, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from tests.servers import Dovecot, find_dovecot, free_port  # noqa: E402
 
 TRUSTED = "mx.ace-support.example"
@@ -123,7 +123,8 @@ def counts(ctx) -> tuple[int, int, int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--database", default="", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    parser.add_argument("--database", default="", help="PostgreSQL URL: the bench runs in a fresh schema there, dropped afterwards "
+                        "(default: a fresh SQLite file)")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -140,6 +141,7 @@ def main() -> int:
     (root / "dovecot").mkdir(parents=True)
     sink_port = free_port()
     sink = start_smtp_sink(sink_bin, sink_port)
+    schema = ""
     try:
         server.start()
         user = "bench"
@@ -149,6 +151,8 @@ def main() -> int:
         pw = root / "imap.pw"
         pw.write_text(server.password)
         db_url = args.database or f"sqlite:///{root / 'acedesk.db'}"
+        if db_url.startswith("postgresql"):
+            db_url, schema = postgres_schema(args.database)  # a fresh schema, dropped at the end
         config = config_from_dict({
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},
@@ -213,7 +217,7 @@ def main() -> int:
             "replies_accepted": result.get("sent"), "replies_per_s": round(result["sent"] / seconds, 1)
             if seconds else None,
             "states": states, "actions": actions, "classifier": "shipped model",
-            "database": db_url.split(":")[0], "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
+            "database": db_url.split(":")[0].split("+")[0], "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
             "timed_out": bool(result.get("timeout")),
         }
         print(json.dumps(figures))
@@ -223,6 +227,8 @@ def main() -> int:
         sink.wait(10)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+        if schema:
+            drop_schema(args.database, schema)
 
 
 if __name__ == "__main__":
