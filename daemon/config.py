@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import secrets
 import tomllib
 import types
 import typing
@@ -271,7 +272,8 @@ def apply_environment(cfg: Config, env: typing.Mapping[str, str]) -> Config:
     return cfg
 
 
-def read_secret(section: str, env_name: str, file_name: str, base: Config | None = None) -> str:
+def read_secret(section: str, env_name: str, file_name: str, base: Config | None = None, *,
+                env_key: str = "password_env", file_key: str = "password_file") -> str:
     """Return a secret from the environment variable or file a section names.
 
     Raises:
@@ -280,15 +282,47 @@ def read_secret(section: str, env_name: str, file_name: str, base: Config | None
     if env_name:
         value = os.environ.get(env_name)
         if value is None:
-            raise ConfigError(f"[{section}] password_env: environment variable {env_name} is not set")
+            raise ConfigError(f"[{section}] {env_key}: environment variable {env_name} is not set")
         return value
     if file_name:
         path = base.path(file_name) if base else Path(file_name)
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"[{section}] password_file: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(f"[{section}] {file_key}: cannot read {path}: {exc.strerror}") from None
     return ""
+
+
+def signing_secret(config: Config, section: str, env_name: str, file_name: str, generated: str) -> bytes:
+    """Return a signing key: from ``secret_env``/``secret_file`` of ``section``, else one
+    generated once as ``<state_dir>/<generated>`` (mode 0600) and shared by every process
+    of this install.
+
+    Raises:
+        ConfigError: a configured secret is unreadable or shorter than 16 characters.
+    """
+    if env_name or file_name:
+        value = read_secret(section, env_name, file_name, config, env_key="secret_env", file_key="secret_file")
+        if len(value) < 16:
+            raise ConfigError(f"[{section}] secret_env/secret_file: the secret must be at least 16 characters")
+        return value.encode()
+    path = config.path(config.daemon.state_dir) / generated
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_hex(32).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # link() fails if another process won the race: then everyone uses its secret.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
 
 
 # --- the validating builder -------------------------------------------------

@@ -56,7 +56,7 @@ from csms.message import MessageTemplate, Sender
 from csms.render import NoticeView
 from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
-from daemon.config import Config, ConfigError, read_secret
+from daemon.config import Config, read_secret, signing_secret
 from daemon.context import AppContext
 from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool, tls_context
 from models.base import utcnow
@@ -94,27 +94,7 @@ def load_signer(config: Config) -> Signer:
     The one-click unsubscribe endpoint must verify with this same signer.
     """
     cfg = config.csms
-    if cfg.secret_env or cfg.secret_file:
-        value = read_secret("csms", cfg.secret_env, cfg.secret_file, config)
-        if len(value) < 16:
-            raise ConfigError("[csms] secret: must be at least 16 characters")
-        return Signer(value.encode())
-    path = config.path(config.daemon.state_dir) / SECRET_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_hex(32).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)   # fails if another process won the race: everyone uses its secret
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    return Signer(path.read_bytes().strip())
+    return Signer(signing_secret(config, "csms", cfg.secret_env, cfg.secret_file, SECRET_FILE))
 
 
 def sender_of(config: Config) -> Sender:

@@ -11,13 +11,11 @@ commit it wakes the outbox sender.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from daemon.config import Config, ConfigError, read_secret
+from daemon.config import Config, ConfigError, signing_secret
 from daemon.context import AppContext
 from daemon.worker import Stage
 from models.core import CLASSIFIED, InboundMessage
@@ -30,34 +28,10 @@ SECRET_FILE = "responders.secret"
 
 
 def load_secret(config: Config) -> bytes:
-    """Return the Message-ID signing secret: from ``secret_env``/``secret_file``, else a
-    per-install secret generated once in ``[daemon] state_dir`` (mode 0600)."""
+    """Return the Message-ID signing secret (``[responders] secret_env``/``secret_file``,
+    else generated once in ``[daemon] state_dir``)."""
     cfg = config.responders
-    if cfg.secret_env or cfg.secret_file:
-        value = read_secret("responders", cfg.secret_env, cfg.secret_file, config)
-        if len(value) < 16:
-            raise ConfigError("[responders] secret: must be at least 16 characters")
-        return value.encode()
-    path = config.path(config.daemon.state_dir) / SECRET_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_hex(32).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        # link() fails if another process won the race: then everyone uses its secret.
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_bytes().strip()
+    return signing_secret(config, "responders", cfg.secret_env, cfg.secret_file, SECRET_FILE)
 
 
 def desk_info(config: Config) -> DeskInfo:

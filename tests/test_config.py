@@ -59,3 +59,20 @@ def test_cli_missing_config_file_is_one_line(tmp_path):
                              "db", "upgrade"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert "no such config file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_signing_secrets_name_the_key_and_are_shared_once_generated(tmp_path, monkeypatch):
+    from daemon.config import config_from_dict, signing_secret
+
+    config = config_from_dict({"daemon": {"state_dir": "state"},
+                               "csms": {"secret_env": "ACEDESK_TEST_CSMS_SECRET"}}, base_dir=str(tmp_path))
+    monkeypatch.delenv("ACEDESK_TEST_CSMS_SECRET", raising=False)
+    with pytest.raises(ConfigError, match=r"\[csms\] secret_env: environment variable ACEDESK_TEST_CSMS_SECRET"):
+        signing_secret(config, "csms", config.csms.secret_env, "", "csms.secret")
+    monkeypatch.setenv("ACEDESK_TEST_CSMS_SECRET", "short")
+    with pytest.raises(ConfigError, match=r"\[csms\] secret_env/secret_file: .* at least 16"):
+        signing_secret(config, "csms", config.csms.secret_env, "", "csms.secret")
+    # None configured: generated once (0600), then the same for every caller.
+    first = signing_secret(config, "responders", "", "", "responders.secret")
+    assert len(first) >= 32 and first == signing_secret(config, "responders", "", "", "responders.secret")
+    assert (tmp_path / "state" / "responders.secret").stat().st_mode & 0o777 == 0o600
