@@ -18,12 +18,11 @@ import datetime as dt
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from daemon.errors import CommandError
+from daemon.errors import CommandError, read_text_file
 
 EPILOG_TIMES = "Times are US Eastern (ET), as 'YYYY-MM-DD HH:MM'."
 
@@ -176,17 +175,6 @@ def _days(value: str) -> list[int]:
     return days
 
 
-def _read_body(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"{name}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{name}: not UTF-8 text") from None
-
-
 def _find(session: Any, ref: str) -> Any:
     from csms.service import CsmsError, find_notice
 
@@ -229,7 +217,7 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
 
     if args.translation_of and args.language != "es":
         raise CommandError("--translation-of is for a Spanish version: add --language es")
-    body = _read_body(args.body)
+    body = read_text_file(args.body)
     if not body.strip():
         raise CommandError("the body is empty")
     at = parse_et(args.at) if args.at else None
@@ -553,12 +541,7 @@ def cmd_subscribers_import(args: argparse.Namespace, lazy: Any) -> int:
     from csms.service import ensure_topics, topic_names
     from models.session import transaction
 
-    try:
-        text = Path(args.file).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise CommandError(f"{args.file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{args.file}: not UTF-8 text") from None
+    text = read_text_file(args.file)
     rows, problems = subscribers.parse_subscribers_csv(text)
     for problem in problems:
         print(f"{args.file}:{problem.line}: {problem.message} (skipped)", file=sys.stderr)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import undefer
 
 from classifiers.labels import LABELS
-from daemon.errors import CommandError
+from daemon.errors import CommandError, read_text_file
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -85,12 +85,7 @@ def cmd_users_import(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
     from responders.users import parse_users_csv, upsert_users
 
-    try:
-        text = Path(args.file).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise CommandError(f"{args.file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{args.file}: not UTF-8 text") from None
+    text = read_text_file(args.file)
     rows, errors = parse_users_csv(text)
     for error in errors:
         print(f"{args.file}:{error.line}: {error.message}", file=sys.stderr)
@@ -294,7 +289,7 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
     from responders.verify import VERIFIED
 
     if args.text_file:
-        text = sys.stdin.read() if args.text_file == "-" else Path(args.text_file).read_text(encoding="utf-8")
+        text = read_text_file(args.text_file)
     else:
         text = args.text
     with transaction(lazy.ctx.sessions) as session:
