@@ -189,11 +189,9 @@ def _label(notice: Any) -> str:
 
 
 def _ensure_default_topics(lazy: Any) -> None:
-    from csms.service import ensure_topics
-    from models.session import transaction
+    from daemon.csms_runner import ensure_default_topics
 
-    with transaction(lazy.ctx.sessions) as session:
-        ensure_topics(session, lazy.config.csms.default_topics)
+    ensure_default_topics(lazy.ctx)
 
 
 def _resolve_topics(session: Any, wanted: list[str]) -> list[str]:

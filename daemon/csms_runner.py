@@ -59,6 +59,12 @@ from models.session import transaction
 
 log = logging.getLogger("acedesk.csms")
 
+def ensure_default_topics(ctx: AppContext) -> None:
+    """Create the configured ``default_topics`` that do not exist yet (idempotent)."""
+    with transaction(ctx.sessions) as session:
+        service.ensure_topics(session, ctx.config.csms.default_topics)
+
+
 def archive_dir(config: Config) -> Path:
     return config.path(config.daemon.state_dir) / config.csms.archive_dir
 
@@ -144,6 +150,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         wake = self.ctx.wakeup("csms")
         interval = self.ctx.config.csms.scheduler_interval
+        await asyncio.to_thread(ensure_default_topics, self.ctx)
         try:
             while not stop.is_set():
                 wake.clear()
@@ -361,6 +368,8 @@ class UnsubscribeServer:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.ctx.config.csms
+        # The preferences page lists every topic: the configured ones exist first.
+        await asyncio.to_thread(ensure_default_topics, self.ctx)
         while True:
             try:
                 server = await asyncio.start_server(self._connection, cfg.http_host, cfg.http_port,

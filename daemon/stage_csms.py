@@ -279,6 +279,9 @@ _REASONS = {
 
 def csms_rows(d: CsmsDesk, session: Session, rows: list[InboundMessage]) -> None:
     now = utcnow()
+    # The configured topics exist before anyone asks for them, also on a fresh
+    # database that no 'acedesk csms' command has touched yet.
+    service.ensure_topics(session, d.cfg.default_topics)
     for row in rows:
         if d.desk.is_bounce_address(row.desk):
             handle_bounce(d, session, row, now)

@@ -86,10 +86,9 @@ def csms_config(config_factory, db_url: str, smtp_port: int | None = None, **csm
 
 
 def context(config) -> AppContext:
+    """A migrated database with no topics yet: the daemon and the CLI create the configured ones."""
     ctx = make_context(config)
     upgrade(ctx.engine)
-    with transaction(ctx.sessions) as session:
-        service.ensure_topics(session, config.csms.default_topics)
     return ctx
 
 
