@@ -311,6 +311,11 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
     for history, out in links:
         history["outbox_id"] = out.id
     writes.insert(session)
+    for row, _msg, p, ticket, record in pending:
+        if ticket is not None:  # drops were logged with their reasons
+            log.info("message %s (Message-ID %s): %s %.2f, sender %s -> %s, ticket %s%s", row.id, row.message_id,
+                     p.label, p.confidence, p.verification.status, p.decision.kind, ticket.number,
+                     f", reply '{p.decision.template}' to {record['recipient']}" if record["recipient"] else "")
     return stats
 
 
