@@ -2,7 +2,7 @@
 
 Run by hand (not by pytest), from the repository root:
 
-    .venv/bin/python bench/ingest.py [--messages 10000] [--batch-size 500] [--rounds 3]
+    .venv/bin/python bench/ingest.py [--messages 10000] [--batch-size 500] [--rounds 3] [--one-connection]
 
 It starts a private Dovecot like the test fixture, fills a mailbox per run with
 realistic messages of a few KB (MULTIAPPEND, several connections), then measures
@@ -11,7 +11,10 @@ realistic messages of a few KB (MULTIAPPEND, several connections), then measures
   nothing stored, nothing moved): what the server and the client library can do;
 * the watcher's burst mode (``ImapWatcher.fetch_new``) into a fresh SQLite
   database, and into PostgreSQL when ``ACEDESK_TEST_DATABASE_URL`` is set:
-  fetch, one transaction per batch, MOVE to the processed folder.
+  fetch, store (batches fetched while the database is busy share a
+  transaction), MOVE to the processed folder on a second IMAP connection (the
+  mover) while fetching goes on; ``--one-connection`` measures the fallback
+  that moves on the fetch connection instead.
 
 Each round uses a fresh mailbox and measures the bare fetch right before the
 ingest, so the ratio compares like with like on a machine whose load varies;
@@ -92,7 +95,8 @@ def bare_fetch(server: Dovecot, user: str, batch_size: int) -> tuple[int, float]
     return fetched, fetched / elapsed
 
 
-def ingest(server: Dovecot, user: str, db_url: str, workdir: Path, batch_size: int) -> tuple[int, float]:
+def ingest(server: Dovecot, user: str, db_url: str, workdir: Path, batch_size: int,
+           use_mover: bool = True) -> tuple[int, float]:
     """Run the watcher's burst mode into ``db_url``; return (rows stored, msgs/s)."""
     pw = workdir / "imap.pw"
     pw.write_text(server.password)
@@ -104,7 +108,7 @@ def ingest(server: Dovecot, user: str, db_url: str, workdir: Path, batch_size: i
     engine = make_engine(db_url, base_dir=str(workdir))
     upgrade(engine)
     ctx = AppContext(config=config, engine=engine, sessions=make_sessionmaker(engine), instance="bench")
-    watcher = ImapWatcher(ctx, config.imap.mailboxes[0])
+    watcher = ImapWatcher(ctx, config.imap.mailboxes[0], use_mover=use_mover)
     started = time.perf_counter()
     stored = watcher.fetch_new()
     elapsed = time.perf_counter() - started
@@ -135,7 +139,8 @@ def run_backend(server: Dovecot, name: str, url_for: UrlFor, workdir: Path,
                  f"(BODY.PEEK[] in batches of {args.batch_size}, nothing stored or moved)")
         url, cleanup = url_for(n)
         try:
-            stored, rate = ingest(server, user, url, workdir / f"{name}{n}", args.batch_size)
+            stored, rate = ingest(server, user, url, workdir / f"{name}{n}", args.batch_size,
+                                  use_mover=not args.one_connection)
         finally:
             cleanup()
         progress(f"[{name} {n}/{args.rounds}] watcher -> {name}: {stored} stored and moved, "
@@ -153,6 +158,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3,
                         help="fresh mailbox, bare fetch, then ingest, this many times; medians are reported")
+    parser.add_argument("--one-connection", action="store_true",
+                        help="move on the fetch connection (no mover), as for a server that limits connections")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -165,7 +172,8 @@ def main() -> int:
     server = Dovecot(root=root, port=free_port(), binary=binary)
     server.start()
     figures: dict[str, object] = {"messages": args.messages, "batch_size": args.batch_size,
-                                  "rounds": args.rounds, "load_average": round(os.getloadavg()[0], 2)}
+                                  "rounds": args.rounds, "mover": not args.one_connection,
+                                  "load_average": round(os.getloadavg()[0], 2)}
     try:
         def sqlite_url(n: int) -> tuple[str, Callable[[], None]]:
             (workdir / f"sqlite{n}").mkdir()

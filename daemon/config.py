@@ -144,6 +144,9 @@ class MailboxConfig:
     password_file: str = ""
     folder: str = "INBOX"
     processed_folder: str = "acedesk/processed"
+    #: Move stored messages on a second connection while the first goes on fetching (a
+    #: refused second login falls back to one connection by itself).
+    second_connection: bool = True
     #: UIDs fetched per FETCH command.
     batch_size: int = 500
     #: Seconds before IDLE is renewed (servers drop it after 30 minutes; RFC 2177 says renew within 29).

@@ -1,14 +1,19 @@
 """The IMAP watcher against a real private Dovecot: batch ingest, IDLE latency,
 crashes and restarts, server restarts, UIDVALIDITY changes, polling without
-IDLE or MOVE, the one-watcher-per-mailbox lease, and STARTTLS refusal."""
+IDLE or MOVE, the one-watcher-per-mailbox lease, and STARTTLS refusal; and the
+second connection that moves a backlog while the first fetches (the mover):
+its connection dropped, a commit that fails, a server that allows one
+connection, a stop in the middle, TLS."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import imap_watcher
@@ -95,6 +101,36 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, every: floa
     return condition()
 
 
+def digests(dovecot: Dovecot, user: str, folder: str) -> list[str]:
+    """Return the sha256 of every message in ``folder``."""
+    client = dovecot.client(user)
+    try:
+        client.select_folder(folder, readonly=True)
+        uids = client.search(["ALL"])
+        found = client.fetch(uids, [b"BODY.PEEK[]"]) if uids else {}
+        return [hashlib.sha256(data[b"BODY[]"]).hexdigest() for data in found.values()]
+    finally:
+        client.logout()
+
+
+def stored_digests(sessions: sessionmaker[Session]) -> set[str]:
+    return {r.sha256 for r in rows(sessions)}
+
+
+def newest_session_pid(dovecot: Dovecot, user: str, sessions: int) -> int:
+    """Return the pid of ``user``'s most recent IMAP session, once it has ``sessions`` of them."""
+    def pids() -> list[int]:
+        listing = dovecot.doveadm("who", "-1", user).splitlines()[1:]
+        return [int(line.split()[2]) for line in listing if line.split()[:2] == [user, "imap"]]
+
+    assert wait_until(lambda: len(pids()) == sessions, 5), pids()
+
+    def started(pid: int) -> int:  # /proc/PID/stat field 22: start time, immune to pid reuse order
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+    return max(pids(), key=started)
+
+
 def assert_each_once(sessions: sessionmaker[Session], expected: list[bytes]) -> None:
     """Every expected message is stored exactly once, byte for byte, and nothing else."""
     stored = rows(sessions)
@@ -126,7 +162,7 @@ def make_watcher(config_factory: Any, password_file: Path) -> Iterator[Callable[
     """``make_watcher(server, user, engine, instance=..., **mailbox_settings)`` -> a watcher."""
 
     def build(server: Dovecot, user: str, engine: Engine, instance: str = "test-a",
-              use_idle: bool = True, **settings: Any) -> ImapWatcher:
+              use_idle: bool = True, use_mover: bool = True, **settings: Any) -> ImapWatcher:
         mailbox = {"name": user, "host": "127.0.0.1", "port": server.port, "tls": "none",
                    "username": user, "password_file": str(password_file), "batch_size": 100,
                    "poll_interval": 0.3, "lease_seconds": 5.0, "command_timeout": 10.0, **settings}
@@ -135,6 +171,7 @@ def make_watcher(config_factory: Any, password_file: Path) -> Iterator[Callable[
         ctx = AppContext(config=config, engine=engine, sessions=make_sessionmaker(engine), instance=instance)
         [watcher] = make_components(ctx)
         watcher.use_idle = use_idle
+        watcher.use_mover = use_mover
         watcher.backoff_min, watcher.backoff_max = 0.2, 2.0
         return watcher
 
@@ -268,9 +305,10 @@ def test_idle_wakes_up_fast_and_stops_promptly(dovecot: Dovecot, sqlite_engine: 
         assert session.scalars(select(Mailbox.lease_owner)).one() is None, "lease not released on stop"
 
 
+@pytest.mark.parametrize("use_mover", [False, True], ids=["one-connection", "mover"])
 def test_crash_between_commit_and_move_loses_nothing_and_stores_nothing_twice(
         dovecot: Dovecot, engine: Engine, sessions: sessionmaker[Session], make_watcher: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, use_mover: bool) -> None:
     user = dovecot.new_user("crash")
     sent = [message(i, user) for i in range(400)]
     append(dovecot, user, sent)
@@ -278,32 +316,36 @@ def test_crash_between_commit_and_move_loses_nothing_and_stores_nothing_twice(
     def crash(*args: Any) -> None:
         raise OSError("killed right after the commit")
 
-    # Given a watcher that dies at its first move, after committing two batches of 100
-    # (moves per batch, one commit in flight: the crash point is deterministic),
+    # Given a watcher that dies at its first move, on the fetch connection or the mover's,
+    # after committing at least one batch of 100,
     with monkeypatch.context() as patch:
         patch.setattr(imap_watcher, "move_messages", crash)
         patch.setattr(imap_watcher, "MOVE_BATCH", 100)
         patch.setattr(imap_watcher, "MAX_IN_FLIGHT", 1)
-        with pytest.raises(OSError):
-            make_watcher(dovecot, user, engine).fetch_new()
-    assert row_count(sessions) == 200
+        with pytest.raises(OSError, match="killed right after the commit"):
+            make_watcher(dovecot, user, engine, use_mover=use_mover).fetch_new()
+    first = row_count(sessions)
+    assert 100 <= first <= 400
     assert count(dovecot, user, "INBOX") == 400
 
     # when a fresh watcher starts,
-    stored = make_watcher(dovecot, user, engine).fetch_new()
+    stored = make_watcher(dovecot, user, engine, use_mover=use_mover).fetch_new()
 
     # then every message is stored exactly once, and all of them are moved.
-    assert stored == 200
+    assert stored == 400 - first
     assert_each_once(sessions, sent)
     assert count(dovecot, user, "INBOX") == 0
     assert count(dovecot, user, PROCESSED) == 400
 
 
+@pytest.mark.parametrize("move_batch", [2000, 40], ids=["one-connection", "mover"])
 def test_stop_mid_batch_then_restart(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
-                                     running: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+                                     running: Any, monkeypatch: pytest.MonkeyPatch, move_batch: int) -> None:
     user = dovecot.new_user("restart")
     sent = [message(i, user) for i in range(300)]
     append(dovecot, user, sent)
+    # Groups of 40 make the 300 a backlog for the mover (a second connection).
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", move_batch)
     first = make_watcher(dovecot, user, sqlite_engine, batch_size=20)
     sessions = first.ctx.sessions
     # A slow database (50 ms a commit), so that the stop surely lands in the middle.
@@ -315,10 +357,14 @@ def test_stop_mid_batch_then_restart(dovecot: Dovecot, sqlite_engine: Engine, ma
 
     monkeypatch.setattr(imap_watcher, "commit_batch", slow_commit)
     component = running(first)
-    assert wait_until(lambda: row_count(sessions) > 0, 10, every=0.005)
+    assert wait_until(lambda: row_count(sessions) > 60, 10, every=0.005)
+    started = time.monotonic()
     component.stop(timeout=5)
+    assert time.monotonic() - started < 2.0, "the stop waited for the backlog"
+    assert component.error is None
     assert row_count(sessions) < 300, "the watcher finished before it was stopped; nothing was tested"
     assert count(dovecot, user, "INBOX") > 0
+    assert set(digests(dovecot, user, PROCESSED)) <= stored_digests(sessions), "moved before stored"
 
     monkeypatch.setattr(imap_watcher, "commit_batch", commit)
     running(make_watcher(dovecot, user, sqlite_engine, batch_size=20))
@@ -495,22 +541,29 @@ def test_starttls_checks_the_certificate_and_never_falls_back(tls_dovecot: tuple
 
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
 def test_tls_with_a_trusted_certificate(tls_dovecot: tuple[Dovecot, int, Path], sqlite_engine: Engine,
-                                        make_watcher: Any, running: Any, mode: str) -> None:
+                                        make_watcher: Any, running: Any, monkeypatch: pytest.MonkeyPatch,
+                                        mode: str) -> None:
     server, imaps_port, cert = tls_dovecot
     user = server.new_user(mode)
+    # A backlog of more than one move group: the mover opens a second connection.
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", 100)
+    backlog = [message(i, user) for i in range(150)]
+    append(server, user, backlog)
     port = imaps_port if mode == "implicit" else server.port
     watcher = make_watcher(server, user, sqlite_engine, tls=mode, port=port, ca_file=str(cert))
     running(watcher)
     assert wait_until(lambda: watcher.status == "idle", 10)
 
-    sent = message(1, user)
+    sent = message(1000, user)
     append(server, user, [sent])
 
-    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 1, 5)
-    assert_each_once(watcher.ctx.sessions, [sent])
-    # The watcher logged in before the test appended anything: its login is the first, over TLS.
+    assert wait_until(lambda: row_count(watcher.ctx.sessions) == 151, 5)
+    assert_each_once(watcher.ctx.sessions, backlog + [sent])
+    # Both of the watcher's connections (fetch and mover) logged in over TLS; the only
+    # plaintext logins are the test's own two appends.
     logins = [line for line in log_lines(server) if f"Login: user=<{user}>" in line]
-    assert logins and ", TLS," in logins[0], logins
+    over_tls = [line for line in logins if ", TLS," in line]
+    assert len(over_tls) >= 2 and len(logins) - len(over_tls) == 2, logins
 
 
 def test_hung_server_times_out_and_is_retried(dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any,
@@ -534,3 +587,154 @@ def test_hung_server_times_out_and_is_retried(dovecot: Dovecot, sqlite_engine: E
         started = time.monotonic()
         component.stop(timeout=5)
         assert time.monotonic() - started < 2.0
+
+
+# --- the mover: a second connection moves a backlog while the first one fetches -------
+
+
+def slow_commits(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every batch commit take ``seconds`` longer (a busy database), so a session lasts."""
+    commit = imap_watcher.commit_batch
+
+    def slow_commit(*args: Any) -> int:
+        time.sleep(seconds)
+        return commit(*args)
+
+    monkeypatch.setattr(imap_watcher, "commit_batch", slow_commit)
+
+
+def test_mover_connection_killed_mid_session_loses_nothing(
+        dovecot: Dovecot, sqlite_engine: Engine, make_watcher: Any, running: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    user = dovecot.new_user("mover-killed")
+    sent = [message(i, user) for i in range(1000)]
+    append(dovecot, user, sent)
+    # Groups of 200 make the 1,000 a backlog for the mover; slow commits keep the session going.
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", 200)
+    slow_commits(monkeypatch, 0.03)
+    watcher = make_watcher(dovecot, user, sqlite_engine)
+    sessions = watcher.ctx.sessions
+    running(watcher)
+
+    # Once the mover has work, the server's process for that second connection dies.
+    assert wait_until(lambda: row_count(sessions) >= 300, 10, every=0.005)
+    os.kill(newest_session_pid(dovecot, user, sessions=2), signal.SIGKILL)
+
+    # The session reconnects by itself; every message ends up stored once and moved once.
+    assert wait_until(lambda: count(dovecot, user, "INBOX") == 0 and row_count(sessions) == 1000, 20)
+    assert_each_once(sessions, sent)
+    assert sorted(digests(dovecot, user, PROCESSED)) == sorted(stored_digests(sessions))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"imap[{user}]: moving uid" in w and "on the mover connection failed" in w
+               and "reconnecting" in w for w in warnings), warnings
+
+
+def poison_uids(engine: Engine, low: int, high: int) -> Callable[[], None]:
+    """Make the database refuse to store UIDs ``low``..``high`` (a trigger); return how to undo it."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text(f"CREATE TRIGGER poison BEFORE INSERT ON inbound_messages "
+                              f"WHEN NEW.uid BETWEEN {low} AND {high} "
+                              "BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+        else:
+            conn.execute(text(f"CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+                              f"IF NEW.uid BETWEEN {low} AND {high} THEN RAISE EXCEPTION 'disk full'; "
+                              "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            conn.execute(text("CREATE TRIGGER poison BEFORE INSERT ON inbound_messages "
+                              "FOR EACH ROW EXECUTE FUNCTION poison()"))
+
+    def undo() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER poison" if engine.dialect.name == "sqlite"
+                              else "DROP TRIGGER poison ON inbound_messages"))
+
+    return undo
+
+
+def test_a_batch_that_fails_to_commit_stays_in_the_folder(
+        dovecot: Dovecot, engine: Engine, sessions: sessionmaker[Session], make_watcher: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    user = dovecot.new_user("poison")
+    sent = [message(i, user) for i in range(600)]
+    append(dovecot, user, sent)
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", 100)
+    # Given a database that fails the commit of the batch of UIDs 201-300 (and only that one),
+    undo = poison_uids(engine, 201, 300)
+
+    # a sync stops at that batch: nothing after it is stored either (the checkpoint
+    # must not pass messages never stored), and nothing unstored is moved.
+    with pytest.raises(SQLAlchemyError, match="disk full"):
+        make_watcher(dovecot, user, engine).fetch_new()
+    # (Batches fetched while the database is busy share a transaction, so the one that
+    # fails may have taken some before 201 with it.)
+    first = sorted(r.uid for r in rows(sessions))
+    assert first == list(range(1, len(first) + 1)) and 100 <= len(first) <= 200, first
+    assert set(digests(dovecot, user, PROCESSED)) <= stored_digests(sessions), "moved before stored"
+    assert count(dovecot, user, "INBOX") + count(dovecot, user, PROCESSED) == 600
+
+    # Once the database is fixed, the next run stores the rest and moves everything.
+    undo()
+    assert make_watcher(dovecot, user, engine).fetch_new() == 600 - len(first)
+    assert_each_once(sessions, sent)
+    assert count(dovecot, user, "INBOX") == 0
+    assert count(dovecot, user, PROCESSED) == 600
+
+
+def test_server_allowing_one_connection_moves_on_the_fetch_connection(
+        sqlite_engine: Engine, make_watcher: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="acedesk.imap")
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", 100)
+    # (No 2 s delay on refused logins: this test is about the fallback, not the delay.)
+    limit = "auth_failure_delay = 0\nprotocol imap {\n  mail_max_userip_connections = 1\n}\n"
+    with private_dovecot("oneconn", limit) as server:
+        user = server.new_user("oneconn")
+        sent = [message(i, user) for i in range(250)]
+        append(server, user, sent)
+
+        assert make_watcher(server, user, sqlite_engine).fetch_new() == 250
+
+        assert_each_once(make_sessionmaker(sqlite_engine), sent)
+        assert count(server, user, "INBOX") == 0
+        assert count(server, user, PROCESSED) == 250
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"imap[{user}]: cannot open a second connection to move messages" in w
+               and "Maximum number of connections" in w for w in warnings), warnings
+
+
+def test_mover_copies_and_expunges_when_server_lacks_move(bare_dovecot: Dovecot, sqlite_engine: Engine,
+                                                         make_watcher: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    user = bare_dovecot.new_user("bare-mover")
+    sent = [message(i, user) for i in range(150)]
+    append(bare_dovecot, user, sent)  # one APPEND each: no MULTIAPPEND either
+    monkeypatch.setattr(imap_watcher, "MOVE_BATCH", 50)
+    watcher = make_watcher(bare_dovecot, user, sqlite_engine, batch_size=25)
+
+    assert watcher.fetch_new() == 150
+
+    # COPY + \Deleted + UID EXPUNGE on the second connection: each message once, nowhere twice.
+    assert_each_once(watcher.ctx.sessions, sent)
+    assert count(bare_dovecot, user, "INBOX") == 0
+    assert sorted(digests(bare_dovecot, user, PROCESSED)) == sorted(stored_digests(watcher.ctx.sessions))
+
+
+def test_fetch_keeps_every_body_when_the_server_mixes_in_flag_updates(dovecot: Dovecot) -> None:
+    user = dovecot.new_user("flags")
+    sent = [message(i, user) for i in range(3)]
+    append(dovecot, user, sent)
+    watcher_side = dovecot.client(user)
+    try:
+        watcher_side.select_folder("INBOX")
+        # Another mail client flags a message: Dovecot tells the watcher's session in the
+        # middle of its next FETCH (an unsolicited "* 2 FETCH (FLAGS ...)").
+        other = dovecot.client(user)
+        other.select_folder("INBOX")
+        other.add_flags([2], [b"\\Flagged"])
+        other.logout()
+
+        assert imap_watcher.fetch_raw(watcher_side, [1, 2, 3]) == {1: sent[0], 2: sent[1], 3: sent[2]}
+        assert imap_watcher.fetch_raw(watcher_side, [3]) == {3: sent[2]}
+    finally:
+        watcher_side.logout()
