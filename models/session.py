@@ -12,6 +12,8 @@ holds the write lock.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,9 +83,83 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 @contextlib.contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """Yield a session inside one transaction: commit on success, roll back on error."""
-    with factory(bind=_writer(factory.kw["bind"])) as session:
-        with session.begin():
-            yield session
+    engine = factory.kw["bind"]
+    gate = _sqlite_gate(engine)
+    admitted = gate.enter(GATE_TIMEOUT) if gate is not None else False
+    try:
+        with factory(bind=_writer(engine)) as session:
+            with session.begin():
+                yield session
+    finally:
+        if admitted:
+            assert gate is not None
+            gate.exit()
+
+
+#: Seconds a writer waits for its turn at the gate before it goes on to
+#: SQLite's own lock (and its busy timeout) anyway: the gate never hangs anyone.
+GATE_TIMEOUT = 30.0
+
+_GATES: weakref.WeakKeyDictionary[Engine, WriterGate] = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def _sqlite_gate(engine: Engine) -> WriterGate | None:
+    if engine.dialect.name != "sqlite":
+        return None  # PostgreSQL writers do not share one lock
+    with _GATES_LOCK:
+        gate = _GATES.get(engine)
+        if gate is None:
+            gate = _GATES[engine] = WriterGate()
+        return gate
+
+
+class WriterGate:
+    """First come, first served admission of one process's SQLite writers.
+
+    SQLite has one write lock, and its busy handler polls for it with growing
+    sleeps: a thread that commits and begins again at once (the pipeline,
+    batch after batch) takes it back before a waiting thread (the outbox
+    marking replies sent, the IMAP watcher storing new mail) wakes up, so
+    the waiter starves.  Queueing writers here in arrival order before they
+    ask SQLite makes them take turns.  Re-entrant for the thread inside it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self._abandoned: set[int] = set()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def enter(self, timeout: float) -> bool:
+        """Wait for our turn; return whether we are admitted (False: gave up after ``timeout``)."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            if not self._cond.wait_for(lambda: self._serving == ticket, timeout):
+                self._abandoned.add(ticket)  # skipped when its turn comes
+                return False
+            self._owner, self._depth = me, 1
+            return True
+
+    def exit(self) -> None:
+        """Leave, and let the next writer in."""
+        with self._cond:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._owner = None
+            self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+            self._cond.notify_all()
 
 
 def _writer(engine: Engine) -> Engine:
