@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from daemon import csms_runner, imap_watcher, ingress, outbox
-from daemon.context import AppContext
+from daemon.context import AppContext, wait_any
 from daemon.pipeline import build_stages
 from daemon.sdnotify import Notifier
 from daemon.worker import Stage, run_stage_once
@@ -55,16 +55,9 @@ class PipelineWorker:
                     return
             if handled:
                 continue
-            await _wait_any(stop, wake, cfg.poll_interval)
+            await wait_any(stop, wake, cfg.poll_interval)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waiters:
-            task.cancel()
 
 
 def build_components(ctx: AppContext) -> list[Any]:

@@ -42,7 +42,7 @@ from csms.render import to_et
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
 from daemon import csms_fanout
 from daemon.config import Config
-from daemon.context import AppContext
+from daemon.context import AppContext, wait_any
 
 # The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
 from daemon.csms_fanout import load_signer
@@ -155,7 +155,7 @@ class Scheduler:
             while not stop.is_set():
                 wake.clear()
                 await self.sweep(stop)
-                await _wait_any(stop, wake, interval)
+                await wait_any(stop, wake, interval)
         finally:
             # Drain: the tasks saw ``stop`` too; they record what was sent and return.
             if self.tasks:
@@ -192,13 +192,6 @@ class Scheduler:
             log.error("could not rewrite the CSMS archive: %s", exc)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 # --- one-click unsubscribe over HTTP (RFC 8058) -------------------------------------------

@@ -378,3 +378,15 @@ class BackgroundComponent:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise TimeoutError(f"{self.component!r} did not stop within {timeout} s")
+
+
+class Together:
+    """Several components on one event loop, as the supervisor runs them."""
+
+    name = "together"
+
+    def __init__(self, *components: Any) -> None:
+        self.components = components
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(c.run(stop) for c in self.components))

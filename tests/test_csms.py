@@ -8,7 +8,6 @@ confirmation rate limit; and the ``acedesk csms`` commands end to end."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import http.client
 import logging
@@ -56,24 +55,13 @@ from models.migrate import upgrade
 from models.outbox import OutboxMessage
 from models.session import make_engine, make_sessionmaker, transaction
 from tests.conftest import DATA
-from tests.servers import BackgroundComponent, free_port, wait_for_port
+from tests.servers import Together, BackgroundComponent, free_port, wait_for_port
 
 REQUEST = "csms-request@ace-support.example"
 SEED_TITLE = "Support Call Today for Electronic Refund and Add Notify Party Features in the ACE Portal"
 ET = ZoneInfo("America/New_York")
 REPO = Path(__file__).parents[1]
 
-
-class Together:
-    """Several components on one event loop, as the supervisor runs them."""
-
-    name = "together"
-
-    def __init__(self, *components) -> None:
-        self.components = components
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(c.run(stop) for c in self.components))
 
 
 def csms_config(config_factory, db_url: str, smtp_port: int | None = None, **csms):

@@ -29,13 +29,12 @@ from models.outbox import OutboxMessage
 from models.responders import AutoReplyLog, ResponseRecord, Ticket, TicketMessage, TriageItem, User
 from models.session import make_sessionmaker, transaction
 from responders.msgid import check_message_id, make_message_id
-from responders.policy import decide
 from responders.render import Renderer, build_reply
 from responders.screen import DROP, NO_REPLY, OK, ScreenContext, screen
-from responders.service import DeskInfo, Responder, dry_run
+from responders.service import DeskInfo, Responder
 from responders.settings import ResponderConfig
 from responders.users import parse_users_csv, upsert_users
-from responders.verify import Directory, UserRecord, verify
+from responders.verify import Directory
 
 DESK = "helpdesk@ace-support.example"
 TRUSTED = "mx.ace-support.example"

@@ -8,7 +8,6 @@ and the send, restarted after the relay came back: exactly one reply."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -21,30 +20,21 @@ from sqlalchemy import select
 
 from daemon import imap_watcher
 from daemon.app import PipelineWorker
+from daemon.pipeline import build_stages
+from daemon.stage_classify import make_stage as make_classify_stage
 from daemon.config import PipelineConfig
 from daemon.context import make_context
 from daemon.outbox import OutboxSender
 from daemon.stage_parse import make_stage as make_parse_stage
-from daemon.worker import Stage, drain
-from models.core import PARSED, InboundMessage
+from daemon.worker import drain
+from models.core import InboundMessage
 from models.migrate import upgrade
 from models.outbox import OutboxMessage
-from tests.servers import BackgroundComponent, SmtpCapture, free_port
-from tests.test_responders import SECRET, import_users, ingest, mail, stages, stub_classify
+from tests.servers import Together, BackgroundComponent, SmtpCapture, free_port
+from tests.test_responders import SECRET, import_users, ingest, mail
 
 REPO = Path(__file__).parents[1]
 
-
-class Together:
-    """Several components on one event loop (as the supervisor runs them)."""
-
-    name = "together"
-
-    def __init__(self, *components) -> None:
-        self.components = components
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(c.run(stop) for c in self.components))
 
 
 def test_dovecot_to_daemon_to_smtp_reply(dovecot, smtp_capture, sqlite_url, config_factory, tmp_path):
@@ -76,7 +66,7 @@ def test_dovecot_to_daemon_to_smtp_reply(dovecot, smtp_capture, sqlite_url, conf
     finally:
         client.logout()
 
-    daemon = Together(*imap_watcher.make_components(ctx), PipelineWorker(ctx, stages(ctx)),
+    daemon = Together(*imap_watcher.make_components(ctx), PipelineWorker(ctx, build_stages(ctx)),
                       OutboxSender(ctx, poll_interval=0.1))
     runner = BackgroundComponent(daemon).start()
     try:
@@ -151,8 +141,8 @@ timeout = 3.0
     upgrade(ctx.engine)
     import_users(ctx.sessions)
     ingest(ctx.sessions, mail(msgid="<crash-1@broker.example>"))
-    # Parse and classify here (the real model is the classifier's work): the daemon finds it classified.
-    drain(ctx.sessions, [make_parse_stage(ctx), Stage("classify-stub", PARSED, stub_classify)], PipelineConfig())
+    # Parse and classify here (with the shipped model): the daemon finds it classified and answers it.
+    drain(ctx.sessions, [make_parse_stage(ctx), make_classify_stage(ctx)], PipelineConfig())
 
     first = _acedesk(cfg, "run")
     try:
