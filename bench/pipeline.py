@@ -50,7 +50,7 @@ from models.outbox import SENT, OutboxMessage  # noqa: E402
 from models.session import transaction  # noqa: E402
 from responders.users import parse_users_csv, upsert_users  # noqa: E402
 from bench.common import drop_schema, fill, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
-from tests.servers import Dovecot, find_dovecot, free_port  # noqa: E402
+from tests.servers import Dovecot, Together, find_dovecot, free_port  # noqa: E402
 
 TRUSTED = "mx.ace-support.example"
 USERS = 1000
@@ -99,15 +99,6 @@ def message(n: int, run: str) -> bytes:
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             f"Hello,\r\n\r\n{body}\r\n\r\nRegards,\r\nTrade User {u}\r\n").encode()
 
-
-class Together:
-    name = "bench"
-
-    def __init__(self, *components) -> None:
-        self.components = components
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(c.run(stop) for c in self.components))
 
 
 def counts(ctx) -> tuple[int, int, int, int]:
