@@ -23,6 +23,7 @@ from models.base import utcnow
 from models.core import NEW, InboundMessage
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_WHITESPACE = re.compile(rb"\s+")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -47,7 +48,10 @@ def header_message_id(raw: bytes) -> str | None:
     found = _MESSAGE_ID.search(head)
     if not found:
         return None
-    value = re.sub(rb"\s+", b" ", found.group(1)).strip()
+    value = found.group(1)
+    if b"\n" in value or b"\t" in value:  # folded over several lines (rare): unfold
+        value = _WHITESPACE.sub(b" ", value)
+    value = value.strip()
     return value.decode("ascii", "replace")[:998] or None
 
 
