@@ -194,7 +194,7 @@ def cmd_db_upgrade(args: argparse.Namespace, lazy: Lazy) -> int:
     from models.migrate import current_revisions, upgrade
 
     upgrade(lazy.ctx.engine, args.revision)
-    print(f"database at {', '.join(sorted(current_revisions(lazy.ctx.engine))) or 'base'}")
+    print(f"{_database_name(lazy)} is at revision(s) {', '.join(sorted(current_revisions(lazy.ctx.engine))) or 'base'}")
     return 0
 
 
@@ -202,8 +202,13 @@ def cmd_db_downgrade(args: argparse.Namespace, lazy: Lazy) -> int:
     from models.migrate import current_revisions, downgrade
 
     downgrade(lazy.ctx.engine, args.revision)
-    print(f"database at {', '.join(sorted(current_revisions(lazy.ctx.engine))) or 'base'}")
+    print(f"{_database_name(lazy)} is at revision(s) {', '.join(sorted(current_revisions(lazy.ctx.engine))) or 'base'}")
     return 0
+
+
+def _database_name(lazy: Lazy) -> str:
+    """The database as an operator knows it: its URL without a password."""
+    return lazy.ctx.engine.url.render_as_string(hide_password=True)
 
 
 def cmd_db_current(args: argparse.Namespace, lazy: Lazy) -> int:

@@ -40,7 +40,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--corpus", metavar="DIR", help="corpus folder (default: the package's classifiers/corpus)")
     p.add_argument("--out", metavar="DIR",
                    help="where to write the model (default: [classifier] model_dir, else the package's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the split and the model (default 0: the same data trains the same model)")
     p.add_argument("--specs", help="comma-separated feature/model choices to compare (default: all)")
     p.add_argument("--no-corrections", action="store_true", help="do not read corrections from the database")
     p.add_argument("--quiet", action="store_true", help="no progress display")
