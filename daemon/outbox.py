@@ -105,6 +105,14 @@ def claim(factory: sessionmaker[Session], cfg: OutboundConfig, limit: int = BATC
                         r.message_id) for r in rows]
 
 
+def _about_this_message(exc: OSError) -> bool:
+    """Whether the server judged this one message (refused recipients, a 4xx/5xx other than
+    421), rather than the connection going away."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return True
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code != 421
+
+
 def mark_sent(session: Session, items: Sequence[Claimed], now: dt.datetime) -> None:
     """Mark ``items`` sent and start (or, for answered tickets, stop) their tickets' clocks.
 
@@ -226,31 +234,17 @@ def deliver_batch(factory: sessionmaker[Session], config: Config, sender: SmtpSe
         for index, item in enumerate(items):
             try:
                 refused = client.sendmail(item.mail_from, item.rcpt_to, item.raw)
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as exc:
-                if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code not in (421,):
+            except OSError as exc:  # smtplib's errors are OSErrors too
+                if _about_this_message(exc):
                     # A reply for this message (4xx/5xx, RFC 5321 section 4.2.1): judge it, go on.
                     record_failure(factory, cfg, item, _classify_smtp_error(exc))
                     failed += 1
                     try:
                         client.rset()
-                    except (smtplib.SMTPException, OSError):
+                    except OSError:
                         pass
                     continue
-                # 421 or a dropped connection: this one and the rest are retried later.
-                outcome = Outcome("temporary", f"{type(exc).__name__}: {exc}")
-                for rest in items[index:]:
-                    record_failure(factory, cfg, rest, outcome)
-                failed += len(items) - index
-                return sent, failed
-            except smtplib.SMTPRecipientsRefused as exc:
-                record_failure(factory, cfg, item, _classify_smtp_error(exc))
-                failed += 1
-                try:
-                    client.rset()
-                except (smtplib.SMTPException, OSError):
-                    pass
-                continue
-            except OSError as exc:  # also smtplib.SMTPException's other kinds: treat as a lost connection
+                # 421, a dropped connection or any other error: this one and the rest are retried later.
                 outcome = Outcome("temporary", f"{type(exc).__name__}: {exc}")
                 for rest in items[index:]:
                     record_failure(factory, cfg, rest, outcome)
