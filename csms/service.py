@@ -278,12 +278,8 @@ class DueDelivery:
         return self.active and bool(self.topics)
 
 
-def due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list:
-    """The raw rows behind :func:`fetch_due`: one query, one row per (due delivery, matching topic).
-
-    Kept apart so that a caller can end its transaction (on SQLite, the write lock) before
-    turning the rows into :class:`DueDelivery` objects.
-    """
+def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list:
+    """The rows behind :func:`fetch_due`: one query, one row per (due delivery, matching topic)."""
     due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
            .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
            .where(or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
@@ -301,8 +297,8 @@ def due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: d
         .order_by(due.c.id)).all())
 
 
-def due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
-    """Turn :func:`due_rows` into deliveries, the matched topics in the notice's order."""
+def _due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
+    """Turn :func:`_due_rows` into deliveries, the matched topics in the notice's order."""
     order = {name: i for i, name in enumerate(notice.topics)}
     out: list[DueDelivery] = []
     i = 0
@@ -325,7 +321,7 @@ def fetch_due(session: Session, notice: Notice, after_id: int, limit: int, now: 
     Subscribers who left or were disabled since publishing started come back too, marked, so that
     the fan-out settles their deliveries (``skipped``) instead of leaving them pending.
     """
-    return due_deliveries(notice, due_rows(session, notice, after_id, limit, now))
+    return _due_deliveries(notice, _due_rows(session, notice, after_id, limit, now))
 
 
 def next_retry_at(session: Session, notice_id: int) -> dt.datetime | None:

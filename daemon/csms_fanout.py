@@ -246,8 +246,7 @@ class _Fanout:
         # for nor holds the write lock the result commits need.  A delivery seen
         # pending here and sent meanwhile cannot be: only this lease holder sends.
         with self.sessions() as s:
-            rows = service.due_rows(s, self.notice, after_id, self.cfg.chunk_size, utcnow())
-        return service.due_deliveries(self.notice, rows)
+            return service.fetch_due(s, self.notice, after_id, self.cfg.chunk_size, utcnow())
 
     def _commit(self, outcomes: list[Outcome]) -> bool:
         """Record ``outcomes`` and renew the lease, in one transaction; return whether the lease is ours."""

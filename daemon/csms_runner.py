@@ -150,7 +150,6 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         wake = self.ctx.wakeup("csms")
         interval = self.ctx.config.csms.scheduler_interval
-        await asyncio.to_thread(ensure_default_topics, self.ctx)
         try:
             while not stop.is_set():
                 wake.clear()
