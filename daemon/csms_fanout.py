@@ -58,7 +58,8 @@ from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
 from daemon.config import Config, read_secret, signing_secret
 from daemon.context import AppContext
-from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool, tls_context
+from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
+from daemon.tls import tls_context
 from models.base import utcnow
 from models.csms import DONE, PENDING, PUBLISHING, Notice
 from models.session import transaction

@@ -68,6 +68,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import Config, ConfigError, MailboxConfig, read_secret
 from daemon.context import AppContext
 from daemon.store import NewMessage, insert_messages
+from daemon.tls import tls_context as client_tls_context
 from models.base import utcnow
 from models.core import Mailbox
 from models.session import transaction
@@ -229,12 +230,8 @@ def commit_batch(sessions: sessionmaker[Session], mailbox_id: int, owner: str, l
 
 def tls_context(cfg: MailboxConfig, config: Config | None) -> ssl.SSLContext:
     """Return the TLS context for a mailbox: certificates checked unless configured otherwise."""
-    cafile = str(config.path(cfg.ca_file) if config else cfg.ca_file) if cfg.ca_file else None
-    context = ssl.create_default_context(cafile=cafile)
-    if not cfg.verify_certificates:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    ca_file = str(config.path(cfg.ca_file) if config else cfg.ca_file) if cfg.ca_file else ""
+    return client_tls_context(cfg.verify_certificates, ca_file)
 
 
 def connect(cfg: MailboxConfig, password: str, config: Config | None = None) -> IMAPClient:

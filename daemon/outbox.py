@@ -33,7 +33,6 @@ import logging
 import os
 import queue
 import smtplib
-import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from daemon.config import Config, OutboundConfig, read_secret
 from daemon.context import AppContext
+from daemon.tls import tls_context
 from models.base import utcnow
 from models.outbox import FAILED, PENDING, SENDING, SENT, OutboxMessage
 from models.responders import TICKET_ANSWERED, Ticket, TicketMessage, TriageItem
@@ -191,10 +191,7 @@ class SmtpSender:
         self.cfg = config.outbound
         self.password = read_secret("outbound", self.cfg.password_env, self.cfg.password_file, config) \
             if self.cfg.username else ""
-        self.context = ssl.create_default_context()
-        if not self.cfg.verify_certificates:
-            self.context.check_hostname = False
-            self.context.verify_mode = ssl.CERT_NONE
+        self.context = tls_context(self.cfg.verify_certificates)
 
     def connect(self) -> smtplib.SMTP:
         cfg = self.cfg

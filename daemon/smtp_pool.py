@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from daemon.tls import tls_context
+
 log = logging.getLogger("acedesk.smtp")
 
 SENT = "sent"
@@ -187,15 +189,6 @@ class RateLimiter:
                     self._count(now)
                     return
                 await asyncio.sleep(wait)
-
-
-def tls_context(verify: bool = True, ca_file: str = "") -> ssl.SSLContext:
-    """A client TLS context; ``verify=False`` only for loopback tests and private relays."""
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class SmtpConnection:

@@ -30,7 +30,8 @@ from csms.tokens import UNSUBSCRIBE
 from daemon.config import config_from_dict
 from daemon.context import AppContext
 from daemon.csms_fanout import Progress, load_signer, publish
-from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SmtpPool, tls_context
+from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SmtpPool
+from daemon.tls import tls_context
 from models.base import utcnow
 from models.csms import DONE, FAILED, PUBLISHING, BounceEvent, Delivery, Notice, Subscriber, Subscription, Topic
 from models.csms import SENT as DELIVERY_SENT
