@@ -84,11 +84,18 @@ def smtp_sink_binary() -> str | None:
     return found if os.path.exists(found) else None
 
 
-def start_smtp_sink(binary: str, port: int, backlog: int = 1000) -> subprocess.Popen[bytes]:
-    """Start smtp-sink on 127.0.0.1:``port`` and wait until it listens."""
+def start_smtp_sink(binary: str, port: int, backlog: int = 1000,
+                    counter: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start smtp-sink on 127.0.0.1:``port`` and wait until it listens.
+
+    With ``counter``, smtp-sink (``-c``) writes its message counter there: a file, not a pipe,
+    because a pipe nobody reads fills up and stalls the sink.
+    """
     # smtp-sink refuses to run as root without -u (it drops privileges to that user).
     user_opt = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen([binary, *user_opt, f"127.0.0.1:{port}", str(backlog)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    count_opt = ["-c"] if counter is not None else []
+    with open(counter or os.devnull, "wb") as out:
+        sink = subprocess.Popen([binary, *user_opt, *count_opt, f"127.0.0.1:{port}", str(backlog)],
+                                stdout=out, stderr=subprocess.DEVNULL)
     wait_for_port(port)
     return sink

@@ -32,7 +32,6 @@ import os
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, select  # noqa: E402
 
-from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary  # noqa: E402
+from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from csms import service  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
@@ -52,7 +51,7 @@ from models.base import utcnow  # noqa: E402
 from models.csms import ACTIVE, Notice, Subscriber, Subscription  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.session import transaction  # noqa: E402
-from tests.servers import free_port, wait_for_port  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 TOPICS = ["ACE", "ACE Portal", "ACH Refunds", "Cargo Release"]
 SEEDS = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
@@ -137,15 +136,10 @@ def main() -> int:
         db_url, schema = postgres_schema(args.database_url)
     sink_port = free_port()
     sink_out = root / "sink.out"
-    # Started here rather than with bench.common.start_smtp_sink for -c: its message counter (on
-    # stdout) confirms what the sink took.  It refuses to run as root without -u.
-    user_opt = ["-u", "nobody"] if os.geteuid() == 0 else []
-    with open(sink_out, "wb") as out:
-        sink = subprocess.Popen([sink_bin, *user_opt, "-c", f"127.0.0.1:{sink_port}", "1000"], stdout=out,
-                                stderr=subprocess.DEVNULL)
+    # Its message counter confirms what the sink took.
+    sink = start_smtp_sink(sink_bin, sink_port, counter=sink_out)
     ctx = None
     try:
-        wait_for_port(sink_port)
         config = config_from_dict({
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},
