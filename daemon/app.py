@@ -22,6 +22,7 @@ from daemon.intake import ingress
 from daemon.delivery import outbox
 from daemon.context import AppContext, wait_any
 from daemon.pipeline import build_stages
+from daemon.processes import WorkerProcesses
 from daemon.sdnotify import Notifier
 from daemon.worker import Stage, run_stage_once
 from models.migrate import current_revisions, head_revisions
@@ -63,9 +64,20 @@ class PipelineWorker:
 
 
 
+def pipeline_component(ctx: AppContext) -> Any:
+    """Return the pipeline: worker processes (``[pipeline] processes``), the stages built once here first."""
+    # Built here too so that a configuration error (a bad policy rule, an unreadable secret) stops
+    # 'acedesk run' at start with its one line, instead of crashing every worker in turn; and so
+    # that a generated secret is written once, before several workers would race to write it.
+    hooks = len(ctx.reload_hooks)
+    build_stages(ctx)
+    del ctx.reload_hooks[hooks:]  # what those stages registered: the workers reload their own
+    return WorkerProcesses(ctx)
+
+
 def build_components(ctx: AppContext) -> list[Any]:
     """Return every component in start order (ingress last: accept mail only when all else runs)."""
-    components: list[Any] = [PipelineWorker(ctx, build_stages(ctx))]
+    components: list[Any] = [pipeline_component(ctx)]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
     components += imap.make_components(ctx)

@@ -172,6 +172,12 @@ class PipelineConfig:
     max_attempts: int = 5
     #: Seconds between sweeps when nothing wakes the worker.
     poll_interval: float = 2.0
+    #: Worker processes running the CPU stages (parse, classify, respond); 0 = one per core.
+    processes: int = 0
+
+    def worker_processes(self) -> int:
+        """Return how many worker processes ``acedesk run`` starts."""
+        return self.processes if self.processes > 0 else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ class AppContext:
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     #: Called on SIGHUP (templates, classifier model); each must not raise.
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    #: In a worker process (no event loop): passes a wake-up to the main process (see daemon.processes).
+    remote_wake: Callable[[str], None] | None = None
 
     def wakeup(self, name: str) -> asyncio.Event:
         """Return the event that wakes component ``name`` (created on first use)."""
@@ -50,6 +52,9 @@ class AppContext:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
+        remote = self.remote_wake
+        if loop is None and remote is not None:
+            return lambda *_: remote(name)
 
         def wake(*_: object) -> None:
             if loop is None or loop.is_closed():

@@ -17,13 +17,16 @@ class Notifier:
         self._sock: socket.socket | None = None
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Never wait: a reader that falls behind (a full datagram queue) must not freeze the
+            # event loop that sends the pings; a dropped ping is better than a hung daemon.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
         return self._sock is not None
 
     def send(self, *fields: str) -> None:
-        """Send ``fields`` (``READY=1`` ...); errors are ignored, systemd may be gone."""
+        """Send ``fields`` (``READY=1`` ...); errors are ignored, systemd may be gone or behind."""
         if self._sock is None:
             return
         try:

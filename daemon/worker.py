@@ -6,6 +6,16 @@ to its next state in the same transaction that claimed it, so a crash at any
 point leaves the rows where they were.  When a batch raises, each row is run
 alone in a savepoint: the poison row gets its error recorded and a backoff
 (``failed`` after ``max_attempts``), and the others go on.
+
+Several workers (``[pipeline] processes``, see :mod:`daemon.processes`) run
+the same stages side by side.  On PostgreSQL they claim with ``FOR UPDATE
+SKIP LOCKED`` and never see each other's rows.  SQLite has one write lock,
+so a stage with a pure ``compute`` step (parsing, the model) runs it on a
+read snapshot *before* taking the lock, over its own share of the rows
+(``id % count == index``: no two workers compute the same row), and the
+write transaction only applies the results to the rows still waiting.
+A claim lives only as long as its transaction: when a worker dies, the
+database rolls its transaction back and the rows are claimable at once.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -28,6 +39,18 @@ log = logging.getLogger("acedesk.worker")
 
 #: Process a batch of claimed rows; set ``row.state`` on each row it finishes.
 StageFn = Callable[[Session, list[InboundMessage]], None]
+#: The pure part of a stage: results by row id, computed without the database.
+ComputeFn = Callable[[list[InboundMessage]], dict[int, Any]]
+#: Write computed results to the claimed rows (each row's result is in the dict).
+ApplyFn = Callable[[Session, list[InboundMessage], dict[int, Any]], None]
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which rows a worker takes when several share one SQLite database: ``id % count == index``."""
+
+    index: int = 0
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -41,10 +64,19 @@ class Stage:
     needs_parsed: bool = True
     #: Largest batch this stage takes (0 = the pipeline's batch size).
     batch_size: int = 0
+    #: Optional split of ``process`` into a pure step and a write step (see the module docstring).
+    compute: ComputeFn | None = None
+    apply: ApplyFn | None = None
 
 
-def claim(session: Session, stage: Stage, limit: int, now: dt.datetime) -> list[InboundMessage]:
-    """Return up to ``limit`` rows waiting in ``stage.consumes``, locked for this transaction."""
+def claim(session: Session, stage: Stage, limit: int, now: dt.datetime, share: Share | None = None,
+          ids: Sequence[int] | None = None, load: bool = True) -> list[InboundMessage]:
+    """Return up to ``limit`` rows waiting in ``stage.consumes``, locked for this transaction.
+
+    ``share`` restricts the claim to one worker's share of the ids, ``ids`` to
+    rows computed beforehand; ``load`` False leaves the raw bytes and parsed
+    record deferred (the computed results replace them).
+    """
     query = (
         select(InboundMessage)
         .where(InboundMessage.state == stage.consumes)
@@ -53,11 +85,33 @@ def claim(session: Session, stage: Stage, limit: int, now: dt.datetime) -> list[
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    if stage.needs_raw:
+    if share is not None and share.count > 1:
+        query = query.where(InboundMessage.id % share.count == share.index)
+    if ids is not None:
+        query = query.where(InboundMessage.id.in_(ids))
+    if stage.needs_raw and load:
         query = query.options(undefer(InboundMessage.raw))
-    if stage.needs_parsed:
+    if stage.needs_parsed and load:
         query = query.options(undefer(InboundMessage.parsed))
     return list(session.scalars(query))
+
+
+def computed_first(factory: sessionmaker[Session], stage: Stage, limit: int, now: dt.datetime,
+                   share: Share | None) -> dict[int, Any] | None:
+    """Return ``stage.compute`` over a read snapshot of the rows waiting for it, or None when it
+    should run inside the write transaction instead (no split, not SQLite, or the compute raised)."""
+    if stage.compute is None or stage.apply is None or factory.kw["bind"].dialect.name != "sqlite":
+        return None
+    with factory() as session:  # a deferred transaction: a WAL snapshot, no write lock
+        rows = claim(session, stage, limit, now, share)
+        if not rows:
+            return {}
+        try:
+            return stage.compute(rows)
+        except Exception:
+            # The write transaction runs the stage row by row and records the culprit.
+            log.debug("stage %s: compute raised; processing in the transaction", stage.name, exc_info=True)
+            return None
 
 
 def backoff(attempts: int) -> dt.timedelta:
@@ -65,16 +119,28 @@ def backoff(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(3600, 5 * 2 ** max(0, attempts - 1)))
 
 
-def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineConfig) -> int:
+def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineConfig,
+                   share: Share | None = None) -> int:
     """Claim one batch for ``stage`` and process it; return how many rows were handled."""
     limit = stage.batch_size or cfg.batch_size
+    now = utcnow()
+    computed = computed_first(factory, stage, limit, now, share)
+    if computed == {}:
+        return 0
     with transaction(factory) as session:
-        rows = claim(session, stage, limit, utcnow())
+        if computed is None:
+            rows = claim(session, stage, limit, now, share)
+        else:
+            rows = claim(session, stage, limit, now, share, ids=list(computed), load=False)
         if not rows:
             return 0
         try:
             with session.begin_nested():
-                stage.process(session, rows)
+                if computed is None:
+                    stage.process(session, rows)
+                else:
+                    assert stage.apply is not None
+                    stage.apply(session, rows, computed)
             return len(rows)
         except Exception:
             log.warning("stage %s: batch of %d raised; retrying one by one", stage.name, len(rows),
@@ -107,11 +173,11 @@ def _process_alone(session: Session, stage: Stage, row: InboundMessage, max_atte
 
 
 def drain(factory: sessionmaker[Session], stages: Sequence[Stage], cfg: PipelineConfig,
-          max_batches: int = 1_000_000) -> int:
+          max_batches: int = 1_000_000, share: Share | None = None) -> int:
     """Run every stage until none has work; return the rows handled (burst mode, tests)."""
     total = 0
     for _ in range(max_batches):
-        handled = sum(run_stage_once(factory, stage, cfg) for stage in stages)
+        handled = sum(run_stage_once(factory, stage, cfg, share) for stage in stages)
         total += handled
         if handled == 0:
             break

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from classifiers.classify import MessageText, classify
+from classifiers.classify import Classification, MessageText, classify
 from classifiers.labels import LABELS
 from classifiers.model import ModelLoadError
 from classifiers.settings import ClassifierConfig
@@ -39,27 +39,41 @@ def message_text(row: InboundMessage, spanish_desks: frozenset[str]) -> MessageT
                        quoted=parsed.quoted_text[:4000], language_hint=hint)
 
 
-def classify_rows(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: frozenset[str],
-                  session: Session, rows: list[InboundMessage]) -> None:
-    """Classify ``rows`` in batches of ``cfg.batch_size`` and move them to ``classified``."""
+def classify_all(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: frozenset[str],
+                 rows: list[InboundMessage]) -> dict[int, Classification]:
+    """Return the model's answer for each row, by row id, in batches of ``cfg.batch_size``: no database needed."""
     model = holder.current  # one model for the whole batch, even if SIGHUP swaps it meanwhile
     if model is None:
         raise RuntimeError("no classifier model loaded")
+    answers: dict[int, Classification] = {}
     for start in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[start:start + max(1, cfg.batch_size)]
         results = classify(model, [message_text(r, spanish_desks) for r in chunk], cfg.thresholds or None,
                            cfg.max_chars or None)
-        for row, result in zip(chunk, results, strict=True):
-            row.label = result.label
-            row.confidence = result.confidence
-            row.auto = result.auto
-            row.language = result.language
-            row.identifiers = result.identifiers
-            row.model_version = result.model_version
-            row.state = CLASSIFIED
-            row.error = None
-            log.debug("message %s (Message-ID %s): %s %.3f auto=%s %s", row.id, row.message_id,
-                      result.label, result.confidence, result.auto, result.language)
+        answers.update((row.id, result) for row, result in zip(chunk, results, strict=True))
+    return answers
+
+
+def apply_classified(session: Session, rows: list[InboundMessage], answers: dict[int, Classification]) -> None:
+    """Store each row's label, confidence, language and identifiers and move it to ``classified``."""
+    for row in rows:
+        result = answers[row.id]
+        row.label = result.label
+        row.confidence = result.confidence
+        row.auto = result.auto
+        row.language = result.language
+        row.identifiers = result.identifiers
+        row.model_version = result.model_version
+        row.state = CLASSIFIED
+        row.error = None
+        log.debug("message %s (Message-ID %s): %s %.3f auto=%s %s", row.id, row.message_id,
+                  result.label, result.confidence, result.auto, result.language)
+
+
+def classify_rows(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: frozenset[str],
+                  session: Session, rows: list[InboundMessage]) -> None:
+    """Classify ``rows`` and move them to ``classified``."""
+    apply_classified(session, rows, classify_all(holder, cfg, spanish_desks, rows))
 
 
 def make_stage(ctx: AppContext) -> Stage | None:
@@ -80,7 +94,8 @@ def make_stage(ctx: AppContext) -> Stage | None:
     spanish = frozenset(a.lower() for a in ctx.config.desk.spanish_addresses)
     stage = Stage(name="classify", consumes=PARSED, needs_parsed=True,
                   process=lambda session, rows: classify_rows(holder, cfg, spanish, session, rows),
-                  batch_size=max(cfg.batch_size, 1))
+                  batch_size=max(cfg.batch_size, 1),
+                  compute=lambda rows: classify_all(holder, cfg, spanish, rows), apply=apply_classified)
     return stage
 
 

@@ -10,6 +10,7 @@ failing batch one row at a time.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -30,11 +31,23 @@ def next_state(desk: DeskConfig, row: InboundMessage) -> str:
     return PARSED
 
 
-def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -> None:
+def parse_all(rows: list[InboundMessage]) -> dict[int, Any]:
+    """Return each row's parsed record (or why it is unparseable), by row id: no database needed."""
+    parsed: dict[int, Any] = {}
     for row in rows:
         try:
-            parsed = parse_message(row.raw, row.envelope_from)
+            parsed[row.id] = parse_message(row.raw, row.envelope_from)
         except Unparseable as exc:
+            parsed[row.id] = exc
+    return parsed
+
+
+def apply_parsed(desk: DeskConfig, session: Session, rows: list[InboundMessage], parsed_by_id: dict[int, Any]) -> None:
+    """Store each row's parsed record and move it on, or quarantine it with its reason."""
+    for row in rows:
+        parsed = parsed_by_id[row.id]
+        if isinstance(parsed, Unparseable):
+            exc = parsed
             quarantine(session, row, exc.reason, exc.detail)
             log.warning("message %s (%d bytes, Message-ID %s) quarantined: %s: %s",
                         row.id, row.size, row.message_id, exc.reason, exc.detail)
@@ -45,7 +58,12 @@ def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -
         row.error = None
 
 
+def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -> None:
+    apply_parsed(desk, session, rows, parse_all(rows))
+
+
 def make_stage(ctx: AppContext) -> Stage:
     desk = ctx.config.desk
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
-                 process=lambda session, rows: parse_rows(desk, session, rows), batch_size=100)
+                 process=lambda session, rows: parse_rows(desk, session, rows), batch_size=100,
+                 compute=parse_all, apply=lambda session, rows, parsed: apply_parsed(desk, session, rows, parsed))

@@ -1,0 +1,230 @@
+"""Worker processes for the pipeline's CPU stages, and their supervision.
+
+``acedesk run`` keeps the I/O (IMAP, the ingress, delivery, the scheduler,
+HTTP) on its event loop and runs the stages (parse, classify, respond) in
+``[pipeline] processes`` worker processes (default: one per core), so that
+parsing and the model use every core instead of one.  Each worker builds its
+own engine and stages -- the model is loaded once per process -- and claims
+batches by state (:mod:`daemon.worker`).
+
+The main process:
+
+* wakes the workers when new mail is stored, and is woken by them when a
+  batch put replies in the outbox (a pipe per worker);
+* forwards SIGHUP, so every worker reloads the templates and the model;
+* restarts a worker that dies (capped backoff when it keeps dying).  Its
+  claims need no taking back: a claim is its transaction, which the database
+  rolls back when the process's connection closes, so the rows are claimable
+  the moment it is gone;
+* on SIGTERM asks the workers to finish their batch and stop, and kills what
+  is still running after ``shutdown_timeout``.
+
+A worker exits by itself when its parent is gone, so an orphan never keeps
+claiming work after the daemon was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.config import Config
+from daemon.context import AppContext, make_context, wait_any
+from daemon.logs import setup_logging
+from daemon.worker import Share, run_stage_once
+
+log = logging.getLogger("acedesk.processes")
+
+#: Spawned, not forked: the main process has threads (the event loop's pool, the IMAP mover).
+_MP = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Worker:
+    """One worker process and the main process's ends of its signals."""
+
+    index: int
+    process: Any = None
+    wake: Any = None  # multiprocessing.Event: there may be new work
+    inbox: Any = None  # Connection: wake-up names sent by the worker
+    started: float = 0.0
+    restarts: int = 0
+    delay: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorkerProcesses:
+    """The supervisor component that runs the pipeline in worker processes."""
+
+    name = "pipeline"
+
+    def __init__(self, ctx: AppContext, count: int | None = None) -> None:
+        self.ctx = ctx
+        self.count = count or ctx.config.pipeline.worker_processes()
+        self.workers = [_Worker(index=i) for i in range(self.count)]
+        self.stopping = _MP.Event()
+        ctx.reload_hooks.append(self.reload)
+
+    # --- the main process's side --------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        """Return the pids of the running workers."""
+        return [w.process.pid for w in self.workers if w.process is not None and w.process.is_alive()]
+
+    def reload(self) -> None:
+        """Pass SIGHUP on to every worker (each reloads its own templates and model)."""
+        for worker in self.workers:
+            if worker.process is not None and worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGHUP)
+                worker.wake.set()
+
+    def _start(self, worker: _Worker) -> None:
+        receive, send = _MP.Pipe(duplex=False)
+        worker.wake = _MP.Event()
+        level = logging.getLevelName(logging.getLogger().level)
+        worker.process = _MP.Process(
+            target=worker_main, name=f"acedesk-worker-{worker.index}",
+            args=(self.ctx.config, worker.index, self.count, worker.wake, self.stopping, send, os.getpid(), level),
+            daemon=True)
+        worker.process.start()
+        send.close()  # the worker holds the only writing end: EOF here when it dies
+        worker.inbox = receive
+        worker.started = time.monotonic()
+        worker.wake.set()
+        asyncio.get_running_loop().add_reader(receive.fileno(), self._read, worker)
+        log.info("pipeline worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    def _read(self, worker: _Worker) -> None:
+        try:
+            name = worker.inbox.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(worker.inbox.fileno())
+            worker.done.set()
+            return
+        self.ctx.wake(name)
+
+    async def _forward_wakeups(self, stop: asyncio.Event) -> None:
+        wake = self.ctx.wakeup("pipeline")
+        while not stop.is_set():
+            await wait_any(stop, wake, 3600.0)
+            wake.clear()
+            for worker in self.workers:
+                if worker.wake is not None:
+                    worker.wake.set()
+
+    async def _supervise(self, worker: _Worker, stop: asyncio.Event) -> None:
+        cfg = self.ctx.config.daemon
+        worker.delay = cfg.restart_backoff_min
+        while not stop.is_set():
+            worker.done = asyncio.Event()
+            self._start(worker)
+            while not (stop.is_set() or worker.done.is_set()):
+                await wait_any(stop, worker.done, 3600.0)
+            if stop.is_set():
+                return
+            await asyncio.to_thread(worker.process.join, 5.0)
+            code = worker.process.exitcode
+            worker.restarts += 1
+            # A worker that ran for a while gets restarted at once; one that keeps dying, with backoff.
+            if time.monotonic() - worker.started > cfg.restart_backoff_max:
+                worker.delay = cfg.restart_backoff_min
+            log.error("pipeline worker %d (pid %d) died (exit %s); its claims are back in the queue, "
+                      "restarting in %.1f s", worker.index, worker.process.pid, _exit(code), worker.delay)
+            self.ctx.wake("pipeline")  # the other workers pick up its rows now
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=worker.delay)
+            except TimeoutError:
+                pass
+            worker.delay = min(cfg.restart_backoff_max, worker.delay * 2)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        forward = asyncio.ensure_future(self._forward_wakeups(stop))
+        tasks = [asyncio.ensure_future(self._supervise(w, stop)) for w in self.workers]
+        try:
+            await stop.wait()
+        finally:
+            await self._stop_all()
+            forward.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(forward, *tasks, return_exceptions=True)
+
+    async def _stop_all(self) -> None:
+        self.stopping.set()
+        running = [w for w in self.workers if w.process is not None and w.process.is_alive()]
+        for worker in running:
+            worker.wake.set()
+        timeout = self.ctx.config.daemon.shutdown_timeout
+        deadline = time.monotonic() + timeout
+        for worker in running:
+            await asyncio.to_thread(worker.process.join, max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.warning("pipeline worker %d did not stop within %.0f s; killing it", worker.index, timeout)
+                worker.process.kill()
+                await asyncio.to_thread(worker.process.join, 5.0)
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            if worker.inbox is not None:
+                loop.remove_reader(worker.inbox.fileno())
+                worker.inbox.close()
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return signal.Signals(-code).name
+    return str(code)
+
+
+# --- the worker process's side ------------------------------------------------------------------
+
+
+def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any,
+                outbox: multiprocessing.connection.Connection, parent: int, level: str) -> None:
+    """Run the pipeline stages until the main process says stop (or is gone)."""
+    from daemon.pipeline import build_stages  # the stages import the domain; only workers need them
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    reload_requested = []
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    setup_logging(config.logging, level)
+    ctx = make_context(config)
+    ctx.instance = f"{ctx.instance}/w{index}"
+    ctx.remote_wake = lambda name: _send(outbox, name)
+    stages = build_stages(ctx)
+    # PostgreSQL's SKIP LOCKED keeps workers apart; SQLite's one write lock needs shares (daemon.worker).
+    share = Share(index, count) if ctx.engine.dialect.name == "sqlite" else None
+    cfg = config.pipeline
+    try:
+        while not stopping.is_set() and os.getppid() == parent:
+            if reload_requested:
+                reload_requested.clear()
+                for hook in ctx.reload_hooks:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("reload hook %r failed; keeping the previous state", hook)
+            wake.clear()
+            handled = 0
+            for stage in stages:
+                handled += run_stage_once(ctx.sessions, stage, cfg, share)
+                if stopping.is_set():
+                    break
+            if not handled:
+                wake.wait(cfg.poll_interval)
+    finally:
+        ctx.dispose()
+
+
+def _send(outbox: multiprocessing.connection.Connection, name: str) -> None:
+    try:
+        outbox.send(name)
+    except OSError:  # the main process is gone; the loop above notices and exits
+        pass
