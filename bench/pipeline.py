@@ -3,7 +3,7 @@ accepted by an SMTP server (Postfix's ``smtp-sink``).
 
 Run by hand (not by pytest), from the repository root:
 
-    .venv/bin/python bench/pipeline.py [--messages 10000] [--database URL]
+    .venv/bin/python bench/pipeline.py [--messages 10000] [--database URL] [--processes N]
 
 It starts a private Dovecot (like the test fixture) and ``smtp-sink`` on
 loopback ports, imports 1,000 users, fills a mailbox with a realistic mix of
@@ -11,7 +11,8 @@ help-desk mail (password resets from verified users with a trusted
 Authentication-Results header, spoofed copies, AESDirect and refund questions
 in English and Spanish, thanks, out-of-office auto-replies), then runs the
 daemon's own components on one event loop -- the IMAP watcher, the pipeline
-worker (parse, classify, respond) and the outbox sender -- until every
+(parse, classify, respond) in ``--processes`` worker processes as ``acedesk
+run`` does (0: in a thread of this process), and the outbox sender -- until every
 message is done and every reply has been accepted by smtp-sink.  Filling the
 mailbox is not timed.
 
@@ -38,6 +39,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from daemon.imap import watcher as imap_watcher  # noqa: E402
 from daemon.app import PipelineWorker  # noqa: E402
+from daemon.processes import WorkerProcesses  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
 from daemon.delivery.outbox import OutboxSender  # noqa: E402
@@ -117,6 +119,8 @@ def main() -> int:
     parser.add_argument("--database", default="", help="PostgreSQL URL: the bench runs in a fresh schema there, dropped afterwards "
                         "(default: a fresh SQLite file)")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="pipeline worker processes (default: one per core; 0: a thread of this process)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -148,7 +152,7 @@ def main() -> int:
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},
             "ingress": {"enabled": False, "port": free_port()},
-            "pipeline": {"batch_size": 500, "poll_interval": 0.2},
+            "pipeline": {"batch_size": 500, "poll_interval": 0.2, "processes": max(args.processes, 1)},
             "imap": {"mailboxes": [{"name": "helpdesk", "host": "127.0.0.1", "port": server.port,
                                     "tls": "none", "username": user, "password_file": str(pw),
                                     "batch_size": 500}]},
@@ -169,7 +173,8 @@ def main() -> int:
 
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
-        components = Together(*imap_watcher.make_components(ctx), PipelineWorker(ctx, stages),
+        pipeline = WorkerProcesses(ctx) if args.processes else PipelineWorker(ctx, stages)
+        components = Together(*imap_watcher.make_components(ctx), pipeline,
                               OutboxSender(ctx, poll_interval=0.2))
         result: dict = {}
 
@@ -209,7 +214,8 @@ def main() -> int:
             if seconds else None,
             "states": states, "actions": actions, "classifier": "shipped model",
             "database": db_url.split(":")[0].split("+")[0], "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
-            "timed_out": bool(result.get("timeout")),
+            "timed_out": bool(result.get("timeout")), "processes": args.processes,
+            "load_average_1m": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(figures))
         return 0 if seconds else 1

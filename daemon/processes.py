@@ -195,6 +195,7 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     setup_logging(config.logging, level)
+    _name_worker_in_logs(index)
     ctx = make_context(config)
     ctx.instance = f"{ctx.instance}/w{index}"
     ctx.remote_wake = lambda name: _send(outbox, name)
@@ -221,6 +222,16 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
                 wake.wait(cfg.poll_interval)
     finally:
         ctx.dispose()
+
+
+def _name_worker_in_logs(index: int) -> None:
+    """Suffix every logger name with ``[w<index>]``: which worker did what, in one shared log."""
+    def rename(record: logging.LogRecord) -> bool:
+        record.name = f"{record.name}[w{index}]"
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(rename)
 
 
 def _send(outbox: multiprocessing.connection.Connection, name: str) -> None:

@@ -62,7 +62,7 @@ class Stage:
     #: Load the raw bytes / parsed record with the rows (deferred otherwise).
     needs_raw: bool = False
     needs_parsed: bool = True
-    #: Largest batch this stage takes (0 = the pipeline's batch size).
+    #: Largest batch this stage takes (0 = the pipeline's batch size, which caps it in any case).
     batch_size: int = 0
     #: Optional split of ``process`` into a pure step and a write step (see the module docstring).
     compute: ComputeFn | None = None
@@ -122,7 +122,7 @@ def backoff(attempts: int) -> dt.timedelta:
 def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineConfig,
                    share: Share | None = None) -> int:
     """Claim one batch for ``stage`` and process it; return how many rows were handled."""
-    limit = stage.batch_size or cfg.batch_size
+    limit = min(stage.batch_size, cfg.batch_size) if stage.batch_size else cfg.batch_size
     now = utcnow()
     computed = computed_first(factory, stage, limit, now, share)
     if computed == {}:
