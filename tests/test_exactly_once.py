@@ -184,3 +184,27 @@ def test_a_second_daemon_on_one_sqlite_database_exits_in_one_line(prepared, tmp_
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(20)
+
+
+def test_a_restarted_daemon_takes_over_dead_processes_leases_at_once(prepared) -> None:
+    import datetime as dt
+    import socket
+
+    from daemon.instance import release_dead_leases
+    from models.core import Mailbox
+
+    _, sessions = prepared
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = f"{socket.gethostname()}:{os.getpid()}"
+    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    # Given a mailbox leased for another hour by a process of this host that is gone, and one held by a live one,
+    with transaction(sessions) as s:
+        s.add(Mailbox(name="dead", last_uid=0, lease_owner=f"{socket.gethostname()}:{gone.pid}", lease_until=until))
+        s.add(Mailbox(name="live", last_uid=0, lease_owner=alive, lease_until=until))
+        s.add(Mailbox(name="elsewhere", last_uid=0, lease_owner="otherhost:1", lease_until=until))
+    # when a daemon starts, the dead one's lease is free at once; the others are left to their owners.
+    assert release_dead_leases(sessions) == 1
+    with sessions() as s:
+        owners = dict(s.execute(select(Mailbox.name, Mailbox.lease_owner)).all())
+    assert owners == {"dead": None, "live": alive, "elsewhere": "otherhost:1"}
