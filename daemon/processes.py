@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
-from daemon.context import AppContext, make_context, wait_any
+from daemon.context import AppContext, make_context
 from daemon.logs import setup_logging
+from daemon.runner import backoff, wait_any
 from daemon.worker import Share, run_stage_once
 
 log = logging.getLogger("acedesk.processes")
@@ -56,7 +57,6 @@ class _Worker:
     inbox: Any = None  # Connection: wake-up names sent by the worker
     started: float = 0.0
     restarts: int = 0
-    delay: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -121,7 +121,7 @@ class WorkerProcesses:
 
     async def _supervise(self, worker: _Worker, stop: asyncio.Event) -> None:
         cfg = self.ctx.config.daemon
-        worker.delay = cfg.restart_backoff_min
+        crashes = 0
         while not stop.is_set():
             worker.done = asyncio.Event()
             self._start(worker)
@@ -130,19 +130,15 @@ class WorkerProcesses:
             if stop.is_set():
                 return
             await asyncio.to_thread(worker.process.join, 5.0)
-            code = worker.process.exitcode
             worker.restarts += 1
-            # A worker that ran for a while gets restarted at once; one that keeps dying, with backoff.
-            if time.monotonic() - worker.started > cfg.restart_backoff_max:
-                worker.delay = cfg.restart_backoff_min
+            # One that ran for a while is restarted at once; one that keeps dying, with growing pauses.
+            crashes = 0 if time.monotonic() - worker.started > cfg.restart_backoff_max else crashes + 1
+            delay = backoff(crashes, cfg.restart_backoff_min, cfg.restart_backoff_max) if crashes else 0.0
             log.error("pipeline worker %d (pid %d) died (exit %s); its claims are back in the queue, "
-                      "restarting in %.1f s", worker.index, worker.process.pid, _exit(code), worker.delay)
+                      "restarting in %.1f s", worker.index, worker.process.pid, _exit(worker.process.exitcode),
+                      delay)
             self.ctx.wake("pipeline")  # the other workers pick up its rows now
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=worker.delay)
-            except TimeoutError:
-                pass
-            worker.delay = min(cfg.restart_backoff_max, worker.delay * 2)
+            await wait_any(stop, None, delay)
 
     async def run(self, stop: asyncio.Event) -> None:
         forward = asyncio.ensure_future(self._forward_wakeups(stop))
