@@ -19,6 +19,7 @@ from daemon.context import make_context
 from daemon.intake.store import NewMessage, insert_messages
 from daemon.processes import WorkerProcesses
 from models.core import DONE, InboundMessage
+from models.migrate import upgrade
 from models.outbox import OutboxMessage
 from models.responders import TicketMessage
 from models.session import transaction
@@ -61,15 +62,17 @@ def handled_by(output: str) -> Counter[str]:
 
 
 def test_workers_share_the_pipeline_a_killed_worker_is_replaced_and_sighup_reloads_each(
-        db_url, engine, tmp_path, config_factory, capfd, caplog):
+        sqlite_url, tmp_path, config_factory, capfd, caplog):
+    # SQLite: the workers split the rows by id; PostgreSQL's SKIP LOCKED is shown by tests/test_scaleout.py.
     caplog.set_level(logging.INFO)  # the workers log at the main process's level
     models = tmp_path / "models"
     models.mkdir()
     shipped = model_files(SHIPPED_DIR)[-1]
     shutil.copy(shipped, models / shipped.name)
-    config = config_factory(db_url, pipeline={"processes": 2, "batch_size": 20, "poll_interval": 0.2},
+    config = config_factory(sqlite_url, pipeline={"processes": 2, "batch_size": 20, "poll_interval": 0.2},
                             responders={"autoreply_max": 1000}, classifier={"model_dir": str(models)})
     ctx = make_context(config)
+    upgrade(ctx.engine)
     workers = WorkerProcesses(ctx)
     running = BackgroundComponent(workers).start()
     output = ""
