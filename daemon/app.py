@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from daemon.notices import scheduler
 from daemon.imap import watcher as imap
 from daemon.intake import ingress
+from daemon import duties
 from daemon.delivery import outbox
 from daemon.context import AppContext, wait_any
 from daemon.pipeline import build_stages
@@ -68,6 +69,7 @@ def build_components(ctx: AppContext) -> list[Any]:
     components: list[Any] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
+    components += duties.make_components(ctx)
     components += imap.make_components(ctx)
     components += ingress.make_components(ctx)
     return components

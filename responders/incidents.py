@@ -39,7 +39,7 @@ from models.base import utcnow
 from models.core import FAILED, QUARANTINED, InboundMessage
 from models.duties import INCIDENT_CLOSED, INCIDENT_OPEN, Incident, IncidentReport
 from models.outbox import PENDING, OutboxMessage
-from models.responders import TICKET_CLOSED, Ticket
+from models.responders import TICKET_CLOSED, ResponseRecord, Ticket
 from responders.articles import Library, links_context, load_library
 from responders.hours import DeskHours
 from responders.policy import DROP_ACTION, REPLY
@@ -297,8 +297,13 @@ def alert(session: Session, responder: Responder, incident: Incident, burst: Bur
 def attach_window_tickets(session: Session, incident: Incident, since: dt.datetime, now: dt.datetime) -> int:
     """Attach the open tickets of reports that arrived in the window before the incident opened."""
     attached = select(IncidentReport.ticket_id).where(IncidentReport.ticket_id.is_not(None))
+    # By when the report arrived (a backlog read later still belongs to its window).
+    in_window = (select(ResponseRecord.ticket_id)
+                 .join(InboundMessage, InboundMessage.id == ResponseRecord.inbound_message_id)
+                 .where(InboundMessage.label == incident.label, InboundMessage.received_at >= since,
+                        ResponseRecord.ticket_id.is_not(None)))
     tickets = session.scalars(select(Ticket).where(
-        Ticket.label == incident.label, Ticket.status != TICKET_CLOSED, Ticket.created_at >= since,
+        Ticket.label == incident.label, Ticket.status != TICKET_CLOSED, Ticket.id.in_(in_window),
         Ticket.id.not_in(attached)))
     n = 0
     for t in tickets:

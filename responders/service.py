@@ -46,7 +46,7 @@ from responders.escalation import EscalationConfig
 from responders.hours import DeskHours
 from responders.hours import reply_context as hours_context
 from responders.incidents import IncidentConfig
-from responders.policy import DROP_ACTION, REPLY, TRIAGE, Decision, decide
+from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
 from responders.render import Renderer, RenderError, Reply, build_reply
 from responders.screen import Screen, ScreenContext, screen
 from responders.settings import ResponderConfig
@@ -152,9 +152,10 @@ def reply_context(responder: Responder, msg: ParsedMessage, verification: Verifi
 
 
 def duty_context(responder: Responder, library: Library, template: str | None, label: str, language: str,
-                 now: dt.datetime) -> dict[str, Any]:
-    """Return what every reply adds from the desk's duties: the articles of its label, the desk's hours."""
-    return {"articles": links_context(library.for_reply(template, label, language)),
+                 now: dt.datetime, articles: Sequence[str] = ()) -> dict[str, Any]:
+    """Return what every reply adds from the desk's duties: the articles of its label (and ``articles``
+    an analyst added, by key), the desk's hours and, when it is closed, when analysts are back."""
+    return {"articles": links_context(library.for_reply(template, label, language, articles)),
             **hours_context(responder.hours, now, language)}
 
 
@@ -167,7 +168,9 @@ def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str,
         from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
         subject=reply_subject(msg.subject, number, responder.cfg.ticket_prefix, p.language),
         ticket=number, secret=responder.secret, in_reply_to=msg.message_id, references=msg.references,
-        context={**reply_context(responder, msg, p.verification), **(extra or {})})
+        context={**reply_context(responder, msg, p.verification), **(extra or {}),
+                 # The reply that discloses nothing does not even greet the account's holder by name.
+                 **({"name": ""} if p.decision.template == SECURITY_NEUTRAL else {})})
 
 
 # --- database lookups ---------------------------------------------------------------
