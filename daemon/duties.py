@@ -12,7 +12,8 @@ import asyncio
 import logging
 from typing import Any
 
-from daemon.context import AppContext, wait_any
+from daemon.context import AppContext
+from daemon.runner import run_loop
 from daemon.stages.respond import make_responder
 from models.session import transaction
 from responders.escalation import escalate_due
@@ -43,11 +44,14 @@ class EscalationSweeper:
 
     async def run(self, stop: asyncio.Event) -> None:
         wake_outbox = self.ctx.waker("outbox")
-        never = asyncio.Event()
-        while not stop.is_set():
-            if await asyncio.to_thread(sweep_once, self.ctx, self.responder):
+
+        async def once() -> int:
+            n = await asyncio.to_thread(sweep_once, self.ctx, self.responder)
+            if n:
                 wake_outbox()
-            await wait_any(stop, never, self.ctx.config.escalation.interval)
+            return n
+
+        await run_loop(self.name, once, stop, idle=self.ctx.config.escalation.interval)
 
 
 def make_components(ctx: AppContext) -> list[Any]:

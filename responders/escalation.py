@@ -93,7 +93,8 @@ def escalate_due(session: Session, responder: Responder, cfg: EscalationConfig, 
             auto_submitted="auto-generated",
             context={"name": "", "subject": "", "tickets": items, "margin": f"{cfg.margin_minutes:g}",
                      "target_hours": f"{responder.cfg.target_hours:g}"})
-        session.add(OutboxMessage(inbound_message_id=None, ticket_id=group[0].id if len(group) == 1 else None,
+        # No ticket_id: a digest to the desk is not a response to the requester (it must not stop the clock).
+        session.add(OutboxMessage(inbound_message_id=None, ticket_id=None,
                                   mail_from=reply.mail_from, rcpt_to=[reply.to], message_id=reply.message_id,
                                   template=TEMPLATE, raw=reply.raw, status=PENDING, attempts=0,
                                   next_attempt_at=now, created_at=now))
