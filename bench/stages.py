@@ -55,12 +55,16 @@ PURE = {
 }
 
 
-def profiled(fn, *args):
-    """Run ``fn(*args)`` under cProfile; return (seconds, stats)."""
+def profiled(fn, enabled: bool = True):
+    """Run ``fn()`` under cProfile (when ``enabled``); return (seconds, stats or None)."""
+    if not enabled:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started, None
     prof = cProfile.Profile()
     started = time.perf_counter()
     prof.enable()
-    fn(*args)
+    fn()
     prof.disable()
     return time.perf_counter() - started, pstats.Stats(prof)
 
@@ -78,6 +82,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--database", default="", help="PostgreSQL URL (a fresh schema); default a fresh SQLite file")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="time only (cProfile slows the Python-heavy stages down about 1.5x)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     sink_bin = smtp_sink_binary()
@@ -115,20 +121,22 @@ def main() -> int:
                     insert_messages(s, items[start:start + 500])
 
         figures: dict = {"messages": args.messages, "database": ctx.engine.url.get_backend_name(),
-                         "cores": os.cpu_count(), "load_before": os.getloadavg()[0], "stages": {}}
+                         "cores": os.cpu_count(), "load_before": os.getloadavg()[0], "stages": {},
+                         "profiled": not args.no_profile}
         steps = [("store", store), *((name, lambda st=st: drain(ctx.sessions, [st], config.pipeline))
                                      for name, st in stages.items()),
                  ("outbox", lambda: drain_outbox(ctx.sessions, config))]
         total = 0.0
         for name, fn in steps:
-            seconds, stats = profiled(fn)
-            pure = cumulative(stats, PURE[name]) if PURE[name] else 0.0
+            seconds, stats = profiled(fn, not args.no_profile)
+            pure = cumulative(stats, PURE[name]) if PURE[name] and stats is not None else 0.0
             total += seconds
             figures["stages"][name] = {"ms_per_msg": round(1000 * seconds / args.messages, 3),
                                        "pure_share": round(pure / seconds, 2) if seconds else 0.0}
             progress(f"{name:9s} {1000 * seconds / args.messages:7.3f} ms/msg  "
                      f"({args.messages / seconds:7.0f} msgs/s; pure computing {100 * pure / seconds:3.0f}%)")
-            stats.sort_stats("cumulative").print_stats(12) if os.environ.get("BENCH_VERBOSE") else None
+            if stats is not None and os.environ.get("BENCH_VERBOSE"):
+                stats.sort_stats("cumulative").print_stats(12)
         figures["ms_per_msg_total"] = round(1000 * total / args.messages, 3)
         figures["one_core_msgs_per_s"] = round(args.messages / total, 1)
         figures["load_after"] = os.getloadavg()[0]
