@@ -200,6 +200,19 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
     assert cli(tmp_path, engine, "articles", "list", "--label", "ach_refund", "--language", "en") == 0
     assert "ach-refunds-faq" not in capsys.readouterr().out
 
+    # An analyst adds an article to a reply by hand (an unknown key is refused, nothing sent).
+    ingest(sessions, mail(subject="a question", sender="fay@new.example", ar=None, body="Where do I start?"))
+    drain(sessions, pipeline(ctx), PipelineConfig())
+    with sessions() as s:
+        item = s.scalars(select(TriageItem)).one()
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--text", "See the guide below.",
+               "--article", "no-such-article") == 2
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--text", "See the guide below.",
+               "--article", "ach-refund-training") == 0
+    analyst = text_of(replies(sessions)[-1])
+    assert "See the guide below." in analyst and library.get("ach-refund-training", "en").url in analyst
+    assert library.get("importer-account-application", "en").url in analyst  # the label's own (account_setup)
+
     # Import: a new article for a label, one bad row reported with its line, the good rows kept.
     csv_file = tmp_path / "kms.csv"
     csv_file.write_text("key,language,title,url,labels,last_reviewed\n"
