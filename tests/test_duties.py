@@ -250,7 +250,10 @@ def test_a_suspended_account_gets_no_account_help_until_restored(sessions, engin
     with sessions() as s:
         assert s.scalars(select(OutboxMessage)).one().template == "security_neutral"
     assert "Alice" not in body and "suspend" not in body.lower() and "ALICE01" not in body
-    capsys.readouterr()
+    # Nor does an analyst hand it out by approving the item.
+    assert cli(tmp_path, engine, "queue", "approve", str(item.id)) == 2
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--template", "password_reset") == 2
+    assert "suspended" in capsys.readouterr().err
     assert cli(tmp_path, engine, "users", "status", "alice01") == 0
     out = capsys.readouterr().out
     assert "suspended" in out and "security-officer" in out
