@@ -34,7 +34,7 @@ from models.responders import Ticket, TriageItem
 from models.session import transaction
 from responders.articles import load_library, parse_articles_csv, seed_shipped, shipped_articles
 from responders.hours import DeskHours
-from responders.service import duty_context, plan, render, respond_rows
+from responders.service import dry_run, duty_context, plan, render, respond_rows
 from tests.test_responders import DIRECTORY, import_users, ingest, mail, make_ctx
 from daemon.intake.parse import parse_message
 
@@ -312,6 +312,17 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     assert all(number in m["Subject"] and number in text_of(m) for m in known)
     assert all("https://www.cbp.gov/trade/automated/ace-availability-dashboard" in text_of(m) for m in known)
     assert any("Sabemos que ACE tiene problemas" in text_of(m) for m in known)
+
+    # The dry run (acedesk triage --json) says the same, and writes nothing.
+    with sessions() as s:
+        outbox_before = s.scalar(select(func.count()).select_from(OutboxMessage))
+        dry = dry_run(s, make_responder(config), parse_message(mail(subject="ACE down", ar=None, sender="g@h.example")),
+                      label="system_status", confidence=0.95, auto=True, language="en", identifiers=None,
+                      desk_address="helpdesk@ace-support.example")
+        s.rollback()
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == outbox_before
+    assert dry["action"]["incident"] == number and dry["action"]["template"] == "outage_known"
+    assert number in dry["reply"]["subject"] and number in dry["reply"]["text"]
 
     # Closing sends one follow-up to each address attached (20 people), once.
     assert cli(tmp_path, engine, "incidents", "close", number, "--resolution", "ACE is processing again.",
