@@ -22,6 +22,7 @@ from daemon.intake import ingress
 from daemon.delivery import outbox
 from daemon.context import AppContext, wait_any
 from daemon.pipeline import build_stages
+from daemon.web import server as web
 from daemon.sdnotify import Notifier
 from daemon.worker import Stage, run_stage_once
 from models.migrate import current_revisions, head_revisions
@@ -69,6 +70,7 @@ def build_components(ctx: AppContext) -> list[Any]:
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
     components += imap.make_components(ctx)
+    components += web.make_components(ctx)
     components += ingress.make_components(ctx)
     return components
 

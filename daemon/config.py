@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from classifiers.settings import ClassifierConfig
 from csms.settings import CsmsConfig
+from daemon.web.settings import WebConfig
 from responders.settings import ResponderConfig
 
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -217,6 +218,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     responders: ResponderConfig = field(default_factory=ResponderConfig)
     csms: CsmsConfig = field(default_factory=CsmsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     #: Folder of the config file; relative paths are resolved against it.
     base_dir: str = "."
 

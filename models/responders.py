@@ -113,6 +113,8 @@ class TriageItem(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolution: Mapped[str | None] = mapped_column(String(32))
+    #: The analyst working it ("assign to me" in the console); None = nobody yet.
+    assigned_to: Mapped[str | None] = mapped_column(String(200))
 
 
 class ResponseRecord(Base):
