@@ -30,6 +30,14 @@ def mask(value: str) -> str:
     return f"***-**-{m.group(3)}" if m and len(re.sub(r"\D", "", value)) == 9 else value
 
 
+_SSN_IN_TEXT = re.compile(r"(?<![\d-])\d{3}-\d{2}-(\d{4})(?![\d-])")
+
+
+def mask_text(text: str) -> str:
+    """Free text with SSN-shaped numbers (``NNN-NN-NNNN``) shown as ``***-**-1234``."""
+    return _SSN_IN_TEXT.sub(lambda m: f"***-**-{m.group(1)}", text)
+
+
 def masked_identifiers(identifiers: dict[str, Any] | None) -> list[tuple[str, str]]:
     """``(kind, value)`` pairs for display, SSN-shaped values masked."""
     out: list[tuple[str, str]] = []
@@ -72,8 +80,8 @@ def _inbound_entry(row: InboundMessage, record: ResponseRecord | None, at: dt.da
         headers = [("from", f"{msg.sender_name} <{msg.sender}>"), ("subject", msg.subject),
                    ("date", msg.date or "")] + headers
     return ThreadEntry(
-        at=at, direction="in", author=msg.sender, text=msg.new_text or msg.text, inbound_id=row.id,
-        quoted=msg.quoted_text, signature=msg.signature, headers=headers, attachments=list(msg.attachments),
+        at=at, direction="in", author=msg.sender, text=mask_text(msg.new_text or msg.text), inbound_id=row.id,
+        quoted=mask_text(msg.quoted_text), signature=mask_text(msg.signature), headers=headers, attachments=list(msg.attachments),
         has_html="html" in (msg.content_type or "") or (msg.content_type or "").startswith("multipart"),
         subject=msg.subject,
         verification=record.verification if record else None,

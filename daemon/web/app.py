@@ -107,10 +107,10 @@ class Web:
         ranked = sorted(zip(self._model.labels, probabilities), key=lambda pair: -pair[1])
         return [(label, float(p)) for label, p in ranked[:3]]
 
-    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         context.setdefault("who", getattr(request.state, "who", None))
         context.setdefault("msg", request.query_params.get("msg", ""))
-        return self.templates.TemplateResponse(request, name, context, status_code=status)
+        return self.templates.TemplateResponse(request, template, context, status_code=status)
 
 
 def web_of(request: Request) -> Web:

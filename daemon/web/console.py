@@ -58,6 +58,7 @@ def _after(request: Request) -> tuple[dt.datetime, int] | None:
 
 
 async def home(request: Request) -> Response:
+    await require(request)
     return RedirectResponse("/queue", 303)
 
 

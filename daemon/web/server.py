@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from csms.tokens import Signer
 from daemon.context import AppContext
@@ -52,7 +53,11 @@ class WebServer:
         host, port = self.ctx.config.web.host_port()
         # The preferences page lists every topic: the configured ones exist first.
         from daemon.notices.scheduler import ensure_default_topics
-        await asyncio.to_thread(ensure_default_topics, self.ctx)
+        try:
+            await asyncio.to_thread(ensure_default_topics, self.ctx)
+        except SQLAlchemyError as exc:
+            # Serve anyway: /readyz is how an operator learns the database is down.
+            log.warning("web: cannot check the CSMS topics: %s", str(exc).splitlines()[0][:200])
         while True:
             try:
                 sock = bind(host, port)
@@ -71,6 +76,7 @@ class WebServer:
         server = _Server(config)
         # uvicorn's start/stop lines repeat ours; its errors still show.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         public = self.ctx.config.csms.base_url
         log.info("web console on http://%s:%d (public links: %s)", host, port, public)
         watcher = asyncio.create_task(self._stop_when(stop, server))
