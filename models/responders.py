@@ -50,7 +50,9 @@ class Ticket(Base):
     """One request from one requester, numbered ``ACE-YYYY-NNNNNN``."""
 
     __tablename__ = "tickets"
-    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),)
+    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),
+                      # The console's queue walks tickets in due order (migration 0013).
+                      Index("ix_tickets_due_at", "due_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str | None] = mapped_column(String(32), unique=True)

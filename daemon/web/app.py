@@ -7,8 +7,10 @@ so the event loop that also runs the daemon never waits on the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +47,44 @@ CONSOLE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-
                "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
+class Cache:
+    """Figures that are costly to count (queue counts, the dashboard), kept ``ttl`` seconds.
+
+    Past that an answer is still served at once while a fresh one is computed in the
+    background (stale-while-revalidate): only the very first request for a key waits.
+    """
+
+    def __init__(self, ttl: float, size: int = 128) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.values: dict[Any, tuple[float, Any]] = {}
+        self.refreshing: dict[Any, asyncio.Task[None]] = {}
+
+    async def get(self, key: Any, compute: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+        """``(value, when it was computed as a time.time())``."""
+        hit = self.values.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] >= self.ttl and key not in self.refreshing:
+            self.refreshing[key] = asyncio.create_task(self._refresh(key, compute))
+        if hit is not None:
+            return hit[1], time.time() - (now - hit[0])
+        await self._refresh(key, compute)
+        return self.values[key][1], time.time()
+
+    async def _refresh(self, key: Any, compute: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            value = await compute()
+            if len(self.values) >= self.size and key not in self.values:
+                self.values.pop(next(iter(self.values)))
+            self.values[key] = (time.monotonic(), value)
+        except Exception:
+            if key not in self.values:
+                raise
+            log.exception("web: refreshing cached figures failed; serving the previous ones")
+        finally:
+            self.refreshing.pop(key, None)
+
+
 class Web:
     """What the pages share; one per app, on ``app.state.web``."""
 
@@ -56,6 +96,9 @@ class Web:
                                  undefined=jinja2.StrictUndefined)
         self.templates = Jinja2Templates(env=env)
         self._responder: Any = None
+        #: Queue counts per filter (10 s) and dashboard figures (60 s).
+        self.counts = Cache(10.0)
+        self.figures = Cache(60.0)
         #: The classifier model, loaded on first use (False: none could be loaded).
         self._model: Any = None
         #: This install's key for what the web app signs itself (SSO sessions' CSRF tokens).

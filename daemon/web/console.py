@@ -70,11 +70,12 @@ async def queue_page(request: Request) -> Response:
     after = _after(request)
     now = utcnow()
 
-    def load(session: Session) -> tuple[list[queue.QueueRow], dict[str, dict[str, int]], int]:
-        return (queue.list_items(session, f, after=after, limit=size + 1, now=now),
-                queue.counts(session, f, now), queue.total(session, f, now))
+    def load(session: Session) -> tuple[list[queue.QueueRow], int]:
+        return queue.list_items(session, f, after=after, limit=size + 1, now=now), queue.total(session, f, now)
 
-    rows, counts, total = await web.read(load)
+    rows, total = await web.read(load)
+    # Counts per filter value take a pass over every open item: kept a few seconds.
+    counts, counted_at = await web.counts.get(f, lambda: web.read(lambda s: queue.counts(s, f)))
     more = len(rows) > size
     rows = rows[:size]
     current = {k: getattr(f, k) for k in FILTER_KEYS if getattr(f, k)}
@@ -85,7 +86,8 @@ async def queue_page(request: Request) -> Response:
         next_url = "/queue?" + urlencode({**current, "after": f"{rows[-1].due_at.isoformat()}_{rows[-1].id}"})
     target = web.config.responders.target_hours
     return web.page(request, "queue.html", rows=rows, counts=counts, total=total, f=f, current=current,
-                    next_url=next_url, first_page=after is None, now=now, target=target, labels=LABELS,
+                    next_url=next_url, first_page=after is None, now=now,
+                    counted_at=dt.datetime.fromtimestamp(counted_at, dt.timezone.utc), target=target, labels=LABELS,
                     link=lambda **kw: "/queue?" + urlencode({k: v for k, v in {**current, **kw}.items() if v}))
 
 

@@ -1,4 +1,4 @@
-"""console: analyst accounts, web sessions, who a triage item is assigned to
+"""console: analyst accounts, web sessions, who a triage item is assigned to, tickets by due time
 
 Revision ID: 0013
 Revises: 0003
@@ -47,9 +47,11 @@ def upgrade() -> None:
     op.create_index("ix_web_sessions_expires_at", "web_sessions", ["expires_at"])
     with op.batch_alter_table("triage_items") as batch:
         batch.add_column(sa.Column("assigned_to", sa.String(200)))
+    op.create_index("ix_tickets_due_at", "tickets", ["due_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tickets_due_at", "tickets")
     with op.batch_alter_table("triage_items") as batch:
         batch.drop_column("assigned_to")
     op.drop_index("ix_web_sessions_expires_at", "web_sessions")
