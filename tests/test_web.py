@@ -228,3 +228,15 @@ def test_report_sla_prints_the_dashboards_figures(tmp_path, sqlite_url, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("scope,key,tickets") and any(line.startswith("label,pga_access,1,1,1,1.0") for line in lines)
     assert acedesk(cfg, "report", "sla", "--since", "yesterday") == 2
+
+
+def test_watchdog_pings_only_while_the_pipeline_makes_progress_or_has_nothing_to_do(sqlite_url, config_factory):
+    from daemon.app import PIPELINE_STALL, PipelineWorker, Supervisor
+
+    ctx = make_context(config_factory(sqlite_url))
+    worker = PipelineWorker(ctx, [])
+    supervisor = Supervisor(ctx, [worker])
+    assert supervisor.healthy()
+    assert supervisor.healthy(worker.alive_at + PIPELINE_STALL - 1)
+    assert not supervisor.healthy(worker.alive_at + PIPELINE_STALL + 1)
+    ctx.dispose()
