@@ -15,6 +15,8 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+
+from daemon import duties
 from daemon.context import AppContext
 from daemon.delivery import outbox
 from daemon.imap import watcher as imap
@@ -66,6 +68,7 @@ def build_components(ctx: AppContext) -> list[Component]:
     components: list[Component] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
+    components += duties.make_components(ctx)
     components += imap.make_components(ctx)
     components += web.make_components(ctx)
     components += ingress.make_components(ctx)
