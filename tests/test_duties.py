@@ -32,11 +32,13 @@ from models.outbox import OutboxMessage
 from models.parsed import ParsedMessage
 from models.responders import Ticket, TriageItem
 from models.session import transaction
+from responders import report
 from responders.articles import load_library, parse_articles_csv, seed_shipped, shipped_articles
 from responders.hours import DeskHours
 from responders.service import dry_run, duty_context, plan, render, respond_rows
 from tests.test_responders import DIRECTORY, import_users, ingest, mail, make_ctx
 from daemon.intake.parse import parse_message
+from tests.test_web import Client, site  # noqa: F401  (the console fixture)
 
 ET = ZoneInfo("America/New_York")
 ONCALL = "oncall@ace-support.example"
@@ -365,9 +367,38 @@ def test_a_ticket_near_its_target_escalates_once_and_the_digest_is_delivered(
     with sessions() as s:
         near = s.scalars(select(Ticket).where(Ticket.number == number)).one()
         assert near.priority == "high" and near.escalated_to == "leads@ace-support.example"
+        # The SLA report counts it (overall and for its label).
+        figures = report.sla(s, now - dt.timedelta(days=1), now + dt.timedelta(days=1), 4.0)
+        assert figures.overall.escalated == 1 and sum(r.escalated for r in figures.by_label) == 1
     assert drain_outbox(sessions, config) == 1
     got = smtp_capture.handler.wait_for(3)
     digest = got[-1]
     assert digest.rcpt_tos == ["leads@ace-support.example"]
     assert number in digest.message["Subject"] and number in text_of(digest.message)
     assert digest.message["Auto-Submitted"] == "auto-generated"
+
+
+# --- the console page for admins ----------------------------------------------------------------
+
+
+def test_admins_see_and_retire_articles_in_the_console(site):  # noqa: F811
+    cfg, port, ctx = site
+    ann = Client(port)
+    assert ann.login("ann") == 303
+    assert ann.request("GET", "/articles")[0] == 403          # analysts do not manage the KMS
+    ada = Client(port)
+    assert ada.login("ada") == 303
+    status, _, page = ada.request("GET", "/articles?label=system_status")
+    assert status == 200 and "ACE Availability Dashboard" in page and "ACH" not in page
+    assert ada.request("POST", "/articles/outages-guidelines/retire", {})[0] == 403   # no CSRF token
+    status, headers, _ = ada.request("POST", "/articles/outages-guidelines/retire", {"csrf": ada.csrf("/articles")})
+    assert status == 303 and "retired" in headers["location"]
+    status, headers, _ = ada.request("POST", "/articles/import", {
+        "csrf": ada.csrf("/articles"),
+        "csv": "key,language,title,url,labels,last_reviewed\n"
+               "status-faq,en,ACE status FAQ,https://www.cbp.gov/status-faq,system_status,2026-12-04\n"})
+    assert status == 303 and "1+article" in headers["location"]
+    with ctx.sessions() as s:
+        library = load_library(s)
+        assert library.get("outages-guidelines") is None and library.get("status-faq") is not None
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "article.retire")).one().actor == "ada"
