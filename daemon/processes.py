@@ -38,6 +38,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.context import AppContext, make_context
 from daemon.logs import setup_logging
+from daemon.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from daemon.runner import backoff, wait_any
 from daemon.worker import Share, run_stage_once
 
@@ -107,6 +108,11 @@ class WorkerProcesses:
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(worker.inbox.fileno())
             worker.done.set()
+            return
+        if isinstance(name, tuple):  # a batch's figures, for this process's /metrics
+            _stage, count, seconds = name
+            STAGE_MESSAGES.labels(_stage).inc(count)
+            STAGE_SECONDS.labels(_stage).observe(seconds)
             return
         self.ctx.wake(name)
 
@@ -184,6 +190,7 @@ def _exit(code: int | None) -> str:
 def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any,
                 outbox: multiprocessing.connection.Connection, parent: int, level: str) -> None:
     """Run the pipeline stages until the main process says stop (or is gone)."""
+    import daemon.worker as worker_module
     from daemon.pipeline import build_stages  # the stages import the domain; only workers need them
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
@@ -196,6 +203,9 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
     ctx.instance = f"{ctx.instance}/w{index}"
     ctx.remote_wake = lambda name: _send(outbox, name)
     stages = build_stages(ctx)
+    # The main process serves /metrics: a worker's figures go there, not to its own registry.
+    forward = _Forwarded(outbox)
+    worker_module.STAGE_MESSAGES, worker_module.STAGE_SECONDS = forward, forward  # type: ignore[assignment]
     # PostgreSQL's SKIP LOCKED keeps workers apart; SQLite's one write lock needs shares (daemon.worker).
     share = Share(index, count) if ctx.engine.dialect.name == "sqlite" else None
     cfg = config.pipeline
@@ -228,6 +238,26 @@ def _name_worker_in_logs(index: int) -> None:
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(rename)
+
+
+class _Forwarded:
+    """Stands in for the stage instruments in a worker: ``labels(stage).inc(n)`` then
+    ``labels(stage).observe(seconds)`` send one ``(stage, n, seconds)`` to the main process."""
+
+    def __init__(self, outbox: multiprocessing.connection.Connection) -> None:
+        self.outbox = outbox
+        self.counts: dict[str, int] = {}
+        self.stage = ""
+
+    def labels(self, stage: str) -> "_Forwarded":
+        self.stage = stage
+        return self
+
+    def inc(self, count: int) -> None:
+        self.counts[self.stage] = count
+
+    def observe(self, seconds: float) -> None:
+        _send(self.outbox, (self.stage, self.counts.pop(self.stage, 0), seconds))  # type: ignore[arg-type]
 
 
 def _send(outbox: multiprocessing.connection.Connection, name: str) -> None:
