@@ -17,7 +17,8 @@ The main process:
   rolls back when the process's connection closes, so the rows are claimable
   the moment it is gone;
 * on SIGTERM asks the workers to finish their batch and stop, and kills what
-  is still running after ``shutdown_timeout``.
+  is still running after ``shutdown_timeout`` (the workers ignore SIGTERM and
+  Ctrl-C themselves: systemd and the terminal send them to every process).
 
 A worker exits by itself when its parent is gone, so an orphan never keeps
 claiming work after the daemon was killed.
@@ -193,10 +194,12 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
     import daemon.worker as worker_module
     from daemon.pipeline import build_stages  # the stages import the domain; only workers need them
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    reload_requested = []
+    # Ctrl-C reaches the whole process group, and systemd's stop the whole cgroup: the main
+    # process decides when a worker stops (``stopping``), after its batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reload_requested: list[bool] = []
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     setup_logging(config.logging, level)
     _name_worker_in_logs(index)
     ctx = make_context(config)
@@ -209,6 +212,7 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
     # PostgreSQL's SKIP LOCKED keeps workers apart; SQLite's one write lock needs shares (daemon.worker).
     share = Share(index, count) if ctx.engine.dialect.name == "sqlite" else None
     cfg = config.pipeline
+    failures = 0
     try:
         while not stopping.is_set() and os.getppid() == parent:
             if reload_requested:
@@ -219,15 +223,29 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
                     except Exception:
                         log.exception("reload hook %r failed; keeping the previous state", hook)
             wake.clear()
-            handled = 0
-            for stage in stages:
-                handled += run_stage_once(ctx.sessions, stage, cfg, share)
-                if stopping.is_set():
-                    break
+            try:
+                handled = run_round(ctx, stages, share, stopping)
+            except Exception:  # the database gone, say: as run_loop does, log and try again later
+                failures += 1
+                delay = backoff(failures, 1.0, 60.0)
+                log.exception("pipeline worker %d: failed; trying again in %.1f s", index, delay)
+                wake.wait(delay)
+                continue
+            failures = 0
             if not handled:
                 wake.wait(cfg.poll_interval)
     finally:
         ctx.dispose()
+
+
+def run_round(ctx: AppContext, stages: list[Any], share: Share | None, stopping: Any) -> int:
+    """One batch per stage, in table order (no stage starves the others); return the rows handled."""
+    handled = 0
+    for stage in stages:
+        handled += run_stage_once(ctx.sessions, stage, ctx.config.pipeline, share)
+        if stopping.is_set():
+            break
+    return handled
 
 
 def _name_worker_in_logs(index: int) -> None:
