@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from daemon.config import DeskConfig
 from daemon.context import AppContext
-from daemon.parse import Unparseable, parse_message
-from daemon.quarantine import quarantine
+from daemon.intake.parse import Unparseable, parse_message
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CSMS, NEW, PARSED, InboundMessage
 

@@ -189,7 +189,7 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
 
 def _send(session: Any, lazy: Any, ticket: Any, template: str, context: dict[str, Any], to: str,
           human: bool) -> Any:
-    from daemon.stage_respond import make_responder
+    from daemon.stages.respond import make_responder
     from models.base import utcnow
     from responders.render import RenderError, build_reply
     from responders.service import enqueue
@@ -344,7 +344,7 @@ def _load_model(lazy: Any) -> tuple[Any, str | None]:
 
 def _dry_secret(config: Any) -> bytes:
     """The configured or stored secret; a throwaway one when none exists (a dry run stores nothing)."""
-    from daemon.stage_respond import SECRET_FILE, load_secret
+    from daemon.stages.respond import SECRET_FILE, load_secret
 
     cfg = config.responders
     if cfg.secret_env or cfg.secret_file or (config.path(config.daemon.state_dir) / SECRET_FILE).exists():
@@ -354,8 +354,8 @@ def _dry_secret(config: Any) -> bytes:
 
 def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
     from classifiers.classify import MessageText, classify
-    from daemon.parse import Unparseable, parse_message
-    from daemon.stage_respond import desk_info
+    from daemon.intake.parse import Unparseable, parse_message
+    from daemon.stages.respond import desk_info
     from responders.render import Renderer
     from responders.service import Responder, dry_run
 

@@ -27,7 +27,7 @@ from daemon.errors import CommandError
 if TYPE_CHECKING:
     from classifiers.classify import Classification, MessageText
     from classifiers.model import TextClassifier
-    from daemon.cli import Lazy
+    from daemon.cli.main import Lazy
 
 #: Messages classified per batch by the commands.
 BATCH = 1000
@@ -103,7 +103,7 @@ def read_messages(files: Sequence[str], spanish: frozenset[str]
                   ) -> Iterator[tuple[str, "MessageText | None", str | None]]:
     """Yield ``(file, message text, None)`` or ``(file, None, error)`` per file."""
     from classifiers.classify import MessageText
-    from daemon.parse import Unparseable, parse_message
+    from daemon.intake.parse import Unparseable, parse_message
 
     for name in files:
         try:
