@@ -150,7 +150,7 @@ def word_tokens(text: str) -> list[str]:
 # model reads: bump CUES_VERSION.
 
 CUES_VERSION = 1
-CUE_WEIGHT = 0.35
+CUE_WEIGHT = 0.1
 CUES: tuple[tuple[str, str], ...] = (
     ("pga_agency", r"\b(?:fda|usda|aphis|fsis|fws|fish and wildlife|epa|nhtsa|cpsc|ttb|nmfs|noaa|dea|atf|"
                    r"ams|fmcsa|partner government agenc|pga user|agency user|system control officer|"

@@ -23,9 +23,15 @@ from typing import Any
 import numpy as np
 
 from classifiers.corpus import Example
-from classifiers.evaluation import NEVER, TARGET_PRECISION, choose_thresholds, report
+from classifiers.evaluation import NEVER, choose_thresholds, report
 from classifiers.labels import LABELS
 from classifiers.model import TextClassifier
+
+#: The precision each label's threshold is chosen for, on the other writers' out-of-writer
+#: predictions.  Above the 0.99 target because thresholds chosen on some writers are slightly
+#: optimistic for the next one: leave-one-writer-out, choosing at 0.99 gave 0.989 on the writer
+#: left out, choosing at 0.993 gives 0.991 (the card reports the measured figure).
+SELECTION_TARGET = 0.993
 
 #: How much one analyst's correction weighs against one corpus example: a correction is
 #: real mail to this desk, judged by the people who answer it.
@@ -87,7 +93,7 @@ def out_of_writer(spec: str, examples: Sequence[Example], *, corrections: Sequen
 
 
 def thresholds_from(oow: OutOfWriter, mask: np.ndarray | None = None,
-                    target: float = TARGET_PRECISION) -> dict[str, float]:
+                    target: float = SELECTION_TARGET) -> dict[str, float]:
     """Return per-label thresholds chosen on the eligible out-of-writer predictions (of ``mask``)."""
     keep = oow.eligible if mask is None else (oow.eligible & mask)
     y = [e.label for e, k in zip(oow.examples, keep) if k]

@@ -48,12 +48,11 @@ def make_version(texts_hash: str, now: dt.datetime | None = None) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import joblib
     import scipy
     import sklearn
 
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "scipy": scipy.__version__, "joblib": joblib.__version__}
+            "numpy": np.__version__, "scipy": scipy.__version__}
 
 
 def _summary(ev: dict[str, Any], seconds: float) -> dict[str, Any]:
