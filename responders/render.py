@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-import base64
+import binascii
 import secrets
 from email.header import Header
 from email.utils import formataddr, formatdate
@@ -48,9 +48,14 @@ def _encode_text(value: str, name: str) -> str:
 
 
 def _body_part(content_type: str, text: str) -> bytes:
-    data = base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    # Quoted-printable: readable as text (in the spool, in a relay's queue), safe over 7-bit SMTP.
+    lines = text.replace("\r\n", "\n").split("\n")
+    data = b"\r\n".join(binascii.b2a_qp(line.encode("utf-8"), header=False).replace(b"=\n", b"=\r\n")
+                          for line in lines)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
     return (f"Content-Type: {content_type}; charset=\"utf-8\"\r\n"
-            "Content-Transfer-Encoding: base64\r\n\r\n").encode() + data
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + data
 
 
 def assemble(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
@@ -144,10 +149,11 @@ class Renderer:
 def build_reply(renderer: Renderer, *, template: str, language: str, to: str, from_address: str,
                 from_name: str, subject: str, ticket: str, secret: bytes, in_reply_to: str | None,
                 references: list[str], context: dict[str, Any], date: str | None = None,
-                auto: bool = True) -> Reply:
+                auto: bool = True, auto_submitted: str = "auto-replied") -> Reply:
     """Render ``template`` and build the whole reply message (bytes with CRLF).
 
-    ``auto=False`` is an analyst's reply: a person wrote it, so no ``Auto-Submitted``.
+    ``auto=False`` is an analyst's reply: a person wrote it, so no ``Auto-Submitted``;
+    mail that answers nobody (an alert) is ``auto_submitted="auto-generated"``.
     """
     to = valid_address(to)
     from_address = valid_address(from_address)
@@ -174,7 +180,7 @@ def build_reply(renderer: Renderer, *, template: str, language: str, to: str, fr
         headers.append(("References", "\r\n ".join(refs)))
     if auto:
         # RFC 3834 section 5: this is an automatic answer; Exchange's header asks for no answer to it.
-        headers.append(("Auto-Submitted", "auto-replied"))
+        headers.append(("Auto-Submitted", auto_submitted))
         headers.append(("X-Auto-Response-Suppress", "All"))
     headers.append(("X-ACEDesk-Ticket", clean_header_text(ticket, 40)))
     headers.append(("Content-Language", language if language in LANGUAGES else "en"))
