@@ -82,12 +82,12 @@ class Head:
     def proba(self, features: sparse.csr_matrix) -> np.ndarray:
         decision = np.asarray(features @ self.coef) + self.intercept
         if self.kind == "softmax":
-            return np.asarray(softmax(decision, axis=1))
+            return np.asarray(softmax(decision, axis=1), dtype=np.float64)
         assert self.a is not None and self.b is not None
-        p = expit(-(self.a * decision + self.b))
+        p = np.asarray(expit(-(self.a * decision + self.b)), dtype=np.float64)
         total = p.sum(axis=1, keepdims=True)
         uniform = np.full_like(p, 1.0 / p.shape[1])
-        return np.divide(p, total, out=uniform, where=total != 0)
+        return np.asarray(np.divide(p, total, out=uniform, where=total != 0), dtype=np.float64)
 
 
 @dataclass
@@ -117,7 +117,10 @@ class Artifact:
             return np.zeros((0, len(self.classes)))
         x = self.features(prepared)
         total = sum(h.weight for h in self.heads)
-        return sum(h.weight * h.proba(x) for h in self.heads) / total
+        out = np.zeros((len(prepared), len(self.classes)))
+        for h in self.heads:
+            out += h.weight * h.proba(x)
+        return out / total
 
     def word_vocabulary(self) -> frozenset[str]:
         """Whole words the model knows (familiarity): word unigrams and the char block's padded words."""

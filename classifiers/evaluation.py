@@ -121,7 +121,8 @@ def apply_thresholds(proba: np.ndarray, labels: Sequence[str], thresholds: dict[
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
-    return confusion_matrix(list(y_true), list(y_pred), labels=list(labels)).tolist()
+    matrix: list[list[int]] = confusion_matrix(list(y_true), list(y_pred), labels=list(labels)).tolist()
+    return matrix
 
 
 def safe_log_loss(y_true: Sequence[str], proba: np.ndarray, labels: Sequence[str]) -> float:

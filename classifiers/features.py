@@ -76,7 +76,7 @@ class CharTfidf(TransformerMixin, BaseEstimator):
         vec.fit(texts)
         self.vocabulary_: dict[str, int] = dict(vec.vocabulary_)
         self.idf_: np.ndarray = vec.idf_.astype(np.float32)
-        self._columns: dict[str, array] = {}
+        self._columns: dict[str, "array[int]"] = {}
         return self
 
     @classmethod

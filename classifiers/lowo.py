@@ -107,7 +107,7 @@ def automatic(oow: OutOfWriter, rows: np.ndarray, thresholds: dict[str, float]) 
     proba = oow.proba[rows]
     best = proba.argmax(axis=1)
     limits = np.array([thresholds.get(LABELS[j], NEVER) for j in best])
-    return oow.eligible[rows] & (proba[np.arange(len(best)), best] >= limits)
+    return np.asarray(oow.eligible[rows] & (proba[np.arange(len(best)), best] >= limits), dtype=bool)
 
 
 def nested_auto(oow: OutOfWriter) -> np.ndarray:

@@ -122,7 +122,10 @@ class AveragedClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, x: Any) -> np.ndarray:
         total = sum(self.weights)
-        return sum(w * e.predict_proba(x) for w, e in zip(self.weights, self.estimators_)) / total
+        out = np.zeros((x.shape[0], len(self.classes_)))
+        for w, e in zip(self.weights, self.estimators_):
+            out += w * np.asarray(e.predict_proba(x))
+        return out / total
 
 
 #: The model families compared leave-one-writer-out at training time: which feature blocks
