@@ -125,6 +125,17 @@ def test_the_four_hour_clock_stops_while_the_desk_is_closed(arrival, due, back):
     assert (hours.describe_time(reopens) if reopens else None) == back
 
 
+def test_the_queue_does_not_call_a_ticket_late_while_the_desk_was_closed():
+    from responders.tickets import clock
+
+    hours = DeskHours()
+    arrived_at = dt.datetime(2026, 12, 5, 23, 0, tzinfo=ET)
+    due = hours.due(arrived_at, 4)
+    sunday_3am, sunday_10am = arrived_at + dt.timedelta(hours=4), arrived_at + dt.timedelta(hours=11)
+    assert not clock(arrived_at, None, None, sunday_3am, 4.0, due).overdue
+    assert clock(arrived_at, None, None, sunday_10am, 4.0, due).overdue
+
+
 def test_hours_are_configurable_and_checked():
     cfg = config_from_dict({"hours": {"closed": [{"start": "Fri 20:00", "end": "Mon 06:00"}]}})
     hours = DeskHours(cfg.hours)
