@@ -129,7 +129,7 @@ def cmd_queue_list(args: argparse.Namespace, lazy: Any) -> int:
         print("the triage queue is empty")
         return 0
     for item, ticket in rows:
-        c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, now, target)
+        c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, now, target, ticket.due_at)
         data = {"id": item.id, "ticket": ticket.number, "status": item.status, "reason": item.reason,
                 "security": item.security, "priority": ticket.priority, "label": item.label,
                 "confidence": item.confidence, "requester": ticket.requester,
@@ -165,7 +165,7 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
                                   .options(undefer(InboundMessage.parsed))).first() \
             if item.inbound_message_id else None
     c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, utcnow(),
-              lazy.config.responders.target_hours)
+              lazy.config.responders.target_hours, ticket.due_at)
     print(f"triage item {item.id}: {item.reason}{' (SECURITY)' if item.security else ''}, {item.status}")
     print(f"  ticket:       {ticket.number} {ticket.status}, priority {ticket.priority}, "
           f"age {c.age_hours:.1f} h of {lazy.config.responders.target_hours:g}{' OVERDUE' if c.overdue else ''}")
@@ -254,6 +254,9 @@ def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
             user = session.scalars(select(User).where(User.user_id == ticket.user_id)).first()
             if user is None:
                 raise CommandError(f"user {ticket.user_id} is no longer on file")
+            if user.status != "active":
+                raise CommandError(f"user {user.user_id} is {user.status}: no account help until "
+                                   f"'acedesk users restore {user.user_id} --reason ...'")
             to = user.email
         out = _send(session, lazy, ticket, label, {}, to, human=False)
         ticket.status = TICKET_ANSWERED
@@ -309,6 +312,14 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
             if args.template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
                 raise CommandError(f"the {args.template} answer goes only to verified users; ticket "
                                 f"{ticket.number} is {ticket.verification}")
+            if args.template in ACCOUNT_LABELS:
+                from responders.accounts import held_status, load_held
+
+                status = held_status(load_held(session, [ticket.requester], [ticket.user_id or ""]),
+                                     ticket.requester, ticket.user_id)
+                if status:
+                    raise CommandError(f"the account of ticket {ticket.number} is {status}: no account help "
+                                       "until it is restored (acedesk users restore)")
             out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False,
                         articles=args.article)
         else:
