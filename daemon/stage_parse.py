@@ -2,7 +2,10 @@
 
 Parses the raw bytes into the normalised record, routes CSMS traffic
 (commands to the request address, bounces to a VERP return path) to the csms
-stage, and quarantines what cannot be parsed with its reason, raw bytes kept.
+stage, and quarantines what cannot be parsed with its reason, raw bytes kept:
+not mail, a parser crash (``RecursionError`` and friends), or a message over
+the per-message time or memory budget (``[pipeline] message_seconds`` and
+``message_memory``).
 One poison message never holds up the ones behind it: the worker retries a
 failing batch one row at a time.
 """
@@ -13,9 +16,9 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from daemon.config import DeskConfig
+from daemon.config import DeskConfig, PipelineConfig
 from daemon.context import AppContext
-from daemon.parse import Unparseable, parse_message
+from daemon.parse import Unparseable, parse_within_budget
 from daemon.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CSMS, NEW, PARSED, InboundMessage
@@ -30,10 +33,11 @@ def next_state(desk: DeskConfig, row: InboundMessage) -> str:
     return PARSED
 
 
-def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -> None:
+def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows: list[InboundMessage]) -> None:
     for row in rows:
         try:
-            parsed = parse_message(row.raw, row.envelope_from)
+            parsed = parse_within_budget(row.raw, row.envelope_from, seconds=budget.message_seconds,
+                                         memory=budget.message_memory)
         except Unparseable as exc:
             quarantine(session, row, exc.reason, exc.detail)
             log.warning("message %s (%d bytes, Message-ID %s) quarantined: %s: %s",
@@ -46,6 +50,6 @@ def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -
 
 
 def make_stage(ctx: AppContext) -> Stage:
-    desk = ctx.config.desk
+    desk, budget = ctx.config.desk, ctx.config.pipeline
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
-                 process=lambda session, rows: parse_rows(desk, session, rows), batch_size=100)
+                 process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=100)
