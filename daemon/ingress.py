@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import DeskConfig, IngressConfig
 from daemon.context import AppContext
-from daemon.store import NewMessage, insert_messages
+from daemon.store import NewMessage, fingerprint, insert_messages
 from models.session import transaction
 
 log = logging.getLogger("acedesk.ingress")
@@ -86,10 +86,11 @@ class IngressHandler:
         desks = sorted({r.lower() for r in envelope.rcpt_tos})
         if not desks:
             return NO_RECIPIENTS
+        key = fingerprint(raw)
         raw = received_line(self.hostname, self.source, session, envelope) + raw
         items = [
             NewMessage(desk=desk, source=self.source, raw=raw, envelope_from=envelope.mail_from or "",
-                       envelope_to=tuple(envelope.rcpt_tos))
+                       envelope_to=tuple(envelope.rcpt_tos), key=key)
             for desk in desks
         ]
         try:

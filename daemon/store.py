@@ -39,6 +39,9 @@ class NewMessage:
     mailbox_id: int | None = None
     uidvalidity: int | None = None
     uid: int | None = None
+    #: The duplicate key when it is not that of ``raw`` (the ingress keys a message by what the client
+    #: sent, not by the Received line it prepended itself).
+    key: str | None = None
 
 
 def header_message_id(raw: bytes) -> str | None:
@@ -74,7 +77,7 @@ def row_values(item: NewMessage, now: dt.datetime | None = None) -> dict[str, ob
 def row_tuple(item: NewMessage, now: dt.datetime) -> tuple[object, ...]:
     """Return the values of :data:`COLUMNS` for ``item``, as Python objects."""
     return (item.desk.lower(), item.source, item.mailbox_id, item.uidvalidity, item.uid, item.envelope_from,
-            list(item.envelope_to), item.raw, len(item.raw), fingerprint(item.raw),
+            list(item.envelope_to), item.raw, len(item.raw), item.key or fingerprint(item.raw),
             header_message_id(item.raw), now, NEW, 0, now)
 
 
