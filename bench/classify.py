@@ -31,7 +31,7 @@ from classifiers.classify import MessageText, classify  # noqa: E402
 from classifiers.corpus import load_split, to_eml  # noqa: E402
 from classifiers.store import SHIPPED_DIR, load_newest  # noqa: E402
 from classifiers.train import train  # noqa: E402
-from daemon.parse import parse_message  # noqa: E402
+from daemon.intake.parse import parse_message  # noqa: E402
 
 HISTORY_EN = """
 Best regards,

@@ -11,7 +11,7 @@ over four topics (a third of them on two), a notice to all four, so that
 every subscriber gets exactly one copy (the seed notice's text, ~12 KB a
 message), starts ``smtp-sink`` on a free loopback port, and times
 ``csms.service.start_publish`` (planning: one delivery row per subscriber)
-and then :func:`daemon.csms_fanout.publish` (the fan-out itself) until the
+and then :func:`daemon.notices.fanout.publish` (the fan-out itself) until the
 notice is done.  Creating the subscribers is not timed.
 
 Memory: the peak RSS of the process over the whole run (``getrusage``), and
@@ -46,7 +46,7 @@ from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binar
 from csms import service  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
-from daemon.csms_fanout import Progress, publish  # noqa: E402
+from daemon.notices.fanout import Progress, publish  # noqa: E402
 from models.base import utcnow  # noqa: E402
 from models.csms import ACTIVE, Notice, Subscriber, Subscription  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
@@ -218,7 +218,7 @@ def main() -> int:
 def _message_size(ctx, notice_id: int) -> int:
     """The size of one personalised message (for the figures)."""
     from csms.message import MessageTemplate
-    from daemon.csms_fanout import load_signer, sender_of
+    from daemon.notices.fanout import load_signer, sender_of
 
     with ctx.sessions() as s:
         view = service.view(s, s.get(Notice, notice_id))

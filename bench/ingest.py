@@ -44,7 +44,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import AppContext  # noqa: E402
-from daemon.imap_watcher import ImapWatcher  # noqa: E402
+from daemon.imap.watcher import ImapWatcher  # noqa: E402
 from models.core import InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.session import make_engine, make_sessionmaker  # noqa: E402

@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from daemon import imap_watcher  # noqa: E402
+from daemon.imap import watcher as imap_watcher  # noqa: E402
 from daemon.app import PipelineWorker  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
-from daemon.outbox import OutboxSender  # noqa: E402
-from daemon.stage_classify import make_stage as make_classify_stage  # noqa: E402
-from daemon.stage_parse import make_stage as make_parse_stage  # noqa: E402
-from daemon.stage_respond import make_stage as make_respond_stage  # noqa: E402
+from daemon.delivery.outbox import OutboxSender  # noqa: E402
+from daemon.stages.classify import make_stage as make_classify_stage  # noqa: E402
+from daemon.stages.parse import make_stage as make_parse_stage  # noqa: E402
+from daemon.stages.respond import make_stage as make_respond_stage  # noqa: E402
 from models.core import DONE, FAILED, QUARANTINED, InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402

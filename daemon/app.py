@@ -16,7 +16,10 @@ import signal
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from daemon import csms_runner, imap_watcher, ingress, outbox
+from daemon.notices import scheduler
+from daemon.imap import watcher as imap
+from daemon.intake import ingress
+from daemon.delivery import outbox
 from daemon.context import AppContext, wait_any
 from daemon.pipeline import build_stages
 from daemon.sdnotify import Notifier
@@ -64,8 +67,8 @@ def build_components(ctx: AppContext) -> list[Any]:
     """Return every component in start order (ingress last: accept mail only when all else runs)."""
     components: list[Any] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
-    components += csms_runner.make_components(ctx)
-    components += imap_watcher.make_components(ctx)
+    components += scheduler.make_components(ctx)
+    components += imap.make_components(ctx)
     components += ingress.make_components(ctx)
     return components
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from daemon import stage_classify, stage_csms, stage_parse, stage_respond
+from daemon.stages import classify as stage_classify
+from daemon.stages import csms as stage_csms
+from daemon.stages import parse as stage_parse
+from daemon.stages import respond as stage_respond
 from daemon.context import AppContext
 from daemon.worker import Stage
 

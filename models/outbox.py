@@ -1,6 +1,6 @@
 """The transactional outbox: one row per outgoing reply, written in the same
 transaction as the decision that made it, delivered later by
-``daemon.outbox``.
+``daemon.delivery.outbox``.
 
 ``inbound_message_id`` is unique, so one inbound message yields at most one
 reply whatever crashes (analyst replies have none).  ``status`` goes

@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from classifiers.corpus import Example, write_eml_dir
 from classifiers.store import SHIPPED_DIR, model_files
-from daemon import stage_classify, stage_parse
-from daemon.cli import main
+from daemon.stages import classify as stage_classify
+from daemon.stages import parse as stage_parse
+from daemon.cli.main import main
 from daemon.context import AppContext
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import drain
 from models.classification import LabelCorrection, corrections_for_training, record_correction
 from models.core import CLASSIFIED, InboundMessage

@@ -11,7 +11,7 @@ CORPUS = Path(__file__).parent / "data" / "corpora"
 
 
 def run(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "daemon.cli.main", "--config", str(cfg), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
@@ -34,7 +34,7 @@ def test_ingest_process_quarantine_show_and_retry(tmp_path):
 
     shown = run(cfg, "quarantine", "show", record_id)
     assert "not_rfc5322" in shown.stdout and "Outlook" in shown.stdout
-    raw = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(cfg), "quarantine", "show",
+    raw = subprocess.run([sys.executable, "-m", "daemon.cli.main", "--config", str(cfg), "quarantine", "show",
                           record_id, "--raw"], capture_output=True, cwd=REPO, timeout=60)
     assert raw.stdout == bad.read_bytes()
 

@@ -47,7 +47,7 @@ def test_database_url_environment_override(tmp_path):
 
 def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
     path = write(tmp_path, "[pipeline]\nbatch_size = true\n")
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(path), "db", "current"],
+    result = subprocess.run([sys.executable, "-m", "daemon.cli.main", "--config", str(path), "db", "current"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -55,7 +55,7 @@ def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
 
 
 def test_cli_missing_config_file_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(tmp_path / "nope.toml"),
+    result = subprocess.run([sys.executable, "-m", "daemon.cli.main", "--config", str(tmp_path / "nope.toml"),
                              "db", "upgrade"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert "no such config file" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from daemon.context import AppContext
 from daemon.pipeline import build_stages
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import drain
 from models.core import DONE, FAILED, NEW, QUARANTINED, InboundMessage, QuarantineRecord
 from models.session import transaction

@@ -29,17 +29,19 @@ from sqlalchemy.orm import undefer
 from csms import service, subscribers
 from csms.render import NoticeView, render_for
 from csms.tokens import CONFIRM, UNSUBSCRIBE
-from daemon import csms_runner, ingress
+from daemon.notices import scheduler as csms_runner
+from daemon.intake import ingress
 from daemon.app import PipelineWorker
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.config import PipelineConfig
 from daemon.context import AppContext, make_context
-from daemon.csms_fanout import load_signer
-from daemon.csms_runner import Scheduler, UnsubscribeServer
-from daemon.outbox import OutboxSender
-from daemon.stage_csms import make_stage as make_csms_stage
-from daemon.stage_parse import make_stage as make_parse_stage
-from daemon.store import NewMessage, insert_messages
+from daemon.notices.fanout import load_signer
+from daemon.notices.scheduler import Scheduler
+from daemon.notices.unsubscribe import UnsubscribeServer
+from daemon.delivery.outbox import OutboxSender
+from daemon.stages.csms import make_stage as make_csms_stage
+from daemon.stages.parse import make_stage as make_parse_stage
+from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import drain
 from models.base import utcnow
 from models.core import DONE, AuditEntry, InboundMessage
@@ -485,7 +487,7 @@ scheduler_interval = 0.5
             subscribers.subscribe(session, f"user{i}@broker.example", ["Manifest"], "en")
     due = add_notice(ctx, "Due while the daemon was down", ["Manifest"], at=utcnow() - dt.timedelta(hours=3))
     env = {**os.environ, "ACEDESK_CONFIG": str(cfg)}
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "run"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         smtp_capture.handler.wait_for(3, timeout=30)

@@ -29,8 +29,8 @@ from csms.subscribers import ImportStats, import_subscribers
 from csms.tokens import UNSUBSCRIBE
 from daemon.config import config_from_dict
 from daemon.context import AppContext
-from daemon.csms_fanout import Progress, load_signer, publish
-from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SmtpPool
+from daemon.notices.fanout import Progress, load_signer, publish
+from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SmtpPool
 from daemon.tls import tls_context
 from models.base import utcnow
 from models.csms import DONE, FAILED, PUBLISHING, BounceEvent, Delivery, Notice, Subscriber, Subscription, Topic
@@ -305,7 +305,7 @@ CHILD = """
 import asyncio, json, sys
 from daemon.config import config_from_dict
 from daemon.context import make_context
-from daemon.csms_fanout import publish
+from daemon.notices.fanout import publish
 args = json.loads(sys.argv[1])
 ctx = make_context(config_from_dict(args["config"], base_dir=args["base_dir"]))
 asyncio.run(publish(ctx, args["notice_id"]))

@@ -45,7 +45,7 @@ spool_dir = "{tmp_path}/spool"
 
 
 def acedesk(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "daemon.cli.main", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120, **kw)
 
 
@@ -66,7 +66,7 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
     notify.settimeout(20)
     env = {**os.environ, "NOTIFY_SOCKET": notify_path, "ACEDESK_CONFIG": str(cfg),
            "WATCHDOG_USEC": "400000"}  # systemd's WatchdogSec=0.4: pings every 0.2 s
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "run"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert b"READY=1" in notify.recv(4096)

@@ -27,9 +27,9 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon import imap_watcher
+from daemon.imap import mover, protocol, watcher as imap_watcher
 from daemon.context import AppContext
-from daemon.imap_watcher import ImapWatcher, LeaseLost, TlsRefused, make_components
+from daemon.imap.watcher import ImapWatcher, LeaseLost, TlsRefused, make_components
 from models.core import InboundMessage, Mailbox
 from models.migrate import upgrade
 from models.session import make_engine, make_sessionmaker
@@ -320,6 +320,7 @@ def test_crash_between_commit_and_move_loses_nothing_and_stores_nothing_twice(
     # after committing at least one batch of 100,
     with monkeypatch.context() as patch:
         patch.setattr(imap_watcher, "move_messages", crash)
+        patch.setattr(mover, "move_messages", crash)
         patch.setattr(imap_watcher, "MOVE_BATCH", 100)
         patch.setattr(imap_watcher, "MAX_IN_FLIGHT", 1)
         with pytest.raises(OSError, match="killed right after the commit"):
@@ -402,7 +403,9 @@ def test_uidvalidity_change_refetches_without_duplicates(
     append(dovecot, user, first)
     # Stored, but left in INBOX (as if the watcher died before moving them).
     with monkeypatch.context() as patch:
-        patch.setattr(imap_watcher, "move_messages", lambda *a: (_ for _ in ()).throw(OSError("died")))
+        died = lambda *a: (_ for _ in ()).throw(OSError("died"))  # noqa: E731
+        patch.setattr(imap_watcher, "move_messages", died)
+        patch.setattr(mover, "move_messages", died)
         with pytest.raises(OSError):
             make_watcher(dovecot, user, engine).fetch_new()
     assert row_count(sessions) == 3
@@ -734,7 +737,7 @@ def test_fetch_keeps_every_body_when_the_server_mixes_in_flag_updates(dovecot: D
         other.add_flags([2], [b"\\Flagged"])
         other.logout()
 
-        assert imap_watcher.fetch_raw(watcher_side, [1, 2, 3]) == {1: sent[0], 2: sent[1], 3: sent[2]}
-        assert imap_watcher.fetch_raw(watcher_side, [3]) == {3: sent[2]}
+        assert protocol.fetch_raw(watcher_side, [1, 2, 3]) == {1: sent[0], 2: sent[1], 3: sent[2]}
+        assert protocol.fetch_raw(watcher_side, [3]) == {3: sent[2]}
     finally:
         watcher_side.logout()

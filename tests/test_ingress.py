@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
 from daemon.config import DeskConfig, IngressConfig
-from daemon.ingress import Ingress, IngressHandler
+from daemon.intake.ingress import Ingress, IngressHandler
 from models.core import NEW, InboundMessage
 from models.session import make_engine, make_sessionmaker
 from tests.servers import BackgroundComponent, free_port, wait_for_port

@@ -12,7 +12,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from daemon.config import PipelineConfig
-from daemon.outbox import drain_outbox, run_once
+from daemon.delivery.outbox import drain_outbox, run_once
 from daemon.worker import drain
 from models.base import utcnow
 from models.outbox import FAILED, PENDING, SENDING, SENT, OutboxMessage

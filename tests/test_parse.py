@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.parse import Unparseable, parse_message
+from daemon.intake.parse import Unparseable, parse_message
 
 
 def mail(headers: str, body: bytes, ctype: str = "text/plain; charset=utf-8", cte: str = "8bit") -> bytes:

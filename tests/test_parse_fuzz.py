@@ -7,7 +7,7 @@ import random
 import time
 from pathlib import Path
 
-from daemon.parse import Unparseable, parse_message
+from daemon.intake.parse import Unparseable, parse_message
 
 CORPUS = Path(__file__).parent / "data" / "corpora"
 NASTY = [b"\x00", b"\r", b"\n", b"=?", b"?=", b"--", b"\r\n\r\n", b";", b"\"", b"boundary=", b"\xff",

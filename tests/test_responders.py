@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from classifiers.language import detect_language
 from daemon.config import PipelineConfig
 from daemon.context import AppContext
-from daemon.parse import parse_message
-from daemon.stage_parse import make_stage as make_parse_stage
-from daemon.stage_respond import make_stage as make_respond_stage
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.parse import parse_message
+from daemon.stages.parse import make_stage as make_parse_stage
+from daemon.stages.respond import make_stage as make_respond_stage
+from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import Stage, drain
 from models.core import CLASSIFIED, DONE, PARSED, InboundMessage
 from models.outbox import OutboxMessage
@@ -446,7 +446,7 @@ def test_priority_raised_for_urgent_verified(sessions, engine, config_factory):
 
 
 def _cli(tmp_path: Path, db_url: str, *args: str, capsys=None) -> tuple[int, str, str]:
-    from daemon.cli import main
+    from daemon.cli.main import main
 
     cfg = tmp_path / "config.toml"
     if not cfg.exists():
@@ -539,7 +539,7 @@ def test_triage_json_is_a_dry_run(tmp_path, engine, sessions, capsys):
 
 def test_a_broken_policy_table_is_a_config_error(tmp_path):
     from daemon.config import ConfigError, config_from_dict
-    from daemon.stage_respond import make_responder
+    from daemon.stages.respond import make_responder
 
     for rule, what in (({"action": "answer"}, "action"), ({"action": "reply", "labels": ["pasword"]}, "label"),
                        ({"action": "reply", "template": "nope"}, "template")):

@@ -18,14 +18,14 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from daemon import imap_watcher
+from daemon.imap import watcher as imap_watcher
 from daemon.app import PipelineWorker
 from daemon.pipeline import build_stages
-from daemon.stage_classify import make_stage as make_classify_stage
+from daemon.stages.classify import make_stage as make_classify_stage
 from daemon.config import PipelineConfig
 from daemon.context import make_context
-from daemon.outbox import OutboxSender
-from daemon.stage_parse import make_stage as make_parse_stage
+from daemon.delivery.outbox import OutboxSender
+from daemon.stages.parse import make_stage as make_parse_stage
 from daemon.worker import drain
 from models.core import InboundMessage
 from models.migrate import upgrade
@@ -107,7 +107,7 @@ def test_dovecot_to_daemon_to_smtp_reply(dovecot, smtp_capture, sqlite_url, conf
 
 def _acedesk(cfg: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "ACEDESK_CONFIG": str(cfg)}
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

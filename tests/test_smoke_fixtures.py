@@ -2,7 +2,7 @@
 
 from sqlalchemy import select
 
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, insert_messages
 from models.core import InboundMessage
 from models.session import transaction
 

@@ -7,7 +7,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, insert_messages
 from models.base import utcnow
 from models.core import NEW, InboundMessage
 from models.session import transaction

@@ -9,7 +9,7 @@ from collections import Counter
 from sqlalchemy import select
 
 from daemon.config import PipelineConfig
-from daemon.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import Stage, drain, run_stage_once
 from models.core import DONE, FAILED, NEW, InboundMessage
 from models.session import transaction

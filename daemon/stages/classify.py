@@ -23,7 +23,7 @@ from classifiers.model import ModelLoadError, TextClassifier
 from classifiers.settings import ClassifierConfig
 from classifiers.store import ModelHolder, model_dir
 from daemon.context import AppContext
-from daemon.quarantine import quarantine
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CLASSIFIED, PARSED, InboundMessage
 from models.parsed import ParsedMessage

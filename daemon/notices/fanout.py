@@ -11,7 +11,7 @@ transaction.  ``publish`` then
    stays flat in the number of subscribers), personalises each message by
    splicing bytes (:class:`csms.message.MessageTemplate`) and sends it over a
    pool of reused, pipelined SMTP connections under the rate limit
-   (:mod:`daemon.smtp_pool`), or writes it to the spool folder when no relay
+   (:mod:`daemon.delivery.smtp_pool`), or writes it to the spool folder when no relay
    is configured;
 3. commits the results every ``mark_interval`` seconds in one short
    transaction that also renews the lease;
@@ -33,7 +33,7 @@ publisher; and a publisher sends only while its lease is fresh by its own
 clock (the lease is renewed at each commit), so a publisher that was paused
 past its lease stops before another one takes over.  (A relay that times out
 after the final dot is a ``temporary`` result and is retried: SMTP's own
-duplicate window, see :mod:`daemon.smtp_pool`.)
+duplicate window, see :mod:`daemon.delivery.smtp_pool`.)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
 from daemon.config import Config, read_secret, signing_secret
 from daemon.context import AppContext
-from daemon.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
+from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
 from daemon.tls import tls_context
 from models.base import utcnow
 from models.csms import DONE, PENDING, PUBLISHING, Notice

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from classifiers.model import TextClassifier
 from daemon.config import Config
-from daemon.parse import Unparseable, parse_within_budget
-from daemon.stage_classify import classify_texts, language_hint, text_of
+from daemon.intake.parse import Unparseable, parse_within_budget
+from daemon.stages.classify import classify_texts, language_hint, text_of
 from models.parsed import ParsedMessage
 from responders.redact import redact
 from responders.service import Responder, dry_run

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import DeskConfig, IngressConfig
 from daemon.context import AppContext
-from daemon.store import NewMessage, fingerprint, insert_messages
+from daemon.intake.store import NewMessage, fingerprint, insert_messages
 from models.session import transaction
 
 log = logging.getLogger("acedesk.ingress")

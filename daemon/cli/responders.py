@@ -189,7 +189,7 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
 
 def _send(session: Any, lazy: Any, ticket: Any, template: str, context: dict[str, Any], to: str,
           human: bool) -> Any:
-    from daemon.stage_respond import make_responder
+    from daemon.stages.respond import make_responder
     from models.base import utcnow
     from responders.render import RenderError, build_reply
     from responders.service import enqueue
@@ -342,15 +342,9 @@ def _load_model(lazy: Any) -> tuple[Any, str | None]:
         return None, f"classifier unavailable ({type(exc).__name__}: {exc}); label 'other', confidence 0"
 
 
-def desk_info(config: Any) -> Any:
-    from daemon.stage_respond import desk_info as info
-
-    return info(config)
-
-
 def _dry_secret(config: Any) -> bytes:
     """The configured or stored secret; a throwaway one when none exists (a dry run stores nothing)."""
-    from daemon.stage_respond import SECRET_FILE, load_secret
+    from daemon.stages.respond import SECRET_FILE, load_secret
 
     cfg = config.responders
     if cfg.secret_env or cfg.secret_file or (config.path(config.daemon.state_dir) / SECRET_FILE).exists():
@@ -359,8 +353,8 @@ def _dry_secret(config: Any) -> bytes:
 
 
 def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
-    from daemon.dry_run import dumps, triage
-    from daemon.stage_respond import ingress_border
+    from daemon.cli.dry_run import dumps, triage
+    from daemon.stages.respond import desk_info, ingress_border
     from models.responders import User
     from responders.render import Renderer
     from responders.service import Responder

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from daemon.config import DeskConfig, PipelineConfig
 from daemon.context import AppContext
-from daemon.parse import Unparseable, parse_within_budget
-from daemon.quarantine import quarantine
+from daemon.intake.parse import Unparseable, parse_within_budget
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CSMS, NEW, PARSED, InboundMessage
 

@@ -27,7 +27,7 @@ from daemon.errors import CommandError
 if TYPE_CHECKING:
     from classifiers.classify import Classification, MessageText
     from classifiers.model import TextClassifier
-    from daemon.cli import Lazy
+    from daemon.cli.main import Lazy
     from daemon.config import PipelineConfig
 
 #: Messages classified per batch by the commands.
@@ -105,8 +105,8 @@ def read_messages(files: Sequence[str], spanish: frozenset[str], budget: "Pipeli
     """Yield ``(file, message text, None)`` or ``(file, None, error)`` per file: the parse stage's
     guarded parse, then the classify stage's text (the desk is the first Spanish desk named, else English)."""
     from daemon.config import PipelineConfig
-    from daemon.parse import Unparseable, parse_within_budget
-    from daemon.stage_classify import text_of
+    from daemon.intake.parse import Unparseable, parse_within_budget
+    from daemon.stages.classify import text_of
 
     budget = budget or PipelineConfig()
     for name in files:
@@ -127,7 +127,7 @@ def read_messages(files: Sequence[str], spanish: frozenset[str], budget: "Pipeli
 def classify_files(model: "TextClassifier", cfg: ClassifierConfig, files: Sequence[str],
                    spanish: frozenset[str]) -> Iterator[tuple[str, "Classification | None", str | None]]:
     """Yield ``(file, classification or None, error or None)`` in file order, classifying in batches."""
-    from daemon.stage_classify import classify_texts
+    from daemon.stages.classify import classify_texts
 
     pending: list[tuple[str, Any, str | None]] = []
 

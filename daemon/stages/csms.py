@@ -41,7 +41,7 @@ from csms.settings import CsmsConfig
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
 from daemon.config import Config, DeskConfig
 from daemon.context import AppContext
-from daemon.csms_fanout import load_signer
+from daemon.notices.fanout import load_signer
 from daemon.worker import Stage
 from models.base import utcnow
 from models.core import CSMS, DONE, AuditEntry, InboundMessage

@@ -39,39 +39,34 @@ still in the folder are fetched again and the ``(desk, sha256)`` constraint
 recognises the ones already stored.
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
+import socket
 import functools
 import logging
-import queue
 import random
-import re
-import select
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from imapclient import IMAPClient, SocketTimeout
+from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
-from imapclient.response_parser import parse_fetch_response
-from sqlalchemy import or_, select as sql_select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import SQLAlchemyError
 
-from daemon.config import Config, ConfigError, MailboxConfig, read_secret
+from daemon.config import ConfigError, MailboxConfig, read_secret
 from daemon.context import AppContext
-from daemon.store import NewMessage, insert_messages
-from daemon.tls import tls_context as client_tls_context
-from models.base import utcnow
-from models.core import Mailbox
-from models.session import transaction
+from daemon.imap.checkpoint import (Checkpoint, LeaseLost, commit_batch, ensure_mailbox, lease_holder,
+                                    load_checkpoint, release_lease, take_lease)
+from daemon.imap.mover import MoveGroup, Mover
+from daemon.imap.protocol import (ImapError, TlsRefused, chunks, close_quietly, connect, describe, ensure_folder,
+                                  fetch_raw, has_new_mail, idle_responses, move_messages, select_uidvalidity, uid_set,
+                                  span, uids_after, uids_upto)
+from daemon.intake.store import NewMessage
 
 log = logging.getLogger("acedesk.imap")
 
@@ -88,29 +83,8 @@ WAIT_SLICE = 0.5
 STOP_GRACE = 1.5
 
 
-class ImapError(Exception):
-    """The server did something that makes this session unusable."""
-
-
-class TlsRefused(ImapError):
-    """TLS could not be established; we never fall back to plaintext."""
-
-
-class LeaseLost(Exception):
-    """Another instance holds the mailbox lease: stop touching the mailbox."""
-
-
 class EarlierBatchFailed(Exception):
     """A batch was not stored because one before it failed to commit."""
-
-
-@dataclass
-class _Group:
-    """Committed messages waiting to be moved together."""
-
-    uids: list[int] = field(default_factory=list)
-    fetched: int = 0
-    new: int = 0
 
 
 @dataclass
@@ -130,441 +104,6 @@ class _Job:
     def done(self) -> bool:
         """Return whether the transaction has ended (committed or failed)."""
         return self.future is not None and self.future.done()
-
-
-@dataclass
-class Checkpoint:
-    """Where a mailbox's intake stands: UIDs up to ``last_uid`` are committed."""
-
-    uidvalidity: int | None
-    last_uid: int
-
-
-# --- the database side: mailbox row, lease, checkpoint -------------------------------
-
-
-def ensure_mailbox(sessions: sessionmaker[Session], name: str) -> int:
-    """Return the id of mailbox ``name``, creating its row on first use."""
-    with sessions() as session:
-        found = session.scalar(sql_select(Mailbox.id).where(Mailbox.name == name))
-    if found is not None:
-        return found
-    try:
-        with transaction(sessions) as session:
-            session.add(Mailbox(name=name, last_uid=0))
-    except IntegrityError:
-        pass  # another instance created it at the same moment
-    with sessions() as session:
-        return session.scalars(sql_select(Mailbox.id).where(Mailbox.name == name)).one()
-
-
-def take_lease(sessions: sessionmaker[Session], mailbox_id: int, owner: str, seconds: float) -> bool:
-    """Take or renew the lease on a mailbox; return whether ``owner`` now holds it.
-
-    One conditional UPDATE, so two instances racing cannot both win: the row
-    is taken only when it is free, already ours, or its lease has expired.
-    """
-    now = utcnow()
-    with transaction(sessions) as session:
-        result = session.execute(
-            update(Mailbox)
-            .where(Mailbox.id == mailbox_id,
-                   or_(Mailbox.lease_owner.is_(None), Mailbox.lease_owner == owner,
-                       Mailbox.lease_until.is_(None), Mailbox.lease_until < now))
-            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds))
-            .execution_options(synchronize_session=False))
-        return result.rowcount == 1
-
-
-def lease_holder(sessions: sessionmaker[Session], mailbox_id: int) -> tuple[str | None, dt.datetime | None]:
-    """Return who holds the lease on a mailbox, and until when."""
-    with sessions() as session:
-        row = session.execute(sql_select(Mailbox.lease_owner, Mailbox.lease_until)
-                              .where(Mailbox.id == mailbox_id)).one()
-        return row[0], row[1]
-
-
-def release_lease(sessions: sessionmaker[Session], mailbox_id: int, owner: str) -> None:
-    """Give the lease up (only if it is still ours), so another instance can take over at once."""
-    with transaction(sessions) as session:
-        session.execute(
-            update(Mailbox).where(Mailbox.id == mailbox_id, Mailbox.lease_owner == owner)
-            .values(lease_owner=None, lease_until=None)
-            .execution_options(synchronize_session=False))
-
-
-def load_checkpoint(sessions: sessionmaker[Session], mailbox_id: int) -> Checkpoint:
-    """Return the stored UID checkpoint of a mailbox."""
-    with sessions() as session:
-        row = session.execute(sql_select(Mailbox.uidvalidity, Mailbox.last_uid)
-                              .where(Mailbox.id == mailbox_id)).one()
-        return Checkpoint(uidvalidity=row[0], last_uid=row[1] or 0)
-
-
-def commit_batch(sessions: sessionmaker[Session], mailbox_id: int, owner: str, lease_seconds: float,
-                 items: Sequence[NewMessage], checkpoint: Checkpoint) -> int:
-    """Store ``items`` and advance the checkpoint in one transaction; return how many were new.
-
-    The checkpoint UPDATE only matches while ``owner`` holds the lease (it
-    renews it too): a watcher that lost its lease rolls back instead of
-    moving the checkpoint under the new holder's feet.
-
-    Raises:
-        LeaseLost: another instance holds the lease; nothing was committed.
-    """
-    with transaction(sessions) as session:
-        new = insert_messages(session, items)
-        result = session.execute(
-            update(Mailbox).where(Mailbox.id == mailbox_id, Mailbox.lease_owner == owner)
-            .values(uidvalidity=checkpoint.uidvalidity, last_uid=checkpoint.last_uid,
-                    lease_until=utcnow() + dt.timedelta(seconds=lease_seconds),
-                    updated_at=utcnow())
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
-            raise LeaseLost(f"lease on mailbox {mailbox_id} is no longer held by {owner}")
-        return new
-
-
-# --- the IMAP side: pure helpers over one client ---------------------------------------
-
-
-def tls_context(cfg: MailboxConfig, config: Config | None) -> ssl.SSLContext:
-    """Return the TLS context for a mailbox: certificates checked unless configured otherwise."""
-    ca_file = str(config.path(cfg.ca_file) if config else cfg.ca_file) if cfg.ca_file else ""
-    return client_tls_context(cfg.verify_certificates, ca_file)
-
-
-def connect(cfg: MailboxConfig, password: str, config: Config | None = None) -> IMAPClient:
-    """Return a logged-in client for ``cfg``, over TLS unless ``tls = "none"``.
-
-    Raises:
-        TlsRefused: STARTTLS is missing or failed; no credentials were sent.
-        LoginError: the server refused the credentials.
-    """
-    # Every socket operation, the connect included, is bounded (a hung server
-    # must not stall the watcher); IDLE waits use their own short polls.
-    timeout = SocketTimeout(connect=cfg.command_timeout, read=cfg.command_timeout)
-    implicit = cfg.tls == "implicit"
-    context = tls_context(cfg, config) if cfg.tls != "none" else None
-    client = IMAPClient(cfg.host, port=cfg.port, ssl=implicit, ssl_context=context, timeout=timeout)
-    quiet_imaplib(client)
-    try:
-        if cfg.tls == "starttls":
-            start_tls(client, cfg, context)
-        client.login(cfg.username, password)
-    except BaseException:
-        close_quietly(client)
-        raise
-    return client
-
-
-def quiet_imaplib(client: IMAPClient) -> None:
-    """Turn imaplib's debug tracing off unless someone asked for imaplib debug logs.
-
-    imapclient sets ``imaplib.IMAP4.debug = 5`` so that imaplib traces through
-    its logger; imaplib then formats the repr of every response -- whole
-    message bodies -- whether or not the log record is kept.  Measured here,
-    that halves the FETCH rate (10k -> 20k msgs/s without it).
-    """
-    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
-        client._imap.debug = 0  # imaplib's documented attribute, on imapclient's private handle
-
-
-def start_tls(client: IMAPClient, cfg: MailboxConfig, context: ssl.SSLContext | None) -> None:
-    """Upgrade the connection with STARTTLS (RFC 3501 6.2.1), or raise :class:`TlsRefused`.
-
-    A server (or a man in the middle) that does not offer STARTTLS gets no
-    plaintext login from us: that is the downgrade attack RFC 2595 warns of.
-    """
-    where = f"{cfg.host}:{cfg.port}"
-    if not client.has_capability("STARTTLS"):
-        raise TlsRefused(f"{where} does not offer STARTTLS; refusing to log in over plaintext "
-                         "(use tls = \"implicit\" if the server speaks IMAPS)")
-    try:
-        client.starttls(context)
-    except (IMAPClientError, ssl.SSLError, OSError) as exc:
-        raise TlsRefused(f"STARTTLS with {where} failed ({describe(exc)}); "
-                         "refusing to log in over plaintext") from exc
-
-
-def close_quietly(client: IMAPClient) -> None:
-    """Log out if the connection still works, else just close the socket."""
-    try:
-        client.logout()
-    except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
-        with contextlib.suppress(Exception):
-            client.shutdown()
-
-
-def ensure_folder(client: IMAPClient, folder: str) -> None:
-    """Create ``folder`` unless it exists (another client may create it at the same moment)."""
-    if client.folder_exists(folder):
-        return
-    try:
-        client.create_folder(folder)
-    except IMAPClientError:
-        if not client.folder_exists(folder):
-            raise
-
-
-def select_uidvalidity(client: IMAPClient, folder: str) -> int:
-    """Select ``folder`` and return its UIDVALIDITY."""
-    info = client.select_folder(folder)
-    value = info.get(b"UIDVALIDITY")
-    if value is None:  # RFC 3501 6.3.1 makes it mandatory
-        raise ImapError(f"SELECT {folder} returned no UIDVALIDITY")
-    return int(value)
-
-
-def uids_after(client: IMAPClient, last_uid: int) -> list[int]:
-    """Return the UIDs above ``last_uid`` in the selected folder, ascending.
-
-    ``UID n:*`` always matches the highest UID even when it is below n
-    (RFC 3501 6.4.8: ``*`` is the largest UID in use, and a range is
-    unordered), so the result is filtered.
-    """
-    return sorted(uid for uid in client.search(["UID", f"{last_uid + 1}:*"]) if uid > last_uid)
-
-
-def uids_upto(client: IMAPClient, last_uid: int, *criteria: str) -> list[int]:
-    """Return the UIDs at or below ``last_uid`` still in the selected folder."""
-    if last_uid <= 0:
-        return []
-    found = client.search(["UID", f"1:{last_uid}", *criteria])
-    return sorted(uid for uid in found if uid <= last_uid)
-
-
-def uid_set(uids: Sequence[int]) -> str:
-    """Return ``uids`` as a compact IMAP sequence set: ``1:500,502``."""
-    parts: list[str] = []
-    ordered = sorted(uids)
-    start = prev = ordered[0]
-    for uid in ordered[1:] + [0]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = uid
-    return ",".join(parts)
-
-
-def move_messages(client: IMAPClient, uids: Sequence[int], folder: str) -> None:
-    """Move ``uids`` out of the selected folder into ``folder``."""
-    if not uids:
-        return
-    ids = uid_set(uids)
-    if client.has_capability("MOVE"):
-        client.move(ids, folder)  # RFC 6851: atomic
-        return
-    client.copy(ids, folder)
-    client.add_flags(ids, [b"\\Deleted"], silent=True)
-    if client.has_capability("UIDPLUS"):
-        client.uid_expunge(ids)  # RFC 4315 2.1: expunges only these UIDs
-    else:
-        client.expunge()  # RFC 3501 6.4.3: also expunges others' \Deleted messages
-
-
-def fetch_raw(client: IMAPClient, uids: Sequence[int]) -> dict[int, bytes]:
-    """Return the raw bytes of ``uids`` (missing ones were expunged meanwhile).
-
-    imapclient's ``fetch`` tokenises every response in Python, which costs
-    about twice the CPU of reading it (measured here: 0.3 against 0.13 CPU-s
-    for 10,000 messages) -- CPU, and the GIL, that the database thread needs
-    at the same moment.  So the command goes through imapclient's imaplib
-    handle, the usual response shape is read directly, and any other shape
-    goes through imapclient's own parser.
-    """
-    typ, data = client._imap.uid("FETCH", uid_set(uids), "(BODY.PEEK[])")  # BAD raises
-    if typ != "OK":
-        raise IMAPClientError(f"UID FETCH {span(uids)} failed: {data!r}")
-    wanted = set(uids)
-    found = plain_bodies(data)
-    if found is None:
-        parsed = parse_fetch_response(data, False, True)
-        found = {uid: item[b"BODY[]"] for uid, item in parsed.items() if item.get(b"BODY[]") is not None}
-    return {uid: raw for uid, raw in found.items() if uid in wanted}
-
-
-#: How a server usually answers ``UID FETCH ... (BODY.PEEK[])``: ``* 7 FETCH (UID 42 BODY[] {2048}``,
-#: the literal, then ``)``.  (RFC 3501 7.4.2: the UID must be there; its place is free.)
-_PLAIN_FETCH = re.compile(rb"\d+ \(UID (\d+) BODY\[\] \{\d+\}")
-
-
-def plain_bodies(data: list[object]) -> dict[int, bytes] | None:
-    """Return the bodies in imaplib's FETCH ``data`` by UID, or None if any response has another shape.
-
-    Another shape -- UID after the body, unsolicited FLAGS, a quoted or NIL
-    body -- is left to imapclient's parser rather than guessed at here.
-    """
-    if data == [None]:  # imaplib's way of saying no FETCH response came (all expunged)
-        return {}
-    found: dict[int, bytes] = {}
-    items = iter(data)
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes)):
-            return None
-        match = _PLAIN_FETCH.fullmatch(item[0])
-        if match is None or next(items, None) != b")":
-            return None
-        found[int(match.group(1))] = item[1]
-    return found
-
-
-def idle_responses(client: IMAPClient, timeout: float) -> list[tuple[object, ...]]:
-    """Wait up to ``timeout`` for IDLE responses (RFC 2177) and return them.
-
-    imapclient's ``idle_check`` cannot tell "nothing yet" from "connection
-    closed" (both end its read loop), so readiness is checked here first: a
-    readable socket that yields no response has been closed by the server.
-
-    Raises:
-        ConnectionError: the server closed the connection or said BYE.
-    """
-    sock = client.socket()
-    pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-    if not pending:
-        readable, _, _ = select.select([sock], [], [], timeout)
-        if not readable:
-            return []
-    responses = client.idle_check(timeout=0)
-    if not responses:
-        raise ConnectionError("the server closed the connection")
-    for response in responses:
-        if response and response[0] == b"BYE":
-            raise ConnectionError(f"the server said BYE: {response[1:]!r}")
-    return responses
-
-
-def has_new_mail(responses: Sequence[tuple[object, ...]]) -> bool:
-    """Return whether IDLE responses announce new messages (``* n EXISTS``)."""
-    return any(len(r) >= 2 and r[1] == b"EXISTS" for r in responses)
-
-
-def describe(exc: BaseException) -> str:
-    """Return an exception as a short phrase for a log line."""
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
-    text = str(exc).strip()
-    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
-        text = text[2:-1]  # imapclient wraps raw server text: b'[AUTHENTICATIONFAILED] ...'
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def span(uids: Sequence[int]) -> str:
-    return f"uid {uids[0]}" if len(uids) == 1 else f"uid {uids[0]}-{uids[-1]}"
-
-
-def chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
-
-
-# --- the mover: MOVE on a second connection while the first one fetches ------------------
-
-
-class Mover:
-    """A second IMAP session that moves committed groups while the first session fetches.
-
-    imapclient is not thread safe, so the mover owns its client in its own
-    thread.  The client comes from the watcher's own ``connect`` call (same
-    TLS rules, same timeouts) and selects the same folder; a UIDVALIDITY other
-    than the fetch session's would make the UIDs mean other messages, so that
-    ends the mover before it moves anything.  Groups are handed over only
-    once committed and are moved in the order they came.
-
-    Nothing the mover leaves undone is lost: every UID it was given is at or
-    below the checkpoint, so the next session's ``_move_leftovers`` moves it.
-    """
-
-    def __init__(self, name: str, open_client: Callable[[], IMAPClient], folder: str,
-                 uidvalidity: int | None, processed: str, moved: Callable[[_Group], None]) -> None:
-        #: What the mover is doing, for the log line when it fails.
-        self.step = "opening a second connection to move messages"
-        #: Why the mover ended early, if it did.
-        self.error: BaseException | None = None
-        #: Whether it logged in; before that it has taken (and moved) nothing.
-        self.connected = False
-        self._open_client = open_client
-        self._folder = folder
-        self._uidvalidity = uidvalidity
-        self._processed = processed
-        self._moved = moved
-        self._queue: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
-        self._stopping = threading.Event()
-        self._client: IMAPClient | None = None
-        self._thread = threading.Thread(target=self._main, name=f"{name}-mover", daemon=True)
-        self._thread.start()
-
-    def put(self, group: _Group) -> None:
-        """Hand over a committed group to move."""
-        self._queue.put(group)
-
-    def close(self) -> None:
-        """Say no more groups will come: the mover logs out once it has moved the ones it has."""
-        self._queue.put(None)
-
-    def abandon(self) -> None:
-        """Let the MOVE in progress finish and leave the rest to the next session."""
-        if not self._stopping.is_set():
-            self._stopping.set()
-            self._queue.put(None)  # wakes a mover waiting for a group
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` for the mover to log out; return whether it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def failed(self) -> bool:
-        """Return whether the mover has ended on an error."""
-        return self.error is not None and not self._thread.is_alive()
-
-    def take_back(self) -> list[_Group]:
-        """Return the groups the mover never took (once it has ended)."""
-        groups: list[_Group] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return groups
-            if item is not None:
-                groups.append(item)
-
-    def abort_socket(self) -> None:
-        """Cut the mover's connection from another thread (a stop that cannot wait)."""
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.socket().shutdown(socket.SHUT_RDWR)
-
-    def _main(self) -> None:
-        try:
-            client = self._open_client()
-        except BaseException as exc:  # noqa: BLE001 - the fetch session decides what it means
-            self.error = exc
-            return
-        self._client = client
-        self.connected = True
-        try:
-            self.step = f"selecting {self._folder} on the mover connection"
-            uidvalidity = select_uidvalidity(client, self._folder)
-            if uidvalidity != self._uidvalidity:
-                raise ImapError(f"UIDVALIDITY of {self._folder} changed from {self._uidvalidity} to "
-                                f"{uidvalidity} during the session")
-            while not self._stopping.is_set():
-                group = self._queue.get()
-                if group is None or self._stopping.is_set():
-                    break
-                self.step = f"moving {span(group.uids)} to {self._processed} on the mover connection"
-                move_messages(client, group.uids, self._processed)
-                self._moved(group)
-        except BaseException as exc:  # noqa: BLE001 - handed to the fetch session
-            self.error = exc
-        finally:
-            self._client = None
-            close_quietly(client)
-
-
-# --- the watcher -------------------------------------------------------------------------
 
 
 class ImapWatcher:
@@ -873,7 +412,7 @@ class ImapWatcher:
         mover = self._start_mover(uidvalidity) if len(uids) > move_at else None
         job: _Job | None = None  # the one transaction in the database thread
         waiting = _Job([], {})  # fetched since, for the next one
-        group = _Group()
+        group = MoveGroup()
         stored = 0
         try:
             for batch in chunks(uids, self.cfg.batch_size):
@@ -894,7 +433,7 @@ class ImapWatcher:
                     after = job.uids[-1]
                 if len(group.uids) >= move_at:
                     self._hand_over(client, mover, group)
-                    group = _Group()
+                    group = MoveGroup()
             if job is not None:
                 stored += self._settle(group, job)
                 job = None
@@ -947,7 +486,7 @@ class ImapWatcher:
         self._notify()
         return new
 
-    def _settle(self, group: _Group, job: _Job) -> int:
+    def _settle(self, group: MoveGroup, job: _Job) -> int:
         """Wait for a job's commit and add its messages to the group to move; return how many rows were new."""
         assert job.future is not None
         self._step = f"storing {span(job.uids)}"
@@ -989,7 +528,7 @@ class ImapWatcher:
             self._move_group(client, group)
         return None
 
-    def _hand_over(self, client: IMAPClient, mover: Mover | None, group: _Group) -> None:
+    def _hand_over(self, client: IMAPClient, mover: Mover | None, group: MoveGroup) -> None:
         """Have a committed group moved: by the mover if there is one, else on ``client`` now."""
         if mover is None:
             self._move_group(client, group)
@@ -1011,7 +550,7 @@ class ImapWatcher:
             log.info("%s: stopping; %d committed message(s) stay in %s for the next session to move",
                      self.name, left, self.cfg.folder)
 
-    def _move_group(self, client: IMAPClient, group: _Group) -> None:
+    def _move_group(self, client: IMAPClient, group: MoveGroup) -> None:
         """Move the committed messages of ``group`` to the processed folder on ``client``."""
         if not group.uids:
             return
@@ -1019,7 +558,7 @@ class ImapWatcher:
         move_messages(client, group.uids, self.cfg.processed_folder)
         self._log_moved(group)
 
-    def _log_moved(self, group: _Group) -> None:
+    def _log_moved(self, group: MoveGroup) -> None:
         log.info("%s: fetched %d messages (%s), stored %d new, moved to %s", self.name, group.fetched,
                  span(group.uids), group.new, self.cfg.processed_folder)
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from daemon import cli_classify, cli_csms, cli_responders
+from daemon.cli import classify as cli_classify
+from daemon.cli import csms as cli_csms
+from daemon.cli import responders as cli_responders
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import AppContext, make_context
 from daemon.errors import CommandError
@@ -222,7 +224,7 @@ def cmd_db_current(args: argparse.Namespace, lazy: Lazy) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, lazy: Lazy) -> int:
-    from daemon.store import NewMessage, insert_messages
+    from daemon.intake.store import NewMessage, insert_messages
     from models.session import transaction
 
     desk = (args.desk or lazy.config.desk.helpdesk_addresses[0]).lower()
@@ -361,7 +363,7 @@ def cmd_quarantine_show(args: argparse.Namespace, lazy: Lazy) -> int:
 
 def cmd_quarantine_retry(args: argparse.Namespace, lazy: Lazy) -> int:
     from daemon.pipeline import build_stages
-    from daemon.quarantine import retry
+    from daemon.intake.quarantine import retry
     from daemon.worker import drain
     from models.session import transaction
 
@@ -371,7 +373,7 @@ def cmd_quarantine_retry(args: argparse.Namespace, lazy: Lazy) -> int:
         count = retry(session, args.ids or None, actor="cli")
     drain(lazy.ctx.sessions, build_stages(lazy.ctx), lazy.config.pipeline)
     with lazy.ctx.sessions() as session:
-        from daemon.quarantine import still_quarantined
+        from daemon.intake.quarantine import still_quarantined
         left = still_quarantined(session, args.ids or None)
     print(f"retried {count} message(s); {count - left} went through, {left} quarantined again")
     return 0

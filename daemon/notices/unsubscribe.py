@@ -1,196 +1,30 @@
-"""The CSMS side of the daemon: the scheduler that publishes what is due, the
-one-click unsubscribe endpoint (RFC 8058, and the confirmation links of
-double opt-in), and the archive writer the CLI shares.
+"""One-click unsubscribe over HTTP (RFC 8058), the preferences page, and double opt-in confirmation links.
 
-The scheduler sweeps every ``[csms] scheduler_interval`` seconds, and at once
-when something calls ``ctx.wake("csms")``:
-
-1. every scheduled notice whose time has come is started
-   (:func:`csms.service.start_publish`: number and delivery rows in one
-   transaction), flagged late when that is more than ``late_after`` after its
-   time -- which is also what happens to a notice that fell due while the
-   daemon was down: it goes out on start, once, flagged late;
-2. every notice in state ``publishing`` without a task here gets one running
-   :func:`daemon.csms_fanout.publish` (which holds the notice's lease, so two
-   instances or the CLI never fan out the same notice at once; a crash
-   leaves the notice ``publishing`` and the next sweep resumes it);
-3. when a publish finishes, the static archive is rewritten.
-
-On stop the publish tasks see the same stop event, record what they sent,
-and return; the scheduler waits for them (the supervisor's drain).
+The scheduler's sibling at the edge: it turns signed tokens from the notices'
+links into subscription changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import email
 import email.policy
 import html
 import logging
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
 from sqlalchemy import select
 
-from csms import archive, service, subscribers
-from csms.render import to_et
+from csms import service, subscribers
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
-from daemon import csms_fanout
-from daemon.config import Config
-from daemon.context import AppContext, wait_any
-
-# The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
-from daemon.csms_fanout import load_signer
+from daemon.context import AppContext
 from models.base import utcnow
-from models.csms import (
-    DONE,
-    PUBLISHING,
-    UNSUBSCRIBED,
-    Notice,
-    PendingConfirmation,
-    Subscriber,
-)
+from models.csms import UNSUBSCRIBED, PendingConfirmation, Subscriber
 from models.session import transaction
 
 log = logging.getLogger("acedesk.csms")
-
-def ensure_default_topics(ctx: AppContext) -> None:
-    """Create the configured ``default_topics`` that do not exist yet (idempotent)."""
-    with transaction(ctx.sessions) as session:
-        service.ensure_topics(session, ctx.config.csms.default_topics)
-
-
-def archive_dir(config: Config) -> Path:
-    return config.path(config.daemon.state_dir) / config.csms.archive_dir
-
-
-def write_archive(ctx: AppContext) -> tuple[Path, int]:
-    """Rewrite the static archive of published notices; return ``(folder, notices)``.
-
-    Each file is written beside its final name and renamed, so a web server
-    reading the folder never serves half a page.
-    """
-    with ctx.sessions() as session:
-        notices = list(session.scalars(select(Notice).where(Notice.status.in_((PUBLISHING, DONE)))
-                                       .where(Notice.number.is_not(None))))
-        views = [service.view(session, n) for n in notices]
-    base = ctx.config.csms.base_url.rstrip("/") + "/archive"
-    files = archive.build_archive(views, base)
-    root = archive_dir(ctx.config)
-    for relative, text in files.items():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    return root, len(views)
-
-
-def start_due(ctx: AppContext, now: dt.datetime | None = None) -> list[int]:
-    """Start every scheduled notice that is due; return their ids.
-
-    Each notice is started in its own transaction, so one that cannot start
-    (cancelled meanwhile, a database error) does not hold back the others.
-    """
-    cfg = ctx.config.csms
-    now = now or utcnow()
-    with ctx.sessions() as session:
-        due = service.due_notices(session, now)
-    started = []
-    for notice_id in due:
-        try:
-            with transaction(ctx.sessions) as session:
-                notice = session.get(Notice, notice_id)
-                if notice is None:
-                    continue
-                service.start_publish(session, notice, now, number_start=cfg.number_start,
-                                      late_after=cfg.late_after)
-                late = notice.late
-                number = notice.number
-                scheduled = notice.scheduled_at
-            if late and scheduled is not None:
-                log.warning("CSMS #%s (notice %s) was due %s and goes out %s late", number, notice_id,
-                            f"{to_et(scheduled):%Y-%m-%d %H:%M} ET", _duration(now - scheduled))
-            started.append(notice_id)
-        except service.CsmsError as exc:
-            log.warning("notice %s not started: %s", notice_id, exc)
-    return started
-
-
-def _duration(delta: dt.timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days {hours % 24} h"
-
-
-def publishing_ids(ctx: AppContext) -> list[int]:
-    with ctx.sessions() as session:
-        return service.publishing_notices(session)
-
-
-# --- the scheduler ----------------------------------------------------------------------
-
-
-class Scheduler:
-    """Starts due notices and runs one fan-out task per publishing notice."""
-
-    name = "csms-scheduler"
-
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-
-    async def run(self, stop: asyncio.Event) -> None:
-        wake = self.ctx.wakeup("csms")
-        interval = self.ctx.config.csms.scheduler_interval
-        try:
-            while not stop.is_set():
-                wake.clear()
-                await self.sweep(stop)
-                await wait_any(stop, wake, interval)
-        finally:
-            # Drain: the tasks saw ``stop`` too; they record what was sent and return.
-            if self.tasks:
-                await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-
-    async def sweep(self, stop: asyncio.Event) -> None:
-        """One round: start what is due, and make sure every publishing notice has a task."""
-        await asyncio.to_thread(start_due, self.ctx)
-        for notice_id in await asyncio.to_thread(publishing_ids, self.ctx):
-            task = self.tasks.get(notice_id)
-            if task is not None and not task.done():
-                continue
-            self.tasks[notice_id] = asyncio.create_task(self._publish(notice_id, stop),
-                                                        name=f"csms-publish-{notice_id}")
-
-    async def _publish(self, notice_id: int, stop: asyncio.Event) -> None:
-        try:
-            progress = await csms_fanout.publish(self.ctx, notice_id, stop=stop)
-            if progress.pending == 0:
-                await self._rewrite_archive()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The notice stays 'publishing'; the next sweep tries again.
-            log.exception("publishing notice %s failed; retrying at the next sweep", notice_id)
-        finally:
-            self.tasks.pop(notice_id, None)
-
-    async def _rewrite_archive(self) -> None:
-        try:
-            root, count = await asyncio.to_thread(write_archive, self.ctx)
-            log.info("CSMS archive rewritten: %d notices in %s", count, root)
-        except OSError as exc:  # the archive is a convenience; the notice went out
-            log.error("could not rewrite the CSMS archive: %s", exc)
-
-
 
 
 # --- one-click unsubscribe over HTTP (RFC 8058) -------------------------------------------
@@ -361,6 +195,7 @@ class UnsubscribeServer:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.ctx.config.csms
         # The preferences page lists every topic: the configured ones exist first.
+        from daemon.notices.scheduler import ensure_default_topics  # the scheduler imports this module
         await asyncio.to_thread(ensure_default_topics, self.ctx)
         while True:
             try:
@@ -534,11 +369,3 @@ def _confirm(ctx: AppContext, pending_id: int) -> tuple[str, list[str]]:
         subscriber = session.scalar(select(Subscriber).where(Subscriber.email == pending.email))
         topics = subscribers.subscriber_topics(session, subscriber.id) if subscriber else []
         return pending.email, topics
-
-
-def make_components(ctx: AppContext) -> list[Any]:
-    """Return this area's long-running components for the supervisor."""
-    components: list[Any] = [Scheduler(ctx)]
-    if ctx.config.csms.http_host:
-        components.append(UnsubscribeServer(ctx, load_signer(ctx.config)))
-    return components

@@ -189,7 +189,7 @@ def _label(notice: Any) -> str:
 
 
 def _ensure_default_topics(lazy: Any) -> None:
-    from daemon.csms_runner import ensure_default_topics
+    from daemon.notices.scheduler import ensure_default_topics
 
     ensure_default_topics(lazy.ctx)
 
@@ -286,7 +286,7 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_preview(args: argparse.Namespace, lazy: Any) -> int:
     from csms import headers, render, service
     from csms.tokens import UNSUBSCRIBE
-    from daemon.csms_fanout import load_signer
+    from daemon.notices.fanout import load_signer
 
     with lazy.ctx.sessions() as session:
         notice = _find(session, args.notice)
@@ -361,10 +361,10 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
               f"{number}')")
         return 0
     try:
-        from daemon import csms_fanout
+        from daemon.notices import fanout
     except ImportError as exc:
         raise CommandError(f"the fan-out is not available ({exc}); the daemon will send it when it is") from None
-    return asyncio.run(_publish_foreground(lazy.ctx, csms_fanout, notice_id, number, total))
+    return asyncio.run(_publish_foreground(lazy.ctx, fanout, notice_id, number, total))
 
 
 async def _publish_foreground(ctx: Any, fanout: Any, notice_id: int, number: int, total: int) -> int:
@@ -417,7 +417,7 @@ async def _publish_foreground(ctx: Any, fanout: Any, notice_id: int, number: int
         print(f"stopped: CSMS #{number}: {c['sent']} sent, {c['failed']} failed, {c['pending']} pending "
               "(the daemon, or 'acedesk csms publish' again, sends the rest)")
         return 130 if stop.is_set() else 1
-    from daemon.csms_runner import write_archive
+    from daemon.notices.scheduler import write_archive
 
     write_archive(ctx)
     print(f"CSMS #{number} done: {c['sent']} sent, {c['failed']} failed")
@@ -587,7 +587,7 @@ def cmd_topics(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def cmd_archive(args: argparse.Namespace, lazy: Any) -> int:
-    from daemon.csms_runner import write_archive
+    from daemon.notices.scheduler import write_archive
 
     root, count = write_archive(lazy.ctx)
     print(f"archive of {count} published notice(s) written to {root} (index.html, atom.xml)")

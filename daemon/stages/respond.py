@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, object_session
 
 from daemon.config import Config, ConfigError, signing_secret
 from daemon.context import AppContext
-from daemon.quarantine import quarantine
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CLASSIFIED, InboundMessage
 from responders.render import Renderer

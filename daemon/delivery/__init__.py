@@ -1,0 +1,1 @@
+"""The way out: SMTP delivery of replies, control mail and notices, and the spool."""

@@ -1,0 +1,1 @@
+"""Intake: mail arriving by SMTP/LMTP, storing raw messages, parsing them, and quarantine."""

@@ -1,0 +1,1 @@
+"""CSMS notices at the edge: the scheduler, the fan-out to subscribers, and the unsubscribe pages."""
