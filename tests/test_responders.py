@@ -9,6 +9,7 @@ Helpers here are shared by ``test_responders_e2e.py`` and ``test_outbox.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -24,7 +25,7 @@ from daemon.stages.parse import make_stage as make_parse_stage
 from daemon.stages.respond import make_stage as make_respond_stage
 from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import Stage, drain
-from models.core import CLASSIFIED, DONE, PARSED, InboundMessage
+from models.core import CLASSIFIED, DONE, PARSED, SCREENED, InboundMessage
 from models.outbox import OutboxMessage
 from models.responders import AutoReplyLog, ResponseRecord, Ticket, TicketMessage, TriageItem, User
 from models.session import make_sessionmaker, transaction
@@ -92,7 +93,10 @@ def stub_classify(session, rows) -> None:
 
 
 def stages(ctx: AppContext) -> list[Stage]:
-    return [make_parse_stage(ctx), Stage("classify-stub", PARSED, stub_classify), make_respond_stage(ctx)]
+    """The pipeline table's stages, with the stub classifier in place of the model."""
+    respond = make_respond_stage(ctx)
+    return [make_parse_stage(ctx), Stage("classify-stub", PARSED, stub_classify), respond,
+            dataclasses.replace(respond, consumes=SCREENED)]
 
 
 def import_users(sessions, text: str = USERS_CSV) -> None:

@@ -1,8 +1,10 @@
-"""The parse stage (new -> parsed | csms | quarantined).
+"""The parse stage (new -> parsed | screened | csms | quarantined).
 
 Parses the raw bytes into the normalised record, routes CSMS traffic
 (commands to the request address, bounces to a VERP return path) to the csms
-stage, and quarantines what cannot be parsed with its reason, raw bytes kept:
+stage, screens the rest for automatic mail (``responders.screen.AUTOMATIC``:
+auto-replies, lists, bounces, our own mail) so that it is never classified
+(``screened``: the respond stage records and drops it), and quarantines what cannot be parsed with its reason, raw bytes kept:
 not mail, a parser crash (``RecursionError`` and friends), or a message over
 the per-message time or memory budget (``[pipeline] message_seconds`` and
 ``message_memory``).
@@ -21,19 +23,32 @@ from daemon.context import AppContext
 from daemon.intake.parse import Unparseable, parse_within_budget
 from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
-from models.core import CSMS, NEW, PARSED, InboundMessage
+from models.core import CSMS, NEW, PARSED, SCREENED, InboundMessage
+from models.parsed import ParsedMessage
+from responders.screen import ScreenContext, automatic_reasons
 
 log = logging.getLogger("acedesk.parse")
 
 
-def next_state(desk: DeskConfig, row: InboundMessage) -> str:
-    """Return where a parsed message goes: the csms stage for CSMS addresses, else classification."""
+def screen_context(desk: DeskConfig) -> ScreenContext:
+    """Return what screening for automatic mail needs (no secret: that part needs none)."""
+    return ScreenContext(own_addresses=frozenset(desk.all_own_addresses()),
+                         domain=desk.reply_from_address.rpartition("@")[2].lower(), secret=b"")
+
+
+def next_state(desk: DeskConfig, row: InboundMessage, parsed: ParsedMessage | None = None,
+               ctx: ScreenContext | None = None) -> str:
+    """Return where a parsed message goes: the csms stage for CSMS addresses, ``screened`` for
+    automatic mail (screened before classify: it is never classified), else classification."""
     if row.desk == desk.csms_request_address.lower() or desk.is_bounce_address(row.desk):
         return CSMS
+    if parsed is not None and ctx is not None and automatic_reasons(parsed, ctx):
+        return SCREENED
     return PARSED
 
 
 def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows: list[InboundMessage]) -> None:
+    ctx = screen_context(desk)
     for row in rows:
         try:
             parsed = parse_within_budget(row.raw, row.envelope_from, seconds=budget.message_seconds,
@@ -45,7 +60,7 @@ def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows:
             continue
         row.parsed = parsed.to_dict()
         row.message_id = row.message_id or parsed.message_id
-        row.state = next_state(desk, row)
+        row.state = next_state(desk, row, parsed, ctx)
         row.error = None
 
 
