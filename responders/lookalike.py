@@ -5,7 +5,9 @@ are reduced to a skeleton in the spirit of Unicode TS #39 section 4: each
 character replaced by the ASCII letter it is confusable with (the Unicode
 confusables table, as shipped by ``confusable-homoglyphs``), plus the ASCII
 tricks (``rn``/``m``, ``vv``/``w``, ``0``/``o``, ``1``/``l``).  Equal skeletons
-of different domains, or one edit apart on a long enough name, are a lookalike.
+of different domains, or one edit apart on a long enough name, are a lookalike;
+the sender's organisational domain (``mail.br0ker.example`` -> ``br0ker.example``)
+is compared too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import confusable_homoglyphs
 import idna
+
+from responders.trust import organisational_domain
 
 _ASCII_TRICKS = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "|": "l", "i": "l", "I": "l"})
 
@@ -78,18 +82,19 @@ def _distance(a: str, b: str) -> int:
 
 
 def lookalike_of(domain: str, known: Iterable[str]) -> str | None:
-    """Return a domain on file that ``domain`` imitates (never ``domain`` itself), or None."""
+    """Return a domain on file that ``domain`` (or its organisational domain) imitates, never itself, or None."""
     domain = domain.lower().strip(".")
     if not domain:
         return None
     known = list(known)
     if domain in known:
         return None
-    skel = skeleton(domain)
-    decoded = unicode_domain(domain)
-    for good in known:
-        if len(good) < 6 or good == decoded:
-            continue
-        if skeleton(good) == skel or _distance(good, decoded) <= 1:
-            return good
+    for candidate in dict.fromkeys((domain, organisational_domain(unicode_domain(domain)))):
+        skel = skeleton(candidate)
+        decoded = unicode_domain(candidate)
+        for good in known:
+            if len(good) < 6 or good == decoded:
+                continue
+            if skeleton(good) == skel or _distance(good, decoded) <= 1:
+                return good
     return None

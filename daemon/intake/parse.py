@@ -229,10 +229,14 @@ def kept_headers(msg: Message) -> dict[str, list[str]]:
     for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
         key = str(name).strip().lower()
         if key in KEPT_HEADERS and len(kept.get(key, ())) < MAX_ADDRESSES:
-            text = decode_header_value(value)
             if key in _ADDRESS_HEADERS:
-                # Comments first, so that a padded comment cannot push the address past the cap.
-                text = strip_comments(text[:200_000])
+                # Addresses are split before encoded words are decoded (RFC 2047 section 5: an
+                # encoded word is never an addr-spec), or "=?utf-8?b?<victim's address>?=
+                # <attacker>" would read as two mailboxes, the victim's first.  Comments go
+                # first, so that a padded comment cannot push the address past the cap.
+                text = strip_comments(clean(one_line(str(value)))[:200_000])
+            else:
+                text = decode_header_value(value)
             kept.setdefault(key, []).append(text[:4000])
     return kept
 
@@ -339,11 +343,11 @@ def first_address(values: list[str]) -> tuple[str, str]:
     for name, addr in pairs:
         addr = addr.strip().strip("<>").lower()
         if "@" in addr and not any(c.isspace() for c in addr):
-            return one_line(name), addr
+            return decode_header_value(name), addr
     for name, addr in pairs:
         addr = addr.strip().strip("<>").lower()
         if addr and not any(c.isspace() for c in addr):
-            return one_line(name), addr
+            return decode_header_value(name), addr
     return "", ""
 
 
