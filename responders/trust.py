@@ -89,7 +89,8 @@ def parse_ar(value: str) -> tuple[str, tuple[tuple[str, str, tuple[tuple[str, st
 
 def authserv_id(value: str) -> str:
     """Return the authserv-id of an AR value (the text before the first ``;``), lower-case."""
-    return value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
+    words = value.split(";", 1)[0].split()
+    return words[0].lower() if words else ""
 
 
 def verdict(results: Sequence[tuple[str, str, tuple[tuple[str, str], ...]]], from_domain: str) -> tuple[str, str]:

@@ -249,7 +249,8 @@ def first(headers: dict[str, list[str]], name: str) -> str:
 def one_line(text: str) -> str:
     """Return ``text`` unfolded: no line break (CR, LF, or a Unicode one from an encoded word)
     and no NUL can travel from a header into anything we write."""
-    return _LINE_BREAKS.sub(" ", text).replace("\x00", "").strip()
+    # Raw 8-bit headers arrive as lone surrogates: decode them first, or a UTF-8 U+2028 would pass.
+    return _LINE_BREAKS.sub(" ", clean(text)).strip()
 
 
 def trace_fields(msg: Message) -> list[list[str]]:

@@ -152,6 +152,9 @@ def spoofing() -> None:
     case(c, "ar-in-body-only", message(top="", body=PASSWORD + "\r\n\r\nAuthentication-Results: "
                                        f"{BORDER}; dmarc=pass header.from=broker.example"),
          verification="unauthenticated", **NOT_ACCOUNT)
+    # Found by tests/test_fuzz_trust.py: an AR with an empty authserv-id crashed verification.
+    case(c, "fuzz-empty-authserv-id", message(top="Authentication-Results: ; dmarc=pass header.from=broker.example\r\n"),
+         verification="unauthenticated", **NOT_ACCOUNT)
     case(c, "garbage-ar-above-border", message(top=f"Authentication-Results: {BORDER}; ;;;; ===\r\n"),
          verification="unauthenticated", **NOT_ACCOUNT)
     # Display names, Reply-To, two senders.
@@ -320,6 +323,8 @@ def injection() -> None:
                        ("ssn-in-subject", "My IOR 123-45-6789 password")):
         case(c, f"subject-{slug}", message(subject=word + " forgot password"),
              reply_not_contains="123-45-6789" if "ssn" in slug else "")
+    # Found by tests/test_fuzz_trust.py: raw (unencoded) UTF-8 line separators in a Subject.
+    case(c, "fuzz-subject-raw-utf8-separators", message(subject="Help\u2029Bcc: x@evil.example\u2028\x85 password"))
     case(c, "from-display-crlf", message(from_line=f"From: =?utf-8?q?Alice=0D=0ABcc:_x@evil.example?= <{ALICE}>"))
     case(c, "message-id-crlf", message(msgid="<a=0D=0Ab@broker.example>"))
     c = "template-injection"
