@@ -8,18 +8,19 @@ guards disagreed).  :func:`screen` returns a :class:`Screen` whose verdict is
   ``X-Auto-Response-Suppress``, ``Precedence: bulk|junk|list|auto_reply``,
   mailing-list traffic (RFC 2369/2919 ``List-*``), delivery reports (RFC 3464
   ``multipart/report``), the null return path ``<>`` (RFC 5321 section 4.5.5),
-  MAILER-DAEMON/postmaster, our own addresses and our own messages coming back;
-  and out-of-office subjects that come without RFC 3834 headers;
-  and a duplicate of a message already handled (stored, not answered twice);
+  MAILER-DAEMON/postmaster, our own addresses and our own messages coming back,
+  out-of-office subjects that come without RFC 3834 headers, and a duplicate
+  of a message already handled (stored, not answered twice);
 * ``no_reply`` -- a person, but no automatic answer: a reply to one of our own
   auto-replies (recognised by our signed Message-ID; it threads into its
-  ticket for an analyst), or the per-recipient cap on automatic answers is reached (sliding window; stops
-  storms between two responders);
+  ticket for an analyst), or the per-recipient cap on automatic answers is
+  reached (sliding window; stops storms between two responders);
 * ``ok`` -- may be answered.
 
-The checks are two ordered tuples of named checks (:data:`AUTOMATIC`, then
-:data:`PERSON`; see :mod:`responders.checks`); every reason found is listed,
-so the record says exactly why.
+The checks are ordered tuples of named checks (:data:`AUTOMATIC`, which the
+parse stage also runs so that automatic mail is never classified; then
+:data:`REPEAT` and :data:`PERSON`; see :mod:`responders.checks`); every
+reason found is listed, so the record says exactly why.
 """
 
 from __future__ import annotations

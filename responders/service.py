@@ -38,13 +38,13 @@ from models.responders import (
     TriageItem,
     User,
 )
+from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned_user_ids
 from responders.policy import DROP_ACTION, REPLY, TRIAGE, Decision, decide
 from responders.render import Renderer, Reply, build_reply
+from responders.redact import redact
 from responders.screen import Screen, ScreenContext, screen
 from responders.settings import ResponderConfig
 from responders.tickets import priority, quoted_number, reply_subject, ticket_number
-from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned_user_ids
-from responders.redact import redact
 from responders.verify import VERIFIED, Directory, UserRecord, Verification, verify
 
 log = logging.getLogger("acedesk.respond")

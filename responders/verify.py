@@ -24,7 +24,7 @@ without an aligned pass, or with an impersonation finding; else ``verified``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from models.parsed import ParsedMessage
@@ -121,7 +121,6 @@ class Subject:
     owned: frozenset[str]
     mentioned_users: tuple[str, ...] = ()
     mentioned_identifiers: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the checks ------------------------------------------------------------------------------
