@@ -9,7 +9,7 @@ verification return, each within a second, the record holds clean text, and
 nobody is ``verified`` without our border's pass above its line.
 
 The suite runs it for ``ACEDESK_FUZZ_SECONDS`` (default 15); run it longer by
-hand with ``ACEDESK_FUZZ_SECONDS=600 .venv/bin/python -m pytest -q tests/test_fuzz_trust.py``.
+hand with ``ACEDESK_FUZZ_SECONDS=600 .venv/bin/python -m pytest -s --timeout 0 tests/test_fuzz_trust.py``.
 What it found went into the adversarial corpus.
 """
 
