@@ -59,9 +59,12 @@ def header_message_id(raw: bytes) -> str | None:
 
 
 def fingerprint(raw: bytes) -> str:
-    """Return the duplicate key of ``raw``: its SHA-256 with line endings made LF, so that the same
-    message arriving again with only CRLF/LF changed is the same message."""
-    return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+    """Return the duplicate key of ``raw``: its SHA-256 with every line ending made CRLF, so that the
+    same message arriving again with only CRLF/LF changed is the same message (and a message in
+    canonical CRLF form keys as its plain SHA-256)."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return hashlib.sha256(raw).hexdigest()
 
 
 #: The columns an intake row sets, in the order of :func:`row_tuple`.
