@@ -167,7 +167,10 @@ SAMPLE = ("forged-ar-below-border", "two-trusted-ars-disagree", "lookalike-punyc
 
 
 @pytest.mark.slow
-def test_a_running_daemon_decides_the_sample_as_the_dry_run_does(tmp_path, db_url):
+def test_a_running_daemon_decides_the_sample_as_the_dry_run_does(tmp_path, sqlite_url):
+    # On the embedded database only: the PostgreSQL path of the same stages is covered by the
+    # triage test above and tests/test_responders.py, and the suite has five minutes.
+    db_url = sqlite_url
     cfg = write_config(tmp_path, db_url)
     acedesk(cfg, "db", "upgrade")
     acedesk(cfg, "users", "import", str(CORPUS / "users.csv"))
