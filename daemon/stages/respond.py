@@ -22,6 +22,9 @@ from daemon.context import AppContext
 from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CLASSIFIED, InboundMessage
+from models.session import transaction
+from responders.articles import seed_shipped
+from responders.hours import DeskHours
 from responders.render import Renderer
 from responders.service import DeskInfo, Responder, respond_rows
 
@@ -99,7 +102,8 @@ def make_responder(config: Config) -> Responder:
     renderer = Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None)
     check_rules(config, renderer)
     return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
-                     dkim_check=dkim_check if cfg.verify_dkim else None,
+                     dkim_check=dkim_check if cfg.verify_dkim else None, hours=DeskHours(config.hours),
+                     incidents=config.incidents, escalation=config.escalation,
                      extra_border_hosts=ingress_border(config))
 
 
@@ -117,6 +121,9 @@ def session_of(row: InboundMessage) -> Session:
 def make_stage(ctx: AppContext) -> Stage:
     responder = make_responder(ctx.config)
     wake_outbox = ctx.waker("outbox")
+    with transaction(ctx.sessions) as session:
+        # The shipped knowledge articles, once (a retired one is never brought back).
+        seed_shipped(session)
 
     def set_aside(row: InboundMessage, reason: str, detail: str) -> None:
         quarantine(session_of(row), row, reason, detail)
