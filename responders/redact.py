@@ -15,6 +15,11 @@ SSN = re.compile(r"(?<![\w-])\d{3}([- .]?)\d{2}\1\d{4}(?![\w-])")
 MASK = "###-##-####"
 
 
-def redact(text: str) -> str:
-    """Return ``text`` with every SSN-shaped number replaced by ``###-##-####``."""
-    return SSN.sub(MASK, text) if text and any(c.isdigit() for c in text) else text
+def redact(text: str, keep_last4: bool = False) -> str:
+    """Return ``text`` with every SSN-shaped number replaced by ``###-##-####`` (mail, tickets, JSON),
+    or by ``***-**-1234`` for an analyst's screen (``keep_last4``): one pattern, two renderings."""
+    if not text or not any(c.isdigit() for c in text):
+        return text
+    if keep_last4:
+        return SSN.sub(lambda m: "***-**-" + re.sub(r"\D", "", m.group(0))[-4:], text)
+    return SSN.sub(MASK, text)
