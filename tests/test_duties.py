@@ -177,7 +177,7 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
             assert articles, f"no shipped article for {label}"
             assert all(a.language == language for a in articles)
             msg = parse_message(mail(subject="x", sender="alice@broker.example"))
-            p = plan(responder, msg, label=label, confidence=0.99, auto=True, language=language, identifiers=None,
+            p = plan(responder, msg, label=label, confidence=0.99, auto=True, language=language,
                      directory=DIRECTORY, recent_autoreplies=0, followup=False)
             reply = render(responder, msg, p, "ACE-2026-000001",
                            duty_context(responder, library, p.decision.template, label, language, now))
