@@ -319,7 +319,7 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     with sessions() as s:
         outbox_before = s.scalar(select(func.count()).select_from(OutboxMessage))
         dry = dry_run(s, make_responder(config), parse_message(mail(subject="ACE down", ar=None, sender="g@h.example")),
-                      label="system_status", confidence=0.95, auto=True, language="en", identifiers=None,
+                      label="system_status", confidence=0.95, auto=True, language="en",
                       desk_address="helpdesk@ace-support.example")
         s.rollback()
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == outbox_before
