@@ -1,8 +1,13 @@
-"""The parse stage (new -> parsed | csms | quarantined).
+"""The parse stage (new -> parsed | screened | csms | quarantined).
 
 Parses the raw bytes into the normalised record, routes CSMS traffic
 (commands to the request address, bounces to a VERP return path) to the csms
-stage, and quarantines what cannot be parsed with its reason, raw bytes kept.
+stage, screens the rest for automatic mail (``responders.screen.AUTOMATIC``:
+auto-replies, lists, bounces, our own mail) so that it is never classified
+(``screened``: the respond stage records and drops it), and quarantines what cannot be parsed with its reason, raw bytes kept:
+not mail, a parser crash (``RecursionError`` and friends), or a message over
+the per-message time or memory budget (``[pipeline] message_seconds`` and
+``message_memory``).
 One poison message never holds up the ones behind it: the worker retries a
 failing batch one row at a time.
 """
@@ -14,29 +19,42 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from daemon.config import DeskConfig
+from daemon.config import DeskConfig, PipelineConfig
 from daemon.context import AppContext
-from daemon.intake.parse import Unparseable, parse_message
+from daemon.intake.parse import Unparseable, parse_within_budget
 from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
-from models.core import CSMS, NEW, PARSED, InboundMessage
+from models.core import CSMS, NEW, PARSED, SCREENED, InboundMessage
+from models.parsed import ParsedMessage
+from responders.screen import ScreenContext, automatic_reasons
 
 log = logging.getLogger("acedesk.parse")
 
 
-def next_state(desk: DeskConfig, row: InboundMessage) -> str:
-    """Return where a parsed message goes: the csms stage for CSMS addresses, else classification."""
+def screen_context(desk: DeskConfig) -> ScreenContext:
+    """Return what screening for automatic mail needs (no secret: that part needs none)."""
+    return ScreenContext(own_addresses=frozenset(desk.all_own_addresses()),
+                         domain=desk.reply_from_address.rpartition("@")[2].lower(), secret=b"")
+
+
+def next_state(desk: DeskConfig, row: InboundMessage, parsed: ParsedMessage | None = None,
+               ctx: ScreenContext | None = None) -> str:
+    """Return where a parsed message goes: the csms stage for CSMS addresses, ``screened`` for
+    automatic mail (screened before classify: it is never classified), else classification."""
     if row.desk == desk.csms_request_address.lower() or desk.is_bounce_address(row.desk):
         return CSMS
+    if parsed is not None and ctx is not None and automatic_reasons(parsed, ctx):
+        return SCREENED
     return PARSED
 
 
-def parse_all(rows: list[InboundMessage]) -> dict[int, Any]:
+def parse_all(budget: PipelineConfig, rows: list[InboundMessage]) -> dict[int, Any]:
     """Return each row's parsed record (or why it is unparseable), by row id: no database needed."""
     parsed: dict[int, Any] = {}
     for row in rows:
         try:
-            parsed[row.id] = parse_message(row.raw, row.envelope_from)
+            parsed[row.id] = parse_within_budget(row.raw, row.envelope_from, seconds=budget.message_seconds,
+                                                 memory=budget.message_memory)
         except Unparseable as exc:
             parsed[row.id] = exc
     return parsed
@@ -44,26 +62,27 @@ def parse_all(rows: list[InboundMessage]) -> dict[int, Any]:
 
 def apply_parsed(desk: DeskConfig, session: Session, rows: list[InboundMessage], parsed_by_id: dict[int, Any]) -> None:
     """Store each row's parsed record and move it on, or quarantine it with its reason."""
+    ctx = screen_context(desk)
     for row in rows:
         parsed = parsed_by_id[row.id]
         if isinstance(parsed, Unparseable):
-            exc = parsed
-            quarantine(session, row, exc.reason, exc.detail)
+            quarantine(session, row, parsed.reason, parsed.detail)
             log.warning("message %s (%d bytes, Message-ID %s) quarantined: %s: %s",
-                        row.id, row.size, row.message_id, exc.reason, exc.detail)
+                        row.id, row.size, row.message_id, parsed.reason, parsed.detail)
             continue
         row.parsed = parsed.to_dict()
         row.message_id = row.message_id or parsed.message_id
-        row.state = next_state(desk, row)
+        row.state = next_state(desk, row, parsed, ctx)
         row.error = None
 
 
-def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -> None:
-    apply_parsed(desk, session, rows, parse_all(rows))
+def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows: list[InboundMessage]) -> None:
+    apply_parsed(desk, session, rows, parse_all(budget, rows))
 
 
 def make_stage(ctx: AppContext) -> Stage:
-    desk = ctx.config.desk
+    desk, budget = ctx.config.desk, ctx.config.pipeline
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
-                 process=lambda session, rows: parse_rows(desk, session, rows), batch_size=100,
-                 compute=parse_all, apply=lambda session, rows, parsed: apply_parsed(desk, session, rows, parsed))
+                 process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=100,
+                 compute=lambda rows: parse_all(budget, rows),
+                 apply=lambda session, rows, parsed: apply_parsed(desk, session, rows, parsed))
