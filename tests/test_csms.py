@@ -69,7 +69,7 @@ REPO = Path(__file__).parents[1]
 def csms_config(config_factory, db_url: str, smtp_port: int | None = None, **csms):
     port = free_port()
     sections = {"csms": {"http_port": port, "base_url": f"http://127.0.0.1:{port}", "scheduler_interval": 0.2,
-                         "secret_file": "", **csms}}
+                         **csms}}
     if smtp_port:
         sections["outbound"] = {"relay_host": "127.0.0.1", "relay_port": smtp_port, "retry_min": 0.2}
     return config_factory(db_url, **sections)
@@ -249,10 +249,10 @@ def test_subscribe_confirm_receive_unsubscribe_by_one_click_then_nothing_more(db
         assert subscriber(ctx, "jo@broker.example").status == UNSUBSCRIBED
         assert one_click(url)[0] == 200  # again: still fine, nothing to do
 
+        # Nobody left to receive the next one: it is not published (no number used), back to draft.
         second = add_notice(ctx, "Another ACH notice", ["ACH Refunds", "ACE Portal"], at=utcnow())
-        wait_until(lambda: notice(ctx, second).status == "done", what="the second notice to finish")
-        time.sleep(0.3)
-        assert len(smtp_capture.messages) == 3 and notice(ctx, second).total == 0
+        wait_until(lambda: notice(ctx, second).status == "draft", what="the second notice to be refused")
+        assert len(smtp_capture.messages) == 3 and notice(ctx, second).number is None
     finally:
         runner.stop()
         ctx.dispose()
@@ -478,7 +478,9 @@ relay_port = {smtp_capture.port}
 [csms]
 http_port = {free_port()}
 scheduler_interval = 0.5
+secret_file = "csms.secret"
 """)
+    (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
     from daemon.config import load_config
     config = load_config(cfg, env={})
     ctx = context(config)
@@ -584,7 +586,9 @@ relay_port = {smtp_capture.port}
 [csms]
 base_url = "https://csms.example.gov"
 number_start = 67800001
+secret_file = "csms.secret"
 """)
+    (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
     monkeypatch.setenv("ACEDESK_CONFIG", str(cfg))
 
     def acedesk(*args: str) -> tuple[int, str, str]:
@@ -629,7 +633,10 @@ number_start = 67800001
     assert acedesk("csms", "schedule", str(notice_id), "--at", "2031-01-05 09:30")[1].strip() == \
         f"notice {notice_id} scheduled for 2031-01-05 09:30 ET"
     code, out, err = acedesk("csms", "publish", str(notice_id))
+    assert code == 2 and "add --yes" in err  # no terminal to ask: a script must say so
+    code, out, err = acedesk("csms", "publish", str(notice_id), "--yes")
     assert code == 0, err
+    assert "Publish CSMS #67800001 (English" in out and "Recipients: 3 (3 in English)" in out
     number = int(re.search(r"CSMS #(\d+) \(notice", out).group(1))
     assert number == 67800001 and f"CSMS #{number} done: 3 sent, 0 failed" in out
     assert f"CSMS #{number}" in err and "msg" in err  # the progress bar
@@ -641,23 +648,20 @@ number_start = 67800001
     code, out, _ = acedesk("csms", "show", f"#{number}", "--json")
     assert '"sent": 3' in out and '"status": "done"' in out
 
-    # A Spanish version of it goes to Spanish-language subscribers only.
+    # A Spanish version written after the English went out reaches nobody twice: carla had the English one.
     body.write_text("CBP llevará a cabo una llamada sobre **reembolsos ACH**.\n")
     code, out, err = acedesk("csms", "create", "--title", "Llamada de apoyo", "--topic", "ACH Refunds",
                              "--body", str(body), "--language", "es", "--translation-of", str(number))
     assert code == 0, err
     es_id = int(re.search(r"notice (\d+) created", out).group(1))
-    code, out, err = acedesk("csms", "publish", str(es_id))
-    assert code == 0 and "done: 1 sent" in out, err
-    assert smtp_capture.messages[-1].rcpt_tos == ["carla@importadora.example"]
-    assert f"Esta es la versión en español de CSMS #{number}" in \
-        smtp_capture.messages[-1].message.get_body(("plain",)).get_content()
+    code, out, err = acedesk("csms", "publish", str(es_id), "--yes")
+    assert code == 2 and "nobody would receive" in err and len(smtp_capture.messages) == 3
 
     assert acedesk("csms", "cancel", str(reminder_id))[1].strip() == f"notice {reminder_id} cancelled"
     code, _, err = acedesk("csms", "cancel", str(number))
     assert code == 2 and "only drafts and scheduled notices can be cancelled" in err
     code, out, _ = acedesk("csms", "archive")
-    assert code == 0 and "2 published notice(s)" in out
+    assert code == 0 and "1 published notice(s)" in out
     archive = tmp_path / "var" / "csms-archive"
     assert "ACH Refund Support Call" in (archive / "index.html").read_text()
     assert f"<title>CSMS# {number} - ACH Refund Support Call</title>" in (archive / "atom.xml").read_text()

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               "--topic 'ACE Portal' --body call.md --at '2026-02-11 09:00'")
     _notice_fields(p)
     p.add_argument("--at", metavar="TIME", help="publish at this time (ET); without it the notice is a draft")
+    p.add_argument("--late-ok", action="store_true",
+                   help="accept an --at in the past (the notice goes out at once, flagged late)")
+    p.add_argument("--with-translation", action="store_true",
+                   help="hold it until its translation exists (then each subscriber gets one version)")
     p.add_argument("--support-call", metavar="TIME",
                    help="also derive a REMINDER sent the morning of a support call at TIME (ET)")
     p.add_argument("--deadline", metavar="TIME",
@@ -65,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --deadline: days before it to remind (default: 7,1)")
     p.set_defaults(handler=cmd_reminder)
 
-    p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it")
-    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it",
+                       description="Render a notice (a draft by its id, a published one by its number) with the "
+                                   "date it will carry, and say what the HTML sanitiser removes from its body.")
+    p.add_argument("notice", metavar="NOTICE", help="number, or the id of a draft")
     p.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
     p.add_argument("--email", default="subscriber@example.com", help="the sample recipient's address")
     p.set_defaults(handler=cmd_preview)
@@ -74,13 +80,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("schedule", help="set (or move) the time a notice is published", epilog=EPILOG_TIMES)
     p.add_argument("notice", metavar="NOTICE", help="number or id")
     p.add_argument("--at", metavar="TIME", required=True, help="publication time (ET)")
+    p.add_argument("--late-ok", action="store_true", help="accept a time in the past (goes out at once, late)")
+    p.add_argument("--with-translation", action="store_true", help="hold it until its translation exists")
     p.set_defaults(handler=cmd_schedule)
 
     p = sub.add_parser("publish", help="publish a notice now, with a progress bar",
-                       description="Allocate the notice's number, plan one delivery per subscriber of its "
-                                   "topics, and send them now, showing progress. Interrupting (Ctrl-C) stops "
-                                   "cleanly; the daemon (or publish again) finishes what is left.")
+                       description="Show the number the notice will take, its topics and its recipients per "
+                                   "language, ask for confirmation, then allocate the number, plan one delivery "
+                                   "per subscriber of its topics (with its translation, each subscriber gets the "
+                                   "version in their language) and send them now, showing progress. A notice "
+                                   "nobody would receive is refused. Interrupting (Ctrl-C) stops cleanly; the "
+                                   "daemon (or publish again) finishes what is left.")
     p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (scripts)")
     p.add_argument("--no-wait", action="store_true", help="only start it: the daemon sends it")
     p.set_defaults(handler=cmd_publish)
 
@@ -184,6 +196,17 @@ def _find(session: Any, ref: str) -> Any:
         raise CommandError(str(exc)) from None
 
 
+def _check_time(at: dt.datetime, late_ok: bool) -> None:
+    from csms.guards import check_schedule_time
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    try:
+        check_schedule_time(at, utcnow(), late_ok=late_ok)
+    except CsmsError as exc:
+        raise CommandError(f"--at {exc}") from None
+
+
 def _label(notice: Any) -> str:
     return f"CSMS #{notice.number}" if notice.number else f"notice {notice.id}"
 
@@ -219,6 +242,8 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
     if not body.strip():
         raise CommandError("the body is empty")
     at = parse_et(args.at) if args.at else None
+    if at is not None:
+        _check_time(at, args.late_ok)
     call = parse_et(args.support_call, "--support-call") if args.support_call else None
     deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
     days = _days(args.days_before) if deadline else []
@@ -229,11 +254,12 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
             notice = service.create_notice(
                 session, title=args.title, type=args.type, body=body, topics=_resolve_topics(session, _split(args.topic)),
                 tags=_split(args.tag), related=args.related, language=args.language, author=args.author,
-                translation_of=original, scheduled_at=at)
+                translation_of=original, scheduled_at=at, hold_for_translation=args.with_translation)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
         reminders = _derive(session, lazy.config, notice, call, deadline, days)
-        print(f"notice {notice.id} created: {notice.status}"
+        held = " (held until its translation exists)" if args.with_translation else ""
+        print(f"notice {notice.id} created: {notice.status}{held}"
               + (f", to be published {fmt_et(at)}" if at else " (schedule it with 'acedesk csms schedule "
                  f"{notice.id} --at ...' or publish it with 'acedesk csms publish {notice.id}')"))
         for r in reminders:
@@ -257,6 +283,14 @@ def _derive(session: Any, config: Any, parent: Any, call: dt.datetime | None, de
                                               language=parent.language, now=utcnow())
         if not plans:
             raise CommandError("every reminder day before that deadline is already past")
+    from csms.guards import check_schedule_time
+
+    for plan in plans:
+        try:
+            check_schedule_time(plan.send_at, utcnow(), late_ok=False)
+        except service.CsmsError:
+            raise CommandError(f"the reminder {plan.title!r} would be due {fmt_et(plan.send_at)}, which is past: "
+                               "check the event's time") from None
     created = []
     for plan in plans:
         created.append(service.create_notice(
@@ -284,24 +318,27 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, lazy: Any) -> int:
-    from csms import headers, render, service
+    from csms import guards, headers
     from csms.tokens import UNSUBSCRIBE
     from daemon.notices.fanout import load_signer
+    from models.base import utcnow
 
-    with lazy.ctx.sessions() as session:
-        notice = _find(session, args.notice)
-        view = service.view(session, notice)
     signer = load_signer(lazy.config)
     # A token for no one (subscriber 0): the links look real and unsubscribe nobody.
     token = signer.make(UNSUBSCRIBE, 0, 3600)
     base = lazy.config.csms.base_url
-    rendered = render.render_for(view, args.email, ", ".join(view.topics), headers.unsubscribe_url(base, token),
-                                 headers.manage_url(base, token))
+    with lazy.ctx.sessions() as session:
+        notice = _find(session, args.notice)
+        shown = guards.preview(session, notice, email=args.email, unsubscribe_url=headers.unsubscribe_url(base, token),
+                               manage_url=headers.manage_url(base, token), now=utcnow())
+    print(f"[{shown.label}, dated {shown.date}]", file=sys.stderr)
+    for what in shown.removed:
+        print(f"[the sanitiser removes from the body: {what}]", file=sys.stderr)
     if args.html:
-        print(rendered.html)
+        print(shown.rendered.html)
     else:
-        print(f"Subject: {rendered.subject}\n")
-        print(rendered.text)
+        print(f"Subject: {shown.rendered.subject}\n")
+        print(shown.rendered.text)
     return 0
 
 
@@ -311,12 +348,15 @@ def cmd_schedule(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
 
     at = parse_et(args.at)
+    _check_time(at, args.late_ok)
     with transaction(lazy.ctx.sessions) as session:
         notice = _find(session, args.notice)
         try:
             service.schedule(session, notice, at)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        if args.with_translation:
+            notice.hold_for_translation = True
     soon = " (already due: the daemon publishes it at its next sweep)" if at <= utcnow() else ""
     print(f"{_label(notice)} scheduled for {fmt_et(at)}{soon}")
     return 0
@@ -336,10 +376,20 @@ def cmd_cancel(args: argparse.Namespace, lazy: Any) -> int:
     return 0
 
 
+def _confirmed() -> bool:
+    """Ask on the terminal; without one, refuse (a script must say --yes)."""
+    if not sys.stdin.isatty():
+        raise CommandError("publishing asks for confirmation: add --yes to publish without asking")
+    try:
+        return input("Publish it now? [y/N] ").strip().lower() in ("y", "yes", "s", "si", "sí")
+    except EOFError:
+        return False
+
+
 def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
-    from csms import service
+    from csms import guards, service
     from models.base import utcnow
-    from models.csms import DONE
+    from models.csms import DONE, PUBLISHING
     from models.session import transaction
 
     cfg = lazy.config.csms
@@ -349,6 +399,16 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
             c = service.counts(session, notice.id)
             print(f"{_label(notice)} was already published: {c['sent']} sent, {c['failed']} failed")
             return 0
+        if notice.status != PUBLISHING:
+            try:
+                plan = guards.plan(session, notice, number_start=cfg.number_start)
+            except service.CsmsError as exc:
+                raise CommandError(str(exc)) from None
+            for line in guards.describe_plan(plan):
+                print(line)
+            if not args.yes and not _confirmed():
+                print("not published")
+                return 1
         try:
             total = service.start_publish(session, notice, utcnow(), number_start=cfg.number_start,
                                           late_after=cfg.late_after)
