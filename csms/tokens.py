@@ -142,3 +142,13 @@ class Signer:
             return int(parts[0], 16), int(parts[1], 16)
         except ValueError:
             return None
+
+    # The preferences form's anti-forgery field: bound to the link's token, so a form posted from
+    # another site (which cannot read the page) does not carry it.
+    def form_key(self, token: str) -> str:
+        """Return the CSRF field for forms on the page behind ``token``."""
+        return _b64(hmac.new(self._key, b"form:" + token.encode(), hashlib.sha256).digest()[:12])
+
+    def check_form_key(self, token: str, value: str) -> bool:
+        return any(hmac.compare_digest(_b64(hmac.new(k, b"form:" + token.encode(), hashlib.sha256).digest()[:12]),
+                                       value) for k in self._keys.values())

@@ -122,6 +122,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                     "reported with their line numbers and skipped (exit status 1).")
     p.add_argument("file", metavar="FILE.csv")
     p.set_defaults(handler=cmd_subscribers_import)
+    states = ["pending", "active", "bouncing", "disabled", "unsubscribed"]
+    p = ssub.add_parser("list", help="subscribers with their topics, language and state",
+                        description="List subscribers: pending (asked by mail, not confirmed), active, bouncing "
+                                    "(hard bounces below the threshold), disabled (bounces), unsubscribed.")
+    p.add_argument("--state", choices=states)
+    p.add_argument("--topic", help="only subscribers of this topic")
+    p.add_argument("--search", default="", help="only addresses containing this")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=cmd_subscribers_list)
+    p = ssub.add_parser("show", help="one subscriber: topics, language, state and history")
+    p.add_argument("email")
+    p.set_defaults(handler=cmd_subscribers_show)
+    p = ssub.add_parser("remove", help="delete a subscriber and their records (erasure)",
+                        description="Delete a subscriber with their subscriptions, delivery and bounce records "
+                                    "and pending requests. To stop mail but keep the record, use the "
+                                    "unsubscribe link or 'unsubscribe' by mail instead.")
+    p.add_argument("email")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_subscribers_remove)
+    p = ssub.add_parser("export", help="write subscribers as CSV (email,topics,language,state,created_at,"
+                                      "hard_bounces); re-importable")
+    p.add_argument("--state", choices=states)
+    p.add_argument("--topic")
+    p.add_argument("--out", metavar="FILE", default="-", help="the CSV file (default: stdout)")
+    p.set_defaults(handler=cmd_subscribers_export)
+
+    p = subparsers.add_parser(
+        "secrets", help="the CSMS signing secrets: rotate them",
+        description="The secrets that sign the links in notices (unsubscribe, preferences, confirmations) and "
+                    "the VERP return paths. 'rotate' puts a new secret on top of [csms] secret_file (or the "
+                    "generated state-dir file) and keeps the previous ones, which still verify the links "
+                    "already sent; every running instance picks the new file up within seconds.")
+    ssec = p.add_subparsers(dest="secrets_command", metavar="ACTION")
+    ssec.required = True
+    p = ssec.add_parser("rotate", help="sign with a new secret; keep accepting the previous ones")
+    p.add_argument("--keep", type=int, default=2, help="previous secrets still accepted (default: 2)")
+    p.set_defaults(handler=cmd_secrets_rotate)
+    p = ssec.add_parser("show", help="the key ids in the ring (never the secrets)")
+    p.set_defaults(handler=cmd_secrets_show)
 
     p = sub.add_parser("topics", help="list topics with their active subscribers (or add topics)")
     p.add_argument("--add", metavar="NAME", action="append", default=[], help="create a topic (repeatable)")
@@ -651,4 +690,114 @@ def cmd_archive(args: argparse.Namespace, lazy: Any) -> int:
 
     root, count = write_archive(lazy.ctx)
     print(f"archive of {count} published notice(s) written to {root} (index.html, atom.xml)")
+    return 0
+
+
+# --- subscribers and secrets ----------------------------------------------------------------
+
+
+def _roster_error(exc: Exception) -> CommandError:
+    return CommandError(str(exc))
+
+
+def cmd_subscribers_list(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        try:
+            rows = roster.entries(session, now=utcnow(), window_days=lazy.config.csms.bounce_window_days,
+                                  state=args.state, topic=args.topic, search=args.search, limit=args.limit or None)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    if not rows:
+        print("no subscribers")
+        return 0
+    width = max(len(r.email) for r in rows)
+    print(f"{'email':<{width}}  {'state':<12} lang  topics")
+    for r in rows:
+        print(f"{r.email:<{width}}  {r.state:<12} {r.language:<4}  {'; '.join(r.topics) or '-'}")
+    print(f"{len(rows)} subscriber(s)")
+    return 0
+
+
+def cmd_subscribers_show(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        try:
+            d = roster.detail(session, args.email, now=utcnow(), window_days=lazy.config.csms.bounce_window_days)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    e = d.entry
+    print(f"{e.email} (subscriber {e.id})")
+    print(f"  state:     {e.state}" + (f" ({e.hard_bounces} hard bounce(s) in "
+                                       f"{lazy.config.csms.bounce_window_days} days)" if e.hard_bounces else ""))
+    print(f"  language:  {e.language}")
+    print(f"  topics:    {'; '.join(e.topics) or '-'}")
+    print(f"  notices sent: {d.notices_sent}")
+    print("  history:")
+    for event in d.history:
+        print(f"    {fmt_et(event.at)}  {event.what}")
+    return 0
+
+
+def cmd_subscribers_remove(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.session import transaction
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("removing asks for confirmation: add --yes to remove without asking")
+        if input(f"Remove {args.email} and all their records? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not removed")
+            return 1
+    with transaction(lazy.ctx.sessions) as session:
+        try:
+            sid = roster.remove(session, args.email)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    print(f"subscriber {sid} ({args.email.strip().lower()}) removed")
+    return 0
+
+
+def cmd_subscribers_export(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        rows = roster.entries(session, now=utcnow(), window_days=lazy.config.csms.bounce_window_days,
+                              state=args.state, topic=args.topic)
+    text = roster.export_csv(rows)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            with open(args.out, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise CommandError(f"{args.out}: {exc.strerror}") from None
+        print(f"{len(rows)} subscriber(s) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_secrets_rotate(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    path, new, kept = keys.rotate(lazy.config, args.keep)
+    print(f"new signing secret {new} in {path}; still accepted: {', '.join(kept) or 'none'}")
+    print("running instances sign with it within seconds; copy the file to every instance that does not share it")
+    return 0
+
+
+def cmd_secrets_show(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    signer = keys.load_signer(lazy.config)
+    where = keys.secret_path(lazy.config) or f"${lazy.config.csms.secret_env}"
+    print(f"signing with {signer.kid}; accepted: {', '.join(signer.key_ids)} ({where})")
     return 0

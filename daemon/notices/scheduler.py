@@ -35,6 +35,7 @@ from csms.render import to_et
 from daemon.notices import fanout
 from daemon.config import Config
 from daemon.context import AppContext, wait_any
+from daemon.notices.keys import KeyRing
 from daemon.notices.unsubscribe import UnsubscribeServer
 
 # The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
@@ -198,5 +199,5 @@ def make_components(ctx: AppContext) -> list[Any]:
     """Return this area's long-running components for the supervisor."""
     components: list[Any] = [Scheduler(ctx)]
     if ctx.config.csms.http_host:
-        components.append(UnsubscribeServer(ctx, load_signer(ctx.config)))
+        components.append(UnsubscribeServer(ctx, KeyRing(ctx.config)))
     return components

@@ -1,4 +1,9 @@
-"""One-click unsubscribe over HTTP (RFC 8058), the preferences page, and double opt-in confirmation links.
+"""The CSMS web endpoint: one-click unsubscribe (RFC 8058), the preferences
+page (topics and language; CSRF-safe POST, a GET changes nothing), double
+opt-in confirmation links -- each page in the subscriber's language, English
+or Spanish, with a link to the other (:mod:`csms.pages`) -- and the archive
+the scheduler writes, served at ``<base_url>/archive/`` where its feed and
+pages say it is, with a search by number, title and text.
 
 The scheduler's sibling at the edge: it turns signed tokens from the notices'
 links into subscription changes.
@@ -9,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import html
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from sqlalchemy import select
 
-from csms import service, subscribers
+from csms import archive, pages, service, subscribers
 from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
 from daemon.context import AppContext
+from daemon.notices.keys import KeyRing
 from models.base import utcnow
 from models.csms import UNSUBSCRIBED, PendingConfirmation, Subscriber
 from models.session import transaction
@@ -40,6 +49,8 @@ log = logging.getLogger("acedesk.csms")
 #                     body action=update&topic=...: the topics chosen on the preferences page
 #   GET  /c/<token>   a page with a button to confirm a subscription request
 #   POST /c/<token>   confirm it
+#   GET  /archive/, /archive/<page>, /archive/atom.xml, /archive/search?q=   the archive
+#   (every page takes ?lang=en|es)
 
 MAX_HEAD = 8192
 MAX_BODY = 16384
@@ -156,30 +167,32 @@ def form_fields(request: Request) -> dict[str, list[str]]:
         raise HttpError(400, "the form is not ASCII url-encoded") from None
 
 
-def _page(title: str, paragraphs: list[str], button: str | None = None, hidden: dict[str, str] | None = None,
-          status: int = 200) -> Response:
-    inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-                     for k, v in (hidden or {}).items())
-    form = (f'<form method="post" action="">{inputs}<button type="submit" style="font-size:16px;'
-            f'padding:8px 16px">{html.escape(button)}</button></form>') if button else ""
-    body = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
-    text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width"><title>{html.escape(title)}</title></head>'
-            f'<body style="font-family:Arial,Helvetica,sans-serif;max-width:560px;margin:40px auto">'
-            f"<h1 style=\"font-size:20px\">{html.escape(title)}</h1>{body}{form}</body></html>")
+def _html(text: str, status: int = 200) -> Response:
     return Response(status, text, "text/html; charset=utf-8")
 
 
-def _manage_page(address: str, topics: list[str], known: list[str]) -> Response:
-    boxes = "".join(f'<label style="display:block;margin:4px 0"><input type="checkbox" name="topic" '
-                    f'value="{html.escape(t)}"{" checked" if t in topics else ""}> {html.escape(t)}</label>'
-                    for t in known)
-    page = _page("Your CSMS preferences", [f"Topics {address} receives CSMS notices about:"])
-    form = (f'<form method="post" action=""><input type="hidden" name="action" value="update">{boxes}'
-            '<p><button type="submit" style="font-size:16px;padding:8px 16px">Save</button></p></form>'
-            '<form method="post" action=""><input type="hidden" name="List-Unsubscribe" value="One-Click">'
-            '<button type="submit">Unsubscribe from everything</button></form>')
-    return Response(200, page.body.replace("</body>", form + "</body>"), page.content_type)
+def _switch_url(request: Request, lang: str) -> str:
+    """This page in the other language (the path and ``manage`` kept)."""
+    other = "es" if lang == "en" else "en"
+    query = "?manage=1&lang=" + other if "manage" in request.query else "?lang=" + other
+    return request.path + query
+
+
+class PageError(Exception):
+    """A refusal shown as a page in the visitor's language (nothing was changed)."""
+
+    def __init__(self, status: int, key: str, lang: str | None = None, **values: str) -> None:
+        super().__init__(key)
+        self.status = status
+        self.key = key
+        #: The visitor's language when known (the subscriber's).
+        self.lang = lang
+        self.values = values
+
+
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".xml": "application/atom+xml; charset=utf-8",
+                  ".json": "application/json; charset=utf-8"}
+_ARCHIVE_PATH = re.compile(r"^/archive/((?:notices/)?[A-Za-z0-9_-]+\.(?:html|xml|json))$")
 
 
 class UnsubscribeServer:
@@ -187,9 +200,10 @@ class UnsubscribeServer:
 
     name = "csms-http"
 
-    def __init__(self, ctx: AppContext, signer: Signer) -> None:
+    def __init__(self, ctx: AppContext, keys: KeyRing | Signer) -> None:
         self.ctx = ctx
-        self.signer = signer
+        # A KeyRing follows rotations of the secret file; a Signer (tests) is fixed.
+        self.signer: Callable[[], Signer] = keys.signer if isinstance(keys, KeyRing) else (lambda: keys)
         self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -255,117 +269,204 @@ class UnsubscribeServer:
             return Response(500, "internal error; nothing was changed\n")
 
     async def route(self, request: Request) -> Response:
+        if request.path == "/archive" or request.path.startswith("/archive/"):
+            return await self._archive(request)
         match = _TOKEN_PATH.match(request.path)
         if match is None:
             raise HttpError(404, "not found")
         if request.method not in ("GET", "POST"):
             return Response(405, "only GET and POST\n", extra=(("Allow", "GET, POST"),))
         kind, token = match.groups()
-        purpose = UNSUBSCRIBE if kind == "u" else CONFIRM
+        asked = (request.query.get("lang") or [""])[0]
         try:
-            subject = self.signer.check(purpose, token)
+            return await self._token_route(request, kind, token, asked)
+        except PageError as exc:
+            lang = pages.language(asked, exc.lang, request.headers.get("accept-language", ""))
+            return _html(pages.render_page(lang, "error_title", [pages.text(lang, exc.key, **exc.values)],
+                                           switch_url=_switch_url(request, lang)), exc.status)
+
+    async def _token_route(self, request: Request, kind: str, token: str, asked: str) -> Response:
+        purpose = UNSUBSCRIBE if kind == "u" else CONFIRM
+        signer = self.signer()
+        try:
+            subject = signer.check(purpose, token)
         except BadToken as exc:
             log.info("CSMS endpoint: refused %s %s: %s", request.method, request.path[:3], exc)
-            raise HttpError(400, f"This link is not valid ({exc}). Nothing was changed.") from None
+            raise PageError(400, "bad_link", reason=str(exc)) from None
         if kind == "u":
-            return await (self._unsubscribe(request, subject) if request.method == "POST"
-                          else self._unsubscribe_page(subject, manage="manage" in request.query))
-        return await (self._confirm(subject) if request.method == "POST" else self._confirm_page(subject))
+            if request.method == "POST":
+                return await self._unsubscribe(request, subject, token, asked)
+            return await self._unsubscribe_page(request, subject, token, asked)
+        if request.method == "POST":
+            return await self._confirm(request, subject, asked)
+        return await self._confirm_page(request, subject, asked)
 
-    async def _unsubscribe_page(self, subscriber_id: int, manage: bool) -> Response:
+    async def _unsubscribe_page(self, request: Request, subscriber_id: int, token: str, asked: str) -> Response:
         found = await asyncio.to_thread(_subscriber_state, self.ctx, subscriber_id)
         if found is None:
-            return _page("CSMS subscription", ["This address is not subscribed to CSMS notices."])
-        address, topics, known = found
-        if manage:
-            return _manage_page(address, topics, known)
-        lines = [f"{address} receives CSMS notices about: {', '.join(topics)}." if topics
-                 else f"{address} is not subscribed to any CSMS topic.",
-                 "Press the button to stop receiving all CSMS notices."]
-        return _page("Unsubscribe from CSMS notices", lines, "Unsubscribe", {"List-Unsubscribe": "One-Click"})
+            lang = pages.language(asked, None, request.headers.get("accept-language", ""))
+            return _html(pages.render_page(lang, "subscription_title", [pages.text(lang, "not_subscribed")],
+                                           switch_url=_switch_url(request, lang)))
+        address, topics, known, preferred = found
+        lang = pages.language(asked, preferred)
+        if "manage" in request.query:
+            return _html(pages.render_preferences(lang, address=address, topics=topics, known=known,
+                                                  subscriber_language=preferred,
+                                                  csrf=self.signer().form_key(token),
+                                                  switch_url=_switch_url(request, lang)))
+        lines = [pages.text(lang, "receives", address=address, topics=", ".join(topics)) if topics
+                 else pages.text(lang, "receives_nothing", address=address), pages.text(lang, "press_to_leave")]
+        return _html(pages.render_page(lang, "unsubscribe_title", lines,
+                                       button=pages.TEXT[lang]["unsubscribe_button"],
+                                       hidden={"List-Unsubscribe": "One-Click"},
+                                       links=[(f"{request.path}?manage=1&lang={lang}", pages.TEXT[lang]["or_choose"])],
+                                       switch_url=_switch_url(request, lang)))
 
-    async def _unsubscribe(self, request: Request, subscriber_id: int) -> Response:
+    async def _unsubscribe(self, request: Request, subscriber_id: int, token: str, asked: str) -> Response:
         fields = form_fields(request)
         if fields.get("action") == ["update"]:
-            return await self._update(subscriber_id, fields.get("topic", []))
+            return await self._update(request, subscriber_id, token, fields, asked)
         if fields.get("List-Unsubscribe") != ["One-Click"]:
             raise HttpError(400, "expected the form field List-Unsubscribe=One-Click (RFC 8058); nothing was changed")
-        address = await asyncio.to_thread(_one_click, self.ctx, subscriber_id)
-        if address is None:
-            return _page("Unsubscribed", ["This address is not subscribed to CSMS notices."])
-        log.info("CSMS: %s unsubscribed by one-click (subscriber %s)", address, subscriber_id)
-        return _page("Unsubscribed", [f"{address} will receive no more CSMS notices."])
-
-    async def _update(self, subscriber_id: int, wanted: list[str]) -> Response:
-        found = await asyncio.to_thread(_set_topics, self.ctx, subscriber_id, wanted)
+        found = await asyncio.to_thread(_one_click, self.ctx, subscriber_id)
         if found is None:
-            raise HttpError(400, "This address is not known here. Nothing was changed.")
-        address, topics = found
-        log.info("CSMS: %s set their topics to %s (subscriber %s)", address, ", ".join(topics) or "none",
-                 subscriber_id)
-        return _page("Preferences saved", [f"{address} now receives CSMS notices about: {', '.join(topics)}."
-                                           if topics else f"{address} will receive no more CSMS notices."])
+            lang = pages.language(asked, None, request.headers.get("accept-language", ""))
+            return _html(pages.render_page(lang, "unsubscribed_title", [pages.text(lang, "not_subscribed")]))
+        address, preferred = found
+        lang = pages.language(asked, preferred)
+        log.info("CSMS: %s unsubscribed by one-click (subscriber %s)", address, subscriber_id)
+        return _html(pages.render_page(lang, "unsubscribed_title", [pages.text(lang, "unsubscribed", address=address)]))
 
-    async def _confirm_page(self, pending_id: int) -> Response:
+    async def _update(self, request: Request, subscriber_id: int, token: str, fields: dict[str, list[str]],
+                      asked: str) -> Response:
+        # CSRF: the form's field is bound to this link, and a browser saying the post came from another
+        # site is refused outright (the one-click POST above comes from mail providers, not browsers).
+        csrf = (fields.get("csrf") or [""])[0]
+        if not self.signer().check_form_key(token, csrf) or \
+                request.headers.get("sec-fetch-site", "same-origin") == "cross-site":
+            found = await asyncio.to_thread(_subscriber_state, self.ctx, subscriber_id)
+            raise PageError(403, "stale_form", lang=found[3] if found else None)
+        wanted_language = (fields.get("language") or [""])[0]
+        found = await asyncio.to_thread(_set_preferences, self.ctx, subscriber_id, fields.get("topic", []),
+                                        wanted_language if wanted_language in pages.LANGUAGES else None)
+        if found is None:
+            raise PageError(400, "unknown_address")
+        address, topics, preferred = found
+        lang = pages.language(None, preferred)
+        log.info("CSMS: %s set their topics to %s, language %s (subscriber %s)", address,
+                 ", ".join(topics) or "none", preferred, subscriber_id)
+        line = (pages.text(lang, "saved", address=address, topics=", ".join(topics),
+                           language=pages.LANGUAGE_NAMES[preferred]) if topics
+                else pages.text(lang, "unsubscribed", address=address))
+        return _html(pages.render_page(lang, "saved_title", [line], links=[(f"{request.path}?manage=1",
+                                                                           pages.TEXT[lang]["preferences_title"])]))
+
+    async def _confirm_page(self, request: Request, pending_id: int, asked: str) -> Response:
         pending = await asyncio.to_thread(_pending_state, self.ctx, pending_id)
         if pending is None:
-            raise HttpError(400, "This confirmation is unknown. Nothing was changed.")
-        address, action, topics = pending
-        what = "subscribe" if action == "subscribe" else "unsubscribe"
-        return _page("Confirm your CSMS request",
-                     [f"Confirm that {address} wants to {what}: {', '.join(topics) or 'all topics'}."],
-                     "Confirm", {"confirm": "1"})
+            raise PageError(400, "unknown_confirmation")
+        address, action, topics, preferred = pending
+        lang = pages.language(asked, preferred)
+        key = "confirm_subscribe" if action == "subscribe" else "confirm_unsubscribe"
+        return _html(pages.render_page(lang, "confirm_title",
+                                       [pages.text(lang, key, address=address, topics=pages.topic_list(lang, topics))],
+                                       button=pages.TEXT[lang]["confirm_button"], hidden={"confirm": "1"},
+                                       switch_url=_switch_url(request, lang)))
 
-    async def _confirm(self, pending_id: int) -> Response:
+    async def _confirm(self, request: Request, pending_id: int, asked: str) -> Response:
         try:
-            address, topics = await asyncio.to_thread(_confirm, self.ctx, pending_id)
+            address, topics, preferred = await asyncio.to_thread(_confirm, self.ctx, pending_id)
         except service.CsmsError as exc:
-            raise HttpError(400, f"This confirmation cannot be used: {exc}. Nothing was changed.") from None
+            pending = await asyncio.to_thread(_pending_state, self.ctx, pending_id)
+            raise PageError(400, "unusable_confirmation", lang=pending[3] if pending else None,
+                            reason=str(exc)) from None
+        lang = pages.language(asked, preferred)
         log.info("CSMS: %s confirmed request %s by link", address, pending_id)
-        return _page("Confirmed", [f"{address} now receives CSMS notices about: {', '.join(topics)}." if topics
-                                   else f"{address} receives no CSMS notices."])
+        line = (pages.text(lang, "confirmed", address=address, topics=", ".join(topics)) if topics
+                else pages.text(lang, "confirmed_nothing", address=address))
+        return _html(pages.render_page(lang, "confirmed_title", [line]))
+
+    # -- the archive: the static files the scheduler writes, and a search over them --
+
+    async def _archive(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, "only GET\n", extra=(("Allow", "GET, HEAD"),))
+        root = archive_folder(self.ctx.config)
+        if request.path in ("/archive", "/archive/"):
+            name = "index.html"
+        elif request.path == "/archive/search":
+            query = (request.query.get("q") or [""])[0][:200]
+            return await asyncio.to_thread(_search_page, root, query)
+        else:
+            match = _ARCHIVE_PATH.match(request.path)
+            if match is None:
+                raise HttpError(404, "not found")
+            name = match.group(1)
+        path = root / name
+        try:
+            body = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except FileNotFoundError:
+            raise HttpError(404, "not found") from None
+        return Response(200, body, _CONTENT_TYPES[path.suffix])
 
 
-def _subscriber_state(ctx: AppContext, subscriber_id: int) -> tuple[str, list[str], list[str]] | None:
-    """``(address, its topics, every topic)``, or None for an unknown subscriber."""
+def archive_folder(config: Any) -> Path:
+    return config.path(config.daemon.state_dir) / config.csms.archive_dir
+
+
+def _search_page(root: Path, query: str) -> Response:
+    try:
+        entries = json.loads((root / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entries = []
+    found = archive.search(entries, query) if query.strip() else []
+    return Response(200, archive.search_page(query, found), "text/html; charset=utf-8")
+
+
+def _subscriber_state(ctx: AppContext, subscriber_id: int) -> tuple[str, list[str], list[str], str] | None:
+    """``(address, its topics, every topic, its language)``, or None for an unknown subscriber."""
     with ctx.sessions() as session:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None:
             return None
-        return subscriber.email, subscribers.subscriber_topics(session, subscriber_id), service.topic_names(session)
+        return (subscriber.email, subscribers.subscriber_topics(session, subscriber_id), service.topic_names(session),
+                subscriber.language)
 
 
-def _set_topics(ctx: AppContext, subscriber_id: int, wanted: list[str]) -> tuple[str, list[str]] | None:
+def _set_preferences(ctx: AppContext, subscriber_id: int, wanted: list[str],
+                     language: str | None) -> tuple[str, list[str], str] | None:
     with transaction(ctx.sessions) as session:
         subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
         if subscriber is None:
             return None
+        if language is not None:
+            subscriber.language = language
         # Only topics that exist: a crafted form cannot create new ones.
         topics = [t for t in service.topic_names(session) if t in set(wanted)]
         subscribers.set_topics(session, subscriber, topics)
-        return subscriber.email, subscribers.subscriber_topics(session, subscriber_id)
+        return subscriber.email, subscribers.subscriber_topics(session, subscriber_id), subscriber.language
 
 
-def _one_click(ctx: AppContext, subscriber_id: int) -> str | None:
+def _one_click(ctx: AppContext, subscriber_id: int) -> tuple[str, str] | None:
     with transaction(ctx.sessions) as session:
         subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
         if subscriber is None or subscriber.status == UNSUBSCRIBED:
             return None
         subscribers.unsubscribe(session, subscriber)
-        return subscriber.email
+        return subscriber.email, subscriber.language
 
 
-def _pending_state(ctx: AppContext, pending_id: int) -> tuple[str, str, list[str]] | None:
+def _pending_state(ctx: AppContext, pending_id: int) -> tuple[str, str, list[str], str] | None:
     with ctx.sessions() as session:
         pending = session.get(PendingConfirmation, pending_id)
         if pending is None:
             return None
-        return pending.email, pending.action, list(pending.topics)
+        return pending.email, pending.action, list(pending.topics), pending.language
 
 
-def _confirm(ctx: AppContext, pending_id: int) -> tuple[str, list[str]]:
+def _confirm(ctx: AppContext, pending_id: int) -> tuple[str, list[str], str]:
     with transaction(ctx.sessions) as session:
         pending = subscribers.confirm_pending(session, pending_id, utcnow())
         subscriber = session.scalar(select(Subscriber).where(Subscriber.email == pending.email))
         topics = subscribers.subscriber_topics(session, subscriber.id) if subscriber else []
-        return pending.email, topics
+        return pending.email, topics, pending.language
