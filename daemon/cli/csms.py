@@ -162,6 +162,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = ssec.add_parser("show", help="the key ids in the ring (never the secrets)")
     p.set_defaults(handler=cmd_secrets_show)
 
+    p = sub.add_parser("dkim-record", help="the DNS TXT record of the DKIM key ([csms] dkim_key_file)",
+                       description="Print the name and value of the TXT record that publishes the public half of "
+                                   "[csms] dkim_key_file, for the mailbox providers to verify notices with.")
+    p.set_defaults(handler=cmd_dkim_record)
+
     p = sub.add_parser("topics", help="list topics with their active subscribers (or add topics)")
     p.add_argument("--add", metavar="NAME", action="append", default=[], help="create a topic (repeatable)")
     p.set_defaults(handler=cmd_topics)
@@ -800,4 +805,17 @@ def cmd_secrets_show(args: argparse.Namespace, lazy: Any) -> int:
     signer = keys.load_signer(lazy.config)
     where = keys.secret_path(lazy.config) or f"${lazy.config.csms.secret_env}"
     print(f"signing with {signer.kid}; accepted: {', '.join(signer.key_ids)} ({where})")
+    return 0
+
+
+def cmd_dkim_record(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    key = keys.dkim_key(lazy.config)
+    if key is None:
+        raise CommandError("[csms] dkim_key_file is not set: notices go out unsigned")
+    record = key.public_record().decode()
+    # A DNS character-string holds at most 255 octets: a 2048-bit key spans two.
+    chunks = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
+    print(f"{key.selector}._domainkey.{key.domain}. IN TXT {chunks}")
     return 0
