@@ -14,26 +14,19 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from typing import Any, Protocol
-
-from daemon.notices import scheduler
-from daemon.imap import watcher as imap
-from daemon.intake import ingress
+from daemon.context import AppContext
 from daemon.delivery import outbox
-from daemon.context import AppContext, wait_any
+from daemon.imap import watcher as imap
+from daemon.instance import hold_database, release_database, release_dead_leases
+from daemon.intake import ingress
+from daemon.notices import scheduler
 from daemon.pipeline import build_stages
+from daemon.runner import Component, backoff, run_loop, wait_any
 from daemon.sdnotify import Notifier
 from daemon.worker import Stage, run_stage_once
 from models.migrate import current_revisions, head_revisions
 
 log = logging.getLogger("acedesk.app")
-
-
-class Component(Protocol):
-    name: str
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; return promptly after it is."""
 
 
 class PipelineWorker:
@@ -45,27 +38,22 @@ class PipelineWorker:
         self.ctx = ctx
         self.stages = list(stages)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        wake = self.ctx.wakeup("pipeline")
+    def run_once(self) -> int:
+        """One batch per stage, in table order (so no stage starves the others); return rows handled."""
         cfg = self.ctx.config.pipeline
-        while not stop.is_set():
-            wake.clear()
-            handled = 0
-            for stage in self.stages:
-                # One batch per stage per round, so no stage starves the others.
-                handled += await asyncio.to_thread(run_stage_once, self.ctx.sessions, stage, cfg)
-                if stop.is_set():
-                    return
-            if handled:
-                continue
-            await wait_any(stop, wake, cfg.poll_interval)
+        return sum(run_stage_once(self.ctx.sessions, stage, cfg) for stage in self.stages)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def once() -> int:
+            return await asyncio.to_thread(self.run_once)
+
+        await run_loop(self.name, once, stop, wake=self.ctx.wakeup("pipeline"),
+                       idle=self.ctx.config.pipeline.poll_interval)
 
 
-
-
-def build_components(ctx: AppContext) -> list[Any]:
+def build_components(ctx: AppContext) -> list[Component]:
     """Return every component in start order (ingress last: accept mail only when all else runs)."""
-    components: list[Any] = [PipelineWorker(ctx, build_stages(ctx))]
+    components: list[Component] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
     components += imap.make_components(ctx)
@@ -76,7 +64,7 @@ def build_components(ctx: AppContext) -> list[Any]:
 class Supervisor:
     """Runs components, restarts crashed ones, and shuts everything down in order."""
 
-    def __init__(self, ctx: AppContext, components: Sequence[Any], notifier: Notifier | None = None) -> None:
+    def __init__(self, ctx: AppContext, components: Sequence[Component], notifier: Notifier | None = None) -> None:
         self.ctx = ctx
         self.components = list(components)
         self.notifier = notifier or Notifier()
@@ -85,9 +73,9 @@ class Supervisor:
         self.tasks: list[asyncio.Task[None]] = []
         self._reloads: set[asyncio.Task[None]] = set()
 
-    async def _supervise(self, component: Any) -> None:
+    async def _supervise(self, component: Component) -> None:
         cfg = self.ctx.config.daemon
-        delay = cfg.restart_backoff_min
+        crashes = 0
         while not self.stop.is_set():
             try:
                 await component.run(self.stop)
@@ -97,12 +85,10 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("component %s crashed; restarting in %.0f s", component.name, delay)
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-            delay = min(cfg.restart_backoff_max, delay * 2)
+                log.exception("component %s crashed; restarting in %.0f s", component.name,
+                              backoff(crashes + 1, cfg.restart_backoff_min, cfg.restart_backoff_max))
+            crashes += 1
+            await wait_any(self.stop, None, backoff(crashes, cfg.restart_backoff_min, cfg.restart_backoff_max))
 
     def request_stop(self, signame: str = "request") -> None:
         if self.stop.is_set():
@@ -188,10 +174,19 @@ def check_schema(ctx: AppContext) -> str | None:
 
 
 async def run_daemon(ctx: AppContext) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the exit status."""
-    components = build_components(ctx)
-    supervisor = Supervisor(ctx, components)
+    """Run the daemon until SIGTERM/SIGINT; return the exit status.
+
+    Raises:
+        AlreadyRunning: another daemon holds this SQLite database.
+    """
+    lock = hold_database(ctx.engine)
     try:
-        return await supervisor.run()
+        await asyncio.to_thread(release_dead_leases, ctx.sessions)
+        components = build_components(ctx)
+        supervisor = Supervisor(ctx, components)
+        try:
+            return await supervisor.run()
+        finally:
+            supervisor.notifier.close()
     finally:
-        supervisor.notifier.close()
+        release_database(lock)

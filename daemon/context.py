@@ -65,16 +65,6 @@ class AppContext:
         self.engine.dispose()
 
 
-async def wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Return when ``stop`` or ``wake`` is set, or after ``timeout`` seconds: a component's idle wait."""
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waiters:
-            task.cancel()
-
-
 def instance_name(config: Config) -> str:
     return config.daemon.instance_name or f"{socket.gethostname()}:{os.getpid()}"
 

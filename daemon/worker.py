@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from daemon.config import PipelineConfig
+from daemon.runner import backoff
 from models.base import utcnow
 from models.core import FAILED, InboundMessage
 from models.session import transaction
@@ -60,11 +61,6 @@ def claim(session: Session, stage: Stage, limit: int, now: dt.datetime) -> list[
     return list(session.scalars(query))
 
 
-def backoff(attempts: int) -> dt.timedelta:
-    """Return the wait before retry ``attempts`` (capped exponential)."""
-    return dt.timedelta(seconds=min(3600, 5 * 2 ** max(0, attempts - 1)))
-
-
 def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineConfig) -> int:
     """Claim one batch for ``stage`` and process it; return how many rows were handled."""
     limit = stage.batch_size or cfg.batch_size
@@ -101,7 +97,7 @@ def _process_alone(session: Session, stage: Stage, row: InboundMessage, max_atte
         log.error("message %s (Message-ID %s) failed in stage %s %d times, giving up: %s",
                   row.id, row.message_id, stage.name, row.attempts, summary)
     else:
-        row.next_attempt_at = utcnow() + backoff(row.attempts)
+        row.next_attempt_at = utcnow() + dt.timedelta(seconds=backoff(row.attempts, 5.0, 3600.0))
         log.warning("message %s (Message-ID %s) failed in stage %s (attempt %d): %s",
                     row.id, row.message_id, stage.name, row.attempts, summary)
 

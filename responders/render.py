@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-import base64
+import binascii
 import secrets
 from email.header import Header
 from email.utils import formataddr, formatdate
@@ -48,9 +48,14 @@ def _encode_text(value: str, name: str) -> str:
 
 
 def _body_part(content_type: str, text: str) -> bytes:
-    data = base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    # Quoted-printable: readable as text (in the spool, in a relay's queue), safe over 7-bit SMTP.
+    lines = text.replace("\r\n", "\n").split("\n")
+    data = b"\r\n".join(binascii.b2a_qp(line.encode("utf-8"), header=False).replace(b"=\n", b"=\r\n")
+                          for line in lines)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
     return (f"Content-Type: {content_type}; charset=\"utf-8\"\r\n"
-            "Content-Transfer-Encoding: base64\r\n\r\n").encode() + data
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + data
 
 
 def assemble(headers: list[tuple[str, str]], text: str, html: str) -> bytes:

@@ -177,12 +177,16 @@ def _first_line(exc: BaseException) -> str:
 
 def cmd_run(args: argparse.Namespace, lazy: Lazy) -> int:
     from daemon.app import check_schema, run_daemon
+    from daemon.instance import AlreadyRunning
 
     ctx = lazy.ctx
     problem = check_schema(ctx)
     if problem:
         raise CommandError(problem)
-    return asyncio.run(run_daemon(ctx))
+    try:
+        return asyncio.run(run_daemon(ctx))
+    except AlreadyRunning as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_check_config(args: argparse.Namespace, lazy: Lazy) -> int:

@@ -1,28 +1,31 @@
-"""The outbox sender: delivers the replies the respond stage committed.
+"""The outbox sender: delivers what the pipeline committed to the ``outbox``
+table -- automatic replies, analysts' replies, CSMS control mail -- through
+the one way out (:mod:`daemon.delivery.sender`: the relay's pipelining pool
+with ``[outbound] connections``, ``rate_per_second`` and ``hourly_cap``, or
+the spool).
 
-It claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
-instances share the work; SQLite serialises writers anyway), marks them
-``sending`` under a lease and commits, then delivers them over one SMTP
-connection (smtplib in a worker thread) to ``[outbound] relay_host``:
+A batch is claimed (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one
+writer): the rows are marked ``sending`` under a lease and the claim is
+written to this process's journal before that commit.  Then up to
+``connections`` messages are in flight at once:
 
-* 250: the row is marked ``sent`` in its own short transaction right after
-  the server's answer, and the ticket's first-response clock stops;
-* 4xx, a refused or dropped connection, a timeout: retried with capped
+* 250: the acceptance goes to the journal at once, before the connection
+  takes another message; the ``sent`` mark (and the ``on_sent`` hook: the
+  ticket's clocks) is committed from a second thread as soon as the database
+  allows, so delivery never waits behind a pipeline batch holding SQLite's lock;
+* 4xx, a refused or dropped connection, a timeout: retried after a capped
   exponential backoff (``retry_min`` .. ``retry_max``) until ``give_up_hours``;
-* 5xx: a permanent failure, recorded on the ticket (note, error, a triage item).
+* 5xx: ``failed``, and the ``on_failed`` hook (a note, the error and a triage
+  item on the ticket).
 
-With no ``relay_host`` every message is written to ``spool_dir/new/<id>.eml``
-(written to ``spool_dir/tmp`` first and renamed, so a reader never sees half a
-file) and marked sent: nothing is lost, and a rewrite after a crash replaces
-the same file rather than adding one.
-
-At-most-once and its one window: a reply is committed once per inbound
-message (a unique key), and is sent again only if the process dies after the
-relay said 250 and before the ``sent`` mark commits (the lease then expires
-and it is retried).  Marks are committed by a second thread as soon as the
-database allows (:class:`Marker`): on PostgreSQL that is one message, the one
-in flight; on SQLite, the few accepted while a pipeline batch held the write
-lock.  A crash before the 250 simply leaves the row to be retried.
+Exactly one reply.  A crash before the 250 leaves the row to be sent again:
+nothing is lost.  A crash after it finds the acceptance in the journal, and
+the next daemon on this host takes the dead one's journal over at once (its
+accepted rows marked sent, the rest back to pending).  What can go out twice
+is only a message whose content was written and whose 250 was not read yet:
+at most one per connection per crash (SMTP's own window, RFC 1047).  An
+instance on another host (PostgreSQL) takes over a dead instance's claims
+when their lease expires; its marks were committed within milliseconds.
 """
 
 from __future__ import annotations
@@ -30,24 +33,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import queue
-import smtplib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
-from daemon.config import Config, OutboundConfig, read_secret
+from daemon.config import Config, OutboundConfig
 from daemon.context import AppContext
-from daemon.tls import tls_context
+from daemon.delivery import journal as journals
+from daemon.delivery.journal import Journal
+from daemon.delivery.sender import Sender, make_sender, retry_delay
+from daemon.delivery.smtp_pool import SENT, TEMPORARY, SendResult
+from daemon.runner import run_loop
 from models.base import utcnow
-from models.outbox import FAILED, PENDING, SENDING, SENT, OutboxMessage
-from models.responders import TICKET_ANSWERED, Ticket, TicketMessage, TriageItem
+from models.outbox import FAILED, PENDING, SENDING, OutboxMessage
+from models.outbox import SENT as ROW_SENT
 from models.session import transaction
+from responders.delivery import replies_sent, reply_failed
 
 log = logging.getLogger("acedesk.outbox")
 
@@ -67,24 +73,40 @@ class Claimed:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What happened to one message: ``sent``, ``temporary`` or ``permanent`` (with the reply)."""
+class Hooks:
+    """Side effects of a delivery, run in the transaction that records it."""
 
-    kind: str
-    detail: str = ""
+    #: Rows just marked sent.
+    on_sent: Callable[[Session, Sequence[Claimed], dt.datetime], None]
+    #: A row that failed for good, and why.
+    on_failed: Callable[[Session, Claimed, str, dt.datetime], None]
 
 
-def retry_delay(cfg: OutboundConfig, attempts: int) -> dt.timedelta:
-    """Return the wait before the next try after ``attempts`` failures (capped exponential)."""
-    return dt.timedelta(seconds=min(cfg.retry_max, cfg.retry_min * 2 ** max(0, attempts - 1)))
+def _tickets_sent(session: Session, items: Sequence[Claimed], now: dt.datetime) -> None:
+    replies_sent(session, {i.ticket_id for i in items if i.ticket_id is not None}, now)
+
+
+def _ticket_failed(session: Session, item: Claimed, why: str, now: dt.datetime) -> None:
+    if item.ticket_id is not None:
+        reply_failed(session, item.ticket_id, item.id, item.message_id, why, now)
+
+
+#: The desk's hooks: replies move their tickets' clocks; failures reach a person.
+TICKET_HOOKS = Hooks(on_sent=_tickets_sent, on_failed=_ticket_failed)
+
+
+def journal_dir(config: Config) -> Path:
+    return config.path(config.daemon.state_dir) / "outbox-journal"
 
 
 def lease_seconds(cfg: OutboundConfig) -> float:
-    # Long enough for one batch over a slow relay; a crashed sender's rows come back after it.
+    # Long enough for one batch over a slow relay; a crashed sender's rows come back after it
+    # (at once on the same host, through its journal).
     return max(10.0, 2 * cfg.timeout + 0.05 * BATCH)
 
 
-def claim(factory: sessionmaker[Session], cfg: OutboundConfig, limit: int = BATCH) -> list[Claimed]:
+def claim(factory: sessionmaker[Session], cfg: OutboundConfig, journal: Journal,
+          limit: int = BATCH) -> list[Claimed]:
     """Claim up to ``limit`` due rows (pending and due, or sending with an expired lease)."""
     now = utcnow()
     with transaction(factory) as session:
@@ -97,288 +119,232 @@ def claim(factory: sessionmaker[Session], cfg: OutboundConfig, limit: int = BATC
             .order_by(OutboxMessage.id).limit(limit)
             .with_for_update(skip_locked=True)
             .options(undefer(OutboxMessage.raw))))
+        if not rows:
+            return []
         until = now + dt.timedelta(seconds=lease_seconds(cfg))
         for row in rows:
             row.status = SENDING
             row.lease_until = until
+        journal.claimed(r.id for r in rows)   # before the commit: a crash after it is taken over
         return [Claimed(r.id, r.mail_from, list(r.rcpt_to), r.raw, r.attempts, r.created_at, r.ticket_id,
                         r.message_id) for r in rows]
 
 
-def _about_this_message(exc: OSError) -> bool:
-    """Whether the server judged this one message (refused recipients, a 4xx/5xx other than
-    421), rather than the connection going away."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return True
-    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code != 421
-
-
-def mark_sent(session: Session, items: Sequence[Claimed], now: dt.datetime) -> None:
-    """Mark ``items`` sent and start (or, for answered tickets, stop) their tickets' clocks.
-
-    Three statements whatever the number of items: the marker thread commits
-    hundreds at a time on a busy SQLite, and a round of ORM loads per item
-    would hold the write lock the pipeline is waiting for.
-    """
+def mark_sent(session: Session, items: Sequence[Claimed], now: dt.datetime, hooks: Hooks) -> None:
+    """Mark ``items`` sent and run ``on_sent`` (a few statements whatever their number)."""
     for start in range(0, len(items), BATCH):  # bounded IN lists
         chunk = items[start:start + BATCH]
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([item.id for item in chunk]))
-                        .values(status=SENT, sent_at=now, lease_until=None, last_error=None))
-        tickets = sorted({item.ticket_id for item in chunk if item.ticket_id is not None})
-        if not tickets:
-            continue
-        session.execute(update(Ticket).where(Ticket.id.in_(tickets), Ticket.first_response_at.is_(None))
-                        .values(first_response_at=now))
-        session.execute(update(Ticket).where(Ticket.id.in_(tickets), Ticket.status == TICKET_ANSWERED,
-                                             Ticket.resolved_at.is_(None))
-                        .values(resolved_at=now))
+                        .values(status=ROW_SENT, sent_at=now, lease_until=None, last_error=None))
+        hooks.on_sent(session, chunk, now)
 
 
-def record_failure(factory: sessionmaker[Session], cfg: OutboundConfig, item: Claimed, outcome: Outcome) -> None:
-    """Schedule a retry (temporary) or record a permanent failure on the ticket."""
-    now = utcnow()
-    with transaction(factory) as session:
-        row = session.get(OutboxMessage, item.id)
-        if row is None or row.status == SENT:
-            return
-        row.attempts = item.attempts + 1
-        row.last_error = outcome.detail[:2000]
-        row.lease_until = None
-        expired = now - item.created_at > dt.timedelta(hours=cfg.give_up_hours)
-        if outcome.kind == "temporary" and not expired:
-            row.status = PENDING
-            row.next_attempt_at = now + retry_delay(cfg, row.attempts)
-            log.warning("outbox %s (%s) to %s: temporary failure (attempt %d), retry at %s: %s",
-                        item.id, item.message_id, ",".join(item.rcpt_to), row.attempts,
-                        row.next_attempt_at.isoformat(timespec="seconds"), outcome.detail)
-            return
-        row.status = FAILED
-        why = outcome.detail if outcome.kind == "permanent" else f"gave up after {cfg.give_up_hours:g} h: {outcome.detail}"
-        log.error("outbox %s (%s) to %s: permanent failure: %s", item.id, item.message_id,
-                  ",".join(item.rcpt_to), why)
-        if item.ticket_id is not None:
-            ticket = session.get(Ticket, item.ticket_id)
-            if ticket is not None:
-                ticket.last_error = f"reply {item.message_id} not delivered: {why}"[:2000]
-                session.add(TicketMessage(ticket_id=ticket.id, direction="note", outbox_id=item.id,
-                                          author="outbox", text=f"Delivery failed permanently: {why}"[:4000],
-                                          created_at=now))
-                session.add(TriageItem(ticket_id=ticket.id, reason="delivery_failed", security=ticket.security,
-                                       label=ticket.label, created_at=now,
-                                       suggestion={"error": why[:500]}))
+def record_failure(session: Session, cfg: OutboundConfig, item: Claimed, result: SendResult,
+                   now: dt.datetime, hooks: Hooks) -> None:
+    """Schedule a retry (temporary) or record a permanent failure (and run ``on_failed``)."""
+    row = session.get(OutboxMessage, item.id)
+    if row is None or row.status == ROW_SENT:
+        return
+    row.attempts = item.attempts + 1
+    row.last_error = result.detail[:2000]
+    row.lease_until = None
+    expired = now - item.created_at > dt.timedelta(hours=cfg.give_up_hours)
+    if result.status == TEMPORARY and not expired:
+        row.status = PENDING
+        row.next_attempt_at = now + dt.timedelta(seconds=retry_delay(row.attempts, cfg.retry_min, cfg.retry_max))
+        log.warning("outbox %s (%s) to %s: temporary failure (attempt %d), retry at %s: %s",
+                    item.id, item.message_id, ",".join(item.rcpt_to), row.attempts,
+                    row.next_attempt_at.isoformat(timespec="seconds"), result.detail)
+        return
+    row.status = FAILED
+    why = result.detail if result.status != TEMPORARY else f"gave up after {cfg.give_up_hours:g} h: {result.detail}"
+    log.error("outbox %s (%s) to %s: permanent failure: %s", item.id, item.message_id,
+              ",".join(item.rcpt_to), why)
+    hooks.on_failed(session, item, why, now)
 
 
-# --- delivery -----------------------------------------------------------------------
+class Recorder:
+    """Commits outcomes from a second thread, in arrival order, as soon as the database allows.
 
-
-def _classify_smtp_error(exc: Exception) -> Outcome:
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [code for code, _ in exc.recipients.values()]
-        text = "; ".join(f"{r}: {c} {m.decode(errors='replace') if isinstance(m, bytes) else m}"
-                         for r, (c, m) in exc.recipients.items())
-        return Outcome("permanent" if all(500 <= c < 600 for c in codes) else "temporary", text)
-    if isinstance(exc, (smtplib.SMTPDataError, smtplib.SMTPSenderRefused, smtplib.SMTPResponseException)):
-        code = exc.smtp_code
-        msg = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-        return Outcome("permanent" if 500 <= code < 600 else "temporary", f"{code} {msg}")
-    return Outcome("temporary", f"{type(exc).__name__}: {exc}")
-
-
-class SmtpSender:
-    """One relay connection for a batch (smtplib; run in a worker thread)."""
-
-    def __init__(self, config: Config) -> None:
-        self.cfg = config.outbound
-        self.password = read_secret("outbound", self.cfg.password_env, self.cfg.password_file, config) \
-            if self.cfg.username else ""
-        self.context = tls_context(self.cfg.verify_certificates)
-
-    def connect(self) -> smtplib.SMTP:
-        cfg = self.cfg
-        if cfg.tls == "implicit":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(cfg.relay_host, cfg.relay_port, timeout=cfg.timeout,
-                                                    context=self.context)
-        else:
-            client = smtplib.SMTP(cfg.relay_host, cfg.relay_port, timeout=cfg.timeout)
-        client.ehlo()
-        if cfg.tls == "starttls":
-            # Required when configured: never falls back to plaintext.
-            client.starttls(context=self.context)
-            client.ehlo()
-        if cfg.username:
-            client.login(cfg.username, self.password)
-        return client
-
-
-def deliver_batch(factory: sessionmaker[Session], config: Config, sender: SmtpSender | None,
-                  items: list[Claimed]) -> tuple[int, int]:
-    """Deliver ``items``; return ``(sent, failed)``.  Marks each as soon as its fate is known."""
-    cfg = config.outbound
-    if not cfg.relay_host:
-        return spool_batch(factory, config, items), 0
-    assert sender is not None
-    sent = failed = 0
-    try:
-        client = sender.connect()
-    except Exception as exc:  # noqa: BLE001 - a refused or dropped connection: retry all
-        outcome = _classify_smtp_error(exc) if isinstance(exc, smtplib.SMTPResponseException) \
-            else Outcome("temporary", f"relay {cfg.relay_host}:{cfg.relay_port}: {type(exc).__name__}: {exc}")
-        for item in items:
-            record_failure(factory, cfg, item, outcome)
-        return 0, len(items)
-    marker = Marker(factory)
-    try:
-        for index, item in enumerate(items):
-            try:
-                refused = client.sendmail(item.mail_from, item.rcpt_to, item.raw)
-            except OSError as exc:  # smtplib's errors are OSErrors too
-                if _about_this_message(exc):
-                    # A reply for this message (4xx/5xx, RFC 5321 section 4.2.1): judge it, go on.
-                    record_failure(factory, cfg, item, _classify_smtp_error(exc))
-                    failed += 1
-                    try:
-                        client.rset()
-                    except OSError:
-                        pass
-                    continue
-                # 421, a dropped connection or any other error: this one and the rest are retried later.
-                outcome = Outcome("temporary", f"{type(exc).__name__}: {exc}")
-                for rest in items[index:]:
-                    record_failure(factory, cfg, rest, outcome)
-                failed += len(items) - index
-                return sent, failed
-            if refused:
-                log.warning("outbox %s: some recipients refused: %s", item.id, refused)
-            # Marked as soon as the database allows: this is the whole resend window.
-            marker.put(item)
-            sent += 1
-    finally:
-        marker.close()
-        try:
-            client.quit()
-        except Exception:  # noqa: BLE001 - closing a dead connection
-            client.close()
-    return sent, failed
-
-
-class Marker:
-    """Commits ``sent`` marks from a second thread while the sender goes on.
-
-    Each mark is committed as soon as the database lets us write: on
-    PostgreSQL that is right after the 250, one message at a time; on SQLite,
-    where one writer holds the whole database while a pipeline batch runs,
-    the marks that piled up meanwhile go in one transaction.  Waiting for the
-    lock before sending the next message would instead stall delivery behind
-    every pipeline batch.  The resend window after a crash is exactly the
-    messages accepted and not yet marked.
+    On PostgreSQL that is right after each answer; on SQLite, where a pipeline
+    batch holds the one write lock, the outcomes that piled up meanwhile go in
+    one transaction.  The journal already holds every acceptance, so nothing
+    here needs to be quick for a crash to be harmless.
     """
 
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(self, factory: sessionmaker[Session], cfg: OutboundConfig, hooks: Hooks) -> None:
         self.factory = factory
-        self.queue: queue.SimpleQueue[Claimed | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="outbox-marker", daemon=True)
-        self.error: BaseException | None = None
+        self.cfg = cfg
+        self.hooks = hooks
+        self.queue: queue.SimpleQueue[tuple[Claimed, SendResult] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
+        self.failed = False
         self.thread.start()
 
-    def put(self, item: Claimed) -> None:
-        self.queue.put(item)
+    def put(self, item: Claimed, result: SendResult) -> None:
+        self.queue.put((item, result))
 
     def _run(self) -> None:
         done = False
         while not done:
-            items = [self.queue.get()]
+            entries = [self.queue.get()]
             while True:
                 try:
-                    items.append(self.queue.get_nowait())
+                    entries.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            done = None in items
-            items = [i for i in items if i is not None]
-            if not items:
+            done = None in entries
+            outcomes = [e for e in entries if e is not None]
+            if not outcomes:
                 continue
             try:
-                with transaction(self.factory) as session:
-                    mark_sent(session, items, utcnow())
-            except BaseException as exc:  # noqa: BLE001 - the lease brings these back; say so
-                self.error = exc
-                log.error("outbox: could not mark %d sent message(s) (they may be sent again after "
-                          "their lease): %s", len(items), exc)
+                self._commit(outcomes)
+            except Exception as exc:  # noqa: BLE001 - the journal or the lease brings these back
+                self.failed = True
+                log.error("outbox: could not record %d outcome(s) (the journal keeps the accepted ones): %s",
+                          len(outcomes), exc)
 
-    def close(self) -> None:
-        """Wait until every mark handed over is committed."""
+    def _commit(self, outcomes: list[tuple[Claimed, SendResult]]) -> None:
+        now = utcnow()
+        with transaction(self.factory) as session:
+            mark_sent(session, [item for item, result in outcomes if result.status == SENT], now, self.hooks)
+            for item, result in outcomes:
+                if result.status != SENT:
+                    record_failure(session, self.cfg, item, result, now, self.hooks)
+
+    def close(self) -> bool:
+        """Wait until every outcome handed over is committed; return whether all were."""
         self.queue.put(None)
         self.thread.join()
+        return not self.failed
 
 
-def spool_batch(factory: sessionmaker[Session], config: Config, items: list[Claimed]) -> int:
-    """Write ``items`` to the spool folder (atomic rename) and mark them sent."""
-    spool = config.path(config.outbound.spool_dir)
-    tmp_dir, new_dir = spool / "tmp", spool / "new"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    new_dir.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        tmp = tmp_dir / f"{item.id}.{os.getpid()}.eml"
-        envelope = (f"X-Acedesk-Envelope-From: {item.mail_from}\r\n"
-                    f"X-Acedesk-Envelope-To: {', '.join(item.rcpt_to)}\r\n").encode()
-        with open(tmp, "wb") as fh:
-            fh.write(envelope + item.raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, new_dir / f"{item.id:010d}.eml")
-    now = utcnow()
-    with transaction(factory) as session:
-        mark_sent(session, items, now)
-    return len(items)
+def take_over(factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> int:
+    """Take over the journals of dead processes of this host; return how many rows they held."""
+    held = 0
+    for record in journals.orphans(journal_dir(config)):
+        now = utcnow()
+        with transaction(factory) as session:
+            accepted = sorted(record.accepted)
+            if accepted:
+                rows = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(accepted),
+                                                                   OutboxMessage.status != ROW_SENT)).all()
+                mark_sent(session, [Claimed(r.id, r.mail_from, list(r.rcpt_to), b"", r.attempts, r.created_at,
+                                            r.ticket_id, r.message_id) for r in rows], now, hooks)
+            back = sorted(record.claimed - record.accepted)
+            if back:
+                session.execute(update(OutboxMessage)
+                                .where(OutboxMessage.id.in_(back), OutboxMessage.status == SENDING)
+                                .values(status=PENDING, lease_until=None))
+        record.path.unlink(missing_ok=True)
+        held += len(record.claimed | record.accepted)
+        log.info("outbox: took over %s (a process gone): %d accepted, %d back to pending",
+                 record.path.name, len(record.accepted), len(record.claimed - record.accepted))
+    return held
 
 
-def run_once(factory: sessionmaker[Session], config: Config, sender: SmtpSender | None = None) -> int:
-    """Claim one batch and deliver it; return how many rows were handled (burst mode, tests)."""
-    items = claim(factory, config.outbound)
-    if not items:
-        return 0
-    if config.outbound.relay_host and sender is None:
-        sender = SmtpSender(config)
-    sent, failed = deliver_batch(factory, config, sender, items)
-    log.debug("outbox batch: %d sent, %d failed", sent, failed)
-    return len(items) if sent else 0
+class Outbox:
+    """One process's delivery of the outbox: its sender, journal and hooks."""
+
+    def __init__(self, factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> None:
+        self.factory = factory
+        self.config = config
+        self.cfg = config.outbound
+        self.hooks = hooks
+        self.journal = Journal(journal_dir(config))
+        self.sender: Sender | None = None
+
+    def _sender(self) -> Sender:
+        if self.sender is None:
+            self.sender = make_sender(self.config, connections=self.cfg.connections,
+                                      rate_per_second=self.cfg.rate_per_second, hourly_cap=self.cfg.hourly_cap)
+        return self.sender
+
+    async def run_once(self) -> int:
+        """Claim one batch and deliver it; return how many rows were settled (sent or failed for good).
+
+        A batch that only met temporary failures counts 0: its rows wait for their retry time.
+        """
+        items = await asyncio.to_thread(claim, self.factory, self.cfg, self.journal)
+        if not items:
+            return 0
+        sender = self._sender()
+        recorder = Recorder(self.factory, self.cfg, self.hooks)
+        pending = iter(items)
+        relay_down: list[SendResult] = []
+        settled = 0
+
+        async def connection() -> None:
+            for item in pending:
+                if relay_down:   # the relay is unreachable: the rest wait for the next try
+                    recorder.put(item, relay_down[0])
+                    continue
+                result = await sender.send(item.mail_from, item.rcpt_to, item.raw, f"new/{item.id:010d}.eml",
+                                           accepted=lambda item_id=item.id: self.journal.accepted(item_id))
+                if result.status == TEMPORARY and result.code in (0, 421):
+                    relay_down.append(result)
+                elif result.status != TEMPORARY:
+                    nonlocal settled
+                    settled += 1
+                recorder.put(item, result)
+
+        try:
+            await asyncio.gather(*(connection() for _ in range(min(self.cfg.connections, len(items)))))
+        finally:
+            if await asyncio.to_thread(recorder.close):
+                self.journal.clear()
+        return settled
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            await self.sender.close()
+            self.sender = None
+        self.journal.close()
 
 
-def drain_outbox(factory: sessionmaker[Session], config: Config, max_batches: int = 1000) -> int:
-    """Deliver everything due now; return how many were sent or tried."""
-    total = 0
-    for _ in range(max_batches):
-        n = run_once(factory, config)
-        if not n:
-            break
-        total += n
-    return total
+def run_once(factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> int:
+    """Deliver one batch (burst mode, tests); return how many rows were settled."""
+    return drain_outbox(factory, config, max_batches=1, hooks=hooks)
+
+
+def drain_outbox(factory: sessionmaker[Session], config: Config, max_batches: int = 1000,
+                 hooks: Hooks = TICKET_HOOKS) -> int:
+    """Deliver everything due now (burst mode: CLI, tests); return how many rows were settled."""
+    async def drain() -> int:
+        outbox = Outbox(factory, config, hooks)
+        total = 0
+        try:
+            for _ in range(max_batches):
+                settled = await outbox.run_once()
+                total += settled
+                if not settled:
+                    break
+        finally:
+            await outbox.close()
+        return total
+
+    take_over(factory, config, hooks)
+    return asyncio.run(drain())
 
 
 class OutboxSender:
-    """The supervisor component: delivers whenever the respond stage wakes it, or polls."""
+    """The supervisor component: delivers whenever the pipeline wakes it, or polls."""
 
     name = "outbox"
 
     def __init__(self, ctx: AppContext, poll_interval: float = 1.0) -> None:
         self.ctx = ctx
         self.poll_interval = poll_interval
-        self.sender = SmtpSender(ctx.config) if ctx.config.outbound.relay_host else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        wake = self.ctx.wakeup("outbox")
-        while not stop.is_set():
-            wake.clear()
-            handled = await asyncio.to_thread(run_once, self.ctx.sessions, self.ctx.config, self.sender)
-            if handled:
-                continue
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+        await asyncio.to_thread(take_over, self.ctx.sessions, self.ctx.config)
+        outbox = Outbox(self.ctx.sessions, self.ctx.config)
+        try:
+            await run_loop(self.name, outbox.run_once, stop, wake=self.ctx.wakeup("outbox"), idle=self.poll_interval)
+        finally:
+            await outbox.close()
 
 
-def make_components(ctx: AppContext) -> list[Any]:
+def make_components(ctx: AppContext) -> list[OutboxSender]:
     """Return this area's long-running components for the supervisor."""
     return [OutboxSender(ctx, poll_interval=min(1.0, ctx.config.pipeline.poll_interval))]

@@ -38,9 +38,11 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from daemon.runner import backoff
 from daemon.tls import tls_context
 
 log = logging.getLogger("acedesk.smtp")
@@ -371,6 +373,7 @@ class SmtpPool:
         self._idle: list[SmtpConnection] = []
         self._slots = asyncio.Semaphore(self.size)
         self._reconnect_delay = 0.0
+        self._failed_connects = 0
         self._not_before = 0.0
         self._closed = False
         #: Outcomes by status, and ``connections``: sessions opened (reuse keeps it at the pool size).
@@ -393,15 +396,23 @@ class SmtpPool:
         try:
             await conn.open()
         except (SmtpError, OSError, ConnectionError, TimeoutError, ssl.SSLError):
-            self._reconnect_delay = min(RECONNECT_MAX, max(0.5, self._reconnect_delay * 2))
+            self._failed_connects += 1
+            self._reconnect_delay = backoff(self._failed_connects, 0.5, RECONNECT_MAX)
             self._not_before = time.monotonic() + self._reconnect_delay
             raise
         self._reconnect_delay = 0.0
+        self._failed_connects = 0
         self.stats["connections"] += 1
         return conn
 
-    async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> SendResult:
-        """Send one message; never raises for SMTP or network trouble (it is a ``temporary`` result)."""
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes,
+                   accepted: Callable[[], None] | None = None) -> SendResult:
+        """Send one message; never raises for SMTP or network trouble (it is a ``temporary`` result).
+
+        ``accepted`` is called right after the relay's 250, before the
+        connection takes another message: a caller recording acceptances
+        there leaves at most one unrecorded accepted message per connection.
+        """
         if self.limiter is not None:
             await self.limiter.acquire()
         async with self._slots:
@@ -434,6 +445,8 @@ class SmtpPool:
                     conn.broken = True
                     await asyncio.shield(conn.close())
                 raise
+            if result.status == SENT and accepted is not None:
+                accepted()
             if conn is not None:
                 if conn.broken or self._closed or (self.max_per_connection and conn.sent >= self.max_per_connection):
                     await conn.close()

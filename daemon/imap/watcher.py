@@ -47,7 +47,6 @@ import contextlib
 import socket
 import functools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +66,7 @@ from daemon.imap.protocol import (ImapError, TlsRefused, chunks, close_quietly, 
                                   fetch_raw, has_new_mail, idle_responses, move_messages, select_uidvalidity, uid_set,
                                   span, uids_after, uids_upto)
 from daemon.intake.store import NewMessage
+from daemon.runner import backoff, jittered, wait_any
 
 log = logging.getLogger("acedesk.imap")
 
@@ -180,7 +180,7 @@ class ImapWatcher:
                     told = True
             except SQLAlchemyError as exc:
                 log.warning("%s: cannot take the mailbox lease: %s", self.name, describe(exc))
-            await _wait(stop, retry)
+            await wait_any(stop, None, retry)
         return False
 
     async def _watch(self, stop: asyncio.Event) -> None:
@@ -272,7 +272,7 @@ class ImapWatcher:
 
     def _serve(self) -> None:
         """Keep a session open until halted, reconnecting with capped exponential backoff."""
-        delay = self.backoff_min
+        failures = 0
         while not self._halt.is_set():
             self._synced = False
             try:
@@ -283,25 +283,20 @@ class ImapWatcher:
                 return
             except (LoginError, TlsRefused, ConfigError) as exc:
                 # Retrying soon cannot fix credentials or TLS set-up: wait long.
-                wait = self._jitter(self.backoff_max)
+                wait = jittered(self.backoff_max)
                 log.error("%s: %s failed: %s; retrying in %.0f s", self.name, self._step, describe(exc), wait)
             except (OSError, IMAPClientError, ImapError, SQLAlchemyError) as exc:
-                if self._synced:
-                    delay = self.backoff_min
-                wait = self._jitter(delay)
+                failures = 1 if self._synced else failures + 1
+                # Spread reconnects so that many watchers do not hit a restarted server at once.
+                wait = jittered(backoff(failures, self.backoff_min, self.backoff_max))
                 if not self._halt.is_set():
                     log.warning("%s: %s failed: %s; reconnecting in %.1f s", self.name, self._step,
                                 describe(exc), wait)
-                delay = min(self.backoff_max, delay * 2)
             except Exception:  # noqa: BLE001 - a bug must not take the daemon down
-                wait = self._jitter(self.backoff_max)
+                wait = jittered(self.backoff_max)
                 log.exception("%s: unexpected error while %s; retrying in %.0f s", self.name, self._step, wait)
             self.status = "backing off"
             self._halt.wait(wait)
-
-    def _jitter(self, delay: float) -> float:
-        # Spread reconnects so that many watchers do not hit a restarted server at once.
-        return delay * random.uniform(0.75, 1.0)
 
     def _session(self) -> None:
         with self._open() as client:
@@ -623,11 +618,6 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def make_components(ctx: AppContext) -> list[ImapWatcher]:

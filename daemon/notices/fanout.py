@@ -9,10 +9,10 @@ transaction.  ``publish`` then
 1. takes the notice's lease (another instance holding it: return at once);
 2. sweeps the due deliveries in id order, ``chunk_size`` rows at a time (memory
    stays flat in the number of subscribers), personalises each message by
-   splicing bytes (:class:`csms.message.MessageTemplate`) and sends it over a
-   pool of reused, pipelined SMTP connections under the rate limit
-   (:mod:`daemon.delivery.smtp_pool`), or writes it to the spool folder when no relay
-   is configured;
+   splicing bytes (:class:`csms.message.MessageTemplate`) and sends it through
+   the one way out (:mod:`daemon.delivery.sender`: reused, pipelined SMTP
+   connections under ``[csms]`` connections and rates, or the spool folder
+   ``csms/<number>/<subscriber>.eml`` when no relay is configured);
 3. commits the results every ``mark_interval`` seconds in one short
    transaction that also renews the lease;
 4. when a sweep finds nothing more due, sleeps until the next retry of a
@@ -43,12 +43,10 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,11 +55,11 @@ from csms.message import MessageTemplate, Sender, TemplateSet
 from csms.render import NoticeView
 from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
-from daemon.config import Config, read_secret
+from daemon.config import Config
 from daemon.notices import keys
 from daemon.context import AppContext
-from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
-from daemon.tls import tls_context
+from daemon.delivery.sender import Sender as MailSender, make_sender, retry_delay
+from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, SendResult
 from models.base import utcnow
 from models.csms import DONE, PENDING, PUBLISHING, Notice
 from models.session import transaction
@@ -109,68 +107,7 @@ def retry_at(config: Config, delivery: DueDelivery, now: dt.datetime) -> dt.date
     first = delivery.first_attempt_at or now
     if now - first >= dt.timedelta(hours=cfg.give_up_hours):
         return None
-    delay = min(cfg.retry_max, cfg.retry_min * 2 ** min(delivery.attempts, 30))
-    return now + dt.timedelta(seconds=delay)
-
-
-# --- transports ------------------------------------------------------------------
-
-
-class Transport(Protocol):
-    async def deliver(self, delivery: DueDelivery, mail_from: str, data: bytes) -> SendResult: ...
-
-    async def close(self) -> None: ...
-
-
-class RelayTransport:
-    """Delivery through the ``[outbound]`` relay, ``[csms]`` connections and rates."""
-
-    def __init__(self, config: Config) -> None:
-        out, cfg = config.outbound, config.csms
-        password = read_secret("outbound", out.password_env, out.password_file, config) if out.username else ""
-        self.pool = SmtpPool(
-            out.relay_host, out.relay_port, connections=cfg.connections, tls=out.tls,
-            ssl_context=tls_context(out.verify_certificates) if out.tls != "none" else None,
-            username=out.username, password=password, timeout=out.timeout, helo=config.desk.domain,
-            limiter=RateLimiter(cfg.rate_per_second, cfg.hourly_cap))
-
-    async def deliver(self, delivery: DueDelivery, mail_from: str, data: bytes) -> SendResult:
-        return await self.pool.send(mail_from, [delivery.email], data)
-
-    async def close(self) -> None:
-        await self.pool.close()
-
-
-class SpoolTransport:
-    """No relay configured: each message becomes ``<spool_dir>/csms/<number>/<subscriber id>.eml``.
-
-    Written to a temporary name, fsynced and renamed, so a reader never sees
-    half a file and a rewrite after a crash replaces the same file.
-    """
-
-    def __init__(self, config: Config, number: int) -> None:
-        self.folder = config.path(config.outbound.spool_dir) / "csms" / str(number)
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _write(self, delivery: DueDelivery, mail_from: str, data: bytes) -> None:
-        final = self.folder / f"{delivery.subscriber_id}.eml"
-        tmp = final.with_suffix(f".{os.getpid()}.tmp")
-        envelope = f"X-Acedesk-Envelope-From: {mail_from}\r\nX-Acedesk-Envelope-To: {delivery.email}\r\n"
-        with open(tmp, "wb") as fh:
-            fh.write(envelope.encode() + data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-
-    async def deliver(self, delivery: DueDelivery, mail_from: str, data: bytes) -> SendResult:
-        try:
-            await asyncio.to_thread(self._write, delivery, mail_from, data)
-        except OSError as exc:
-            return SendResult(TEMPORARY, 0, f"spool {self.folder}: {exc}")
-        return SendResult(SENT, 250, "spooled")
-
-    async def close(self) -> None:
-        return None
+    return now + dt.timedelta(seconds=retry_delay(delivery.attempts + 1, cfg.retry_min, cfg.retry_max))
 
 
 # --- the fan-out -------------------------------------------------------------------
@@ -369,7 +306,7 @@ class _Fanout:
 
     # -- sending --
 
-    async def worker(self, queue: asyncio.Queue[DueDelivery | None], transport: Transport,
+    async def worker(self, queue: asyncio.Queue[DueDelivery | None], sender: MailSender,
                      template: TemplateSet) -> None:
         while (delivery := await queue.get()) is not None:
             if not await self.lease_ok():
@@ -387,17 +324,18 @@ class _Fanout:
                 self.results.append(Outcome(delivery.id, delivery.subscriber_id, "permanent", f"554 {exc}"))
                 continue
             try:
-                result = await transport.deliver(delivery, mail_from, data)
+                result = await sender.send(mail_from, [delivery.email], data,
+                                           f"csms/{self.number}/{delivery.subscriber_id}.eml")
             except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
                 log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
                 result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
             self.results.append(dataclasses.replace(self.outcome(delivery, result),
                                                     language=template.language_for(delivery.language)))
 
-    async def sweep(self, transport: Transport, template: TemplateSet) -> None:
+    async def sweep(self, sender: MailSender, template: TemplateSet) -> None:
         """Send every delivery due now, in id order, and commit every result."""
         queue: asyncio.Queue[DueDelivery | None] = asyncio.Queue(maxsize=2 * self.cfg.chunk_size)
-        workers = [asyncio.create_task(self.worker(queue, transport, template))
+        workers = [asyncio.create_task(self.worker(queue, sender, template))
                    for _ in range(max(1, self.cfg.connections))]
         try:
             after = 0
@@ -448,8 +386,8 @@ class _Fanout:
         self.last_renewal = asked
         try:
             template = await asyncio.to_thread(self._template, start.view)
-            transport: Transport = (RelayTransport(self.config) if self.config.outbound.relay_host
-                                    else SpoolTransport(self.config, self.number))
+            sender = make_sender(self.config, connections=self.cfg.connections,
+                                 rate_per_second=self.cfg.rate_per_second, hourly_cap=self.cfg.hourly_cap)
         except BaseException:
             await asyncio.to_thread(self._finish)
             raise
@@ -457,7 +395,7 @@ class _Fanout:
         started = time.monotonic()
         try:
             while not self.halted:
-                await self.sweep(transport, template)
+                await self.sweep(sender, template)
                 if self.halted:
                     break
                 due, self.done = await asyncio.to_thread(self._next_retry)
@@ -468,7 +406,7 @@ class _Fanout:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await asyncio.shield(self.commit())
-            await transport.close()
+            await sender.close()
             counts = await asyncio.to_thread(self._finish)
         self.sent, self.failed = counts.get("sent", 0), counts.get("failed", 0)
         elapsed = time.monotonic() - started

@@ -34,9 +34,10 @@ from csms import archive, service
 from csms.render import to_et
 from daemon.notices import fanout
 from daemon.config import Config
-from daemon.context import AppContext, wait_any
+from daemon.context import AppContext
 from daemon.notices.keys import KeyRing
 from daemon.notices.unsubscribe import UnsubscribeServer
+from daemon.runner import run_loop
 
 # The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
 from daemon.notices.fanout import load_signer
@@ -152,13 +153,13 @@ class Scheduler:
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        wake = self.ctx.wakeup("csms")
-        interval = self.ctx.config.csms.scheduler_interval
+        async def once() -> int:
+            await self.sweep(stop)
+            return 0   # a sweep per interval (or wake-up), whatever it found
+
         try:
-            while not stop.is_set():
-                wake.clear()
-                await self.sweep(stop)
-                await wait_any(stop, wake, interval)
+            await run_loop(self.name, once, stop, wake=self.ctx.wakeup("csms"),
+                           idle=self.ctx.config.csms.scheduler_interval)
         finally:
             # Drain: the tasks saw ``stop`` too; they record what was sent and return.
             if self.tasks:

@@ -1,0 +1,105 @@
+"""The one way out: every message the daemon sends -- replies, CSMS control
+mail and notices -- leaves through a :class:`RelaySender` (the pipelining SMTP
+pool of :mod:`daemon.delivery.smtp_pool`, under one rate limiter) or, with no
+``[outbound] relay_host``, a :class:`SpoolSender` that writes it to the spool
+folder so nothing is lost.
+
+Both answer with a :class:`~daemon.delivery.smtp_pool.SendResult` classified
+the one way: ``sent``; ``temporary`` for 4xx replies, refused or dropped
+connections and timeouts (retried after :func:`retry_delay`, capped
+exponential, until ``give_up_hours``); ``permanent`` for 5xx.
+
+Spool files are the message as it would go out (its text parts are
+quoted-printable or 8bit, so they read as text), preceded by two
+``X-Acedesk-Envelope-*`` lines; each is written under a temporary name,
+fsynced and renamed, so a reader never sees half a file and a rewrite after
+a crash replaces the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from daemon.config import Config, read_secret
+from daemon.delivery.smtp_pool import SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
+from daemon.runner import backoff
+from daemon.tls import tls_context
+
+
+class Sender(Protocol):
+    """Where a message goes: ``spool_name`` names its file when the spool is the way out."""
+
+    async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
+                   accepted: Callable[[], None] | None = None) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+def retry_delay(attempts: int, first: float, cap: float) -> float:
+    """Seconds before the next try of a message that failed temporarily ``attempts`` times."""
+    return backoff(attempts, first, cap)
+
+
+class RelaySender:
+    """The ``[outbound]`` relay over reused, pipelined connections, under a rate limiter."""
+
+    def __init__(self, config: Config, *, connections: int, rate_per_second: float, hourly_cap: int) -> None:
+        out = config.outbound
+        password = read_secret("outbound", out.password_env, out.password_file, config) if out.username else ""
+        self.limiter = RateLimiter(rate_per_second, hourly_cap)
+        self.pool = SmtpPool(
+            out.relay_host, out.relay_port, connections=connections, tls=out.tls,
+            ssl_context=tls_context(out.verify_certificates) if out.tls != "none" else None,
+            username=out.username, password=password, timeout=out.timeout, helo=config.desk.domain,
+            limiter=self.limiter)
+
+    async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
+                   accepted: Callable[[], None] | None = None) -> SendResult:
+        return await self.pool.send(mail_from, list(rcpts), raw, accepted)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def write_spool(path: Path, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+    """Write one message to ``path`` atomically (temporary name, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    envelope = f"X-Acedesk-Envelope-From: {mail_from}\r\nX-Acedesk-Envelope-To: {', '.join(rcpts)}\r\n"
+    with open(tmp, "wb") as fh:
+        fh.write(envelope.encode() + raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class SpoolSender:
+    """No relay: each message becomes ``<spool_dir>/<spool_name>``."""
+
+    def __init__(self, config: Config) -> None:
+        self.folder = config.path(config.outbound.spool_dir)
+
+    async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
+                   accepted: Callable[[], None] | None = None) -> SendResult:
+        path = self.folder / spool_name
+        try:
+            await asyncio.to_thread(write_spool, path, mail_from, rcpts, raw)
+        except OSError as exc:
+            return SendResult(TEMPORARY, 0, f"spool {path}: {exc}")
+        if accepted is not None:
+            accepted()
+        return SendResult(SENT, 250, "spooled")
+
+    async def close(self) -> None:
+        return None
+
+
+def make_sender(config: Config, *, connections: int, rate_per_second: float, hourly_cap: int) -> Sender:
+    """Return the way out for this configuration: the relay, or the spool when there is none."""
+    if not config.outbound.relay_host:
+        return SpoolSender(config)
+    return RelaySender(config, connections=connections, rate_per_second=rate_per_second, hourly_cap=hourly_cap)
