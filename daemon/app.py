@@ -14,6 +14,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+
+from daemon import duties
 from daemon.context import AppContext
 from daemon.delivery import outbox
 from daemon.imap import watcher as imap
@@ -56,6 +58,7 @@ def build_components(ctx: AppContext) -> list[Component]:
     components: list[Component] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
+    components += duties.make_components(ctx)
     components += imap.make_components(ctx)
     components += ingress.make_components(ctx)
     return components

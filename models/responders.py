@@ -21,6 +21,12 @@ TICKET_OPEN = "open"
 TICKET_ANSWERED = "answered"   # an automatic answer went out; reopened by a follow-up
 TICKET_CLOSED = "closed"
 
+# Account status of a user on file.
+USER_ACTIVE = "active"
+USER_INACTIVE = "inactive"
+USER_SUSPENDED = "suspended"   # by security
+USER_STATUSES = (USER_ACTIVE, USER_INACTIVE, USER_SUSPENDED)
+
 # Triage item states.
 TRIAGE_OPEN = "open"
 TRIAGE_DONE = "done"
@@ -44,6 +50,11 @@ class User(Base):
     account_owner_email: Mapped[str] = mapped_column(String(320), default="")
     language: Mapped[str] = mapped_column(String(8), default="en")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: ``active``, ``inactive`` or ``suspended`` (by security); who set it, when and why.
+    status: Mapped[str] = mapped_column(String(16), default=USER_ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_by: Mapped[str | None] = mapped_column(String(200))
+    status_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Ticket(Base):
@@ -73,6 +84,9 @@ class Ticket(Base):
     #: The last permanent delivery failure of a reply on this ticket.
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: When it was escalated for nearing its target (once), and who was told.
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    escalated_to: Mapped[str | None] = mapped_column(String(320))
 
 
 class TicketMessage(Base):

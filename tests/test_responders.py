@@ -351,7 +351,8 @@ def test_every_label_has_templates_in_both_languages_faithful_to_the_seeds():
     assert "System Control Officer (SCO)" in en[("en", "pga_access")]
     assert "vendor" in en[("en", "third_party_software")] and "proveedor" in en[("es", "third_party_software")]
     assert "Availability Dashboard" in en[("en", "system_status")] and "Outages Guidelines" in en[("es", "system_status")]
-    assert "ace-portal-and-ach-refunds-faqs" in en[("en", "ach_refund")]
+    # The links themselves are knowledge articles now (responders.articles; test_duties).
+    assert "ACH Refunds FAQs" in en[("en", "ach_refund")]
     assert "4811" in en[("en", "notify_party")] and "4811" in en[("es", "notify_party")]
     assert "Saturday 10 PM to Sunday 5 AM ET" in en[("en", "other")]
     assert "sábado a las 10 p. m. al domingo a las 5 a. m." in en[("es", "other")]

@@ -62,6 +62,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g.add_argument("--template", help="a reply template name (e.g. password_reset)")
     g.add_argument("--text", help="your own words")
     g.add_argument("--text-file", help="a file with your own words ('-' = stdin)")
+    p.add_argument("--article", action="append", default=[], metavar="KEY",
+                   help="also link this knowledge article (acedesk articles list); repeatable")
     p.add_argument("--by", default="analyst")
     p.set_defaults(handler=cmd_queue_reply)
     p = qsub.add_parser("close", help="resolve the item and close its ticket")
@@ -188,14 +190,22 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def _send(session: Any, lazy: Any, ticket: Any, template: str, context: dict[str, Any], to: str,
-          human: bool) -> Any:
+          human: bool, articles: list[str] | None = None) -> Any:
     from daemon.stages.respond import make_responder
     from models.base import utcnow
+    from responders.articles import load_library
     from responders.render import RenderError, build_reply
-    from responders.service import enqueue
+    from responders.service import duty_context, enqueue
     from responders.tickets import reply_subject
 
     responder = make_responder(lazy.config)
+    library = load_library(session)
+    unknown = [k for k in articles or [] if library.get(k, ticket.language) is None]
+    if unknown:
+        raise CommandError(f"no article {', '.join(unknown)} in force (see 'acedesk articles list')")
+    # The articles of the ticket's label, the analyst's own picks, and the desk's hours.
+    context = {**duty_context(responder, library, template, ticket.label or "other", ticket.language, utcnow(),
+                              articles or []), **context}
     try:
         reply = build_reply(
             responder.renderer, template=template, language=ticket.language, to=to,
@@ -299,9 +309,11 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
             if args.template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
                 raise CommandError(f"the {args.template} answer goes only to verified users; ticket "
                                 f"{ticket.number} is {ticket.verification}")
-            out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False)
+            out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False,
+                        articles=args.article)
         else:
-            out = _send(session, lazy, ticket, "analyst_reply", {"text": text or ""}, ticket.requester, human=True)
+            out = _send(session, lazy, ticket, "analyst_reply", {"text": text or ""}, ticket.requester, human=True,
+                        articles=args.article)
         _resolve(session, item, "replied", args.by, {"template": args.template, "outbox": out.id})
     print(f"reply queued to {ticket.requester} on ticket {ticket.number}")
     return 0
