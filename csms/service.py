@@ -250,6 +250,12 @@ def _audience_filter(session: Session, notice: Notice):  # type: ignore[no-untyp
     return conditions
 
 
+def audience_count(session: Session, notice: Notice) -> int:
+    """How many subscribers publishing ``notice`` now would write a delivery for."""
+    return int(session.scalar(select(func.count()).select_from(Subscriber)
+                              .where(*_audience_filter(session, notice))) or 0)
+
+
 def next_number(session: Session, start: int) -> int:
     """The number the next publication would take (a preview: another publisher may take it first)."""
     value = session.scalar(select(CsmsCounter.value).where(CsmsCounter.name == NUMBER_COUNTER))

@@ -31,6 +31,7 @@ from csms.settings import CsmsConfig
 from responders.escalation import EscalationConfig
 from responders.hours import HoursConfig
 from responders.incidents import IncidentConfig
+from daemon.web.settings import WebConfig
 from responders.settings import ResponderConfig
 
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -220,6 +221,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     responders: ResponderConfig = field(default_factory=ResponderConfig)
     csms: CsmsConfig = field(default_factory=CsmsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     #: The desk's duties: opening hours, outage incidents (War Room), escalation.
     hours: HoursConfig = field(default_factory=HoursConfig)
     incidents: IncidentConfig = field(default_factory=IncidentConfig)

@@ -61,7 +61,9 @@ class Ticket(Base):
     """One request from one requester, numbered ``ACE-YYYY-NNNNNN``."""
 
     __tablename__ = "tickets"
-    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),)
+    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),
+                      # The console's queue walks tickets in due order (migration 0013).
+                      Index("ix_tickets_due_at", "due_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str | None] = mapped_column(String(32), unique=True)
@@ -127,6 +129,8 @@ class TriageItem(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolution: Mapped[str | None] = mapped_column(String(32))
+    #: The analyst working it ("assign to me" in the console); None = nobody yet.
+    assigned_to: Mapped[str | None] = mapped_column(String(200))
 
 
 class ResponseRecord(Base):
