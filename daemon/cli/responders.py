@@ -254,6 +254,9 @@ def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
             user = session.scalars(select(User).where(User.user_id == ticket.user_id)).first()
             if user is None:
                 raise CommandError(f"user {ticket.user_id} is no longer on file")
+            if user.status != "active":
+                raise CommandError(f"user {user.user_id} is {user.status}: no account help until "
+                                   f"'acedesk users restore {user.user_id} --reason ...'")
             to = user.email
         out = _send(session, lazy, ticket, label, {}, to, human=False)
         ticket.status = TICKET_ANSWERED
@@ -309,6 +312,14 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
             if args.template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
                 raise CommandError(f"the {args.template} answer goes only to verified users; ticket "
                                 f"{ticket.number} is {ticket.verification}")
+            if args.template in ACCOUNT_LABELS:
+                from responders.accounts import held_status, load_held
+
+                status = held_status(load_held(session, [ticket.requester], [ticket.user_id or ""]),
+                                     ticket.requester, ticket.user_id)
+                if status:
+                    raise CommandError(f"the account of ticket {ticket.number} is {status}: no account help "
+                                       "until it is restored (acedesk users restore)")
             out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False,
                         articles=args.article)
         else:
