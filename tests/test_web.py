@@ -240,3 +240,57 @@ def test_watchdog_pings_only_while_the_pipeline_makes_progress_or_has_nothing_to
     assert supervisor.healthy(worker.alive_at + PIPELINE_STALL - 1)
     assert not supervisor.healthy(worker.alive_at + PIPELINE_STALL + 1)
     ctx.dispose()
+
+
+def _item(ctx, label: str, verification: str = "unknown") -> int:
+    import datetime as dt
+
+    from models.base import utcnow
+    from models.responders import Ticket, TriageItem
+
+    now = utcnow()
+    with transaction(ctx.sessions) as session:
+        ticket = Ticket(number=f"ACE-2026-{abs(hash(label)) % 10**6:06d}", status="open", label=label, language="en",
+                        requester="jo@broker.example", user_id="JO1" if verification == "verified" else None,
+                        verification=verification, subject="Refund question", created_at=now,
+                        due_at=now + dt.timedelta(hours=4))
+        session.add(ticket)
+        session.flush()
+        item = TriageItem(ticket_id=ticket.id, reason="policy", status="open", label=label, confidence=0.5,
+                          created_at=now)
+        session.add(item)
+        session.flush()
+        return item.id
+
+
+def test_approve_note_close_reopen_are_the_domains_and_audited_under_the_analysts_name(site):
+    from sqlalchemy import select
+
+    from models.core import AuditEntry
+    from models.outbox import OutboxMessage
+
+    cfg, port, ctx = site
+    refund = _item(ctx, "ach_refund")
+    locked = _item(ctx, "account_locked")
+    pat = Client(port)
+    assert pat.login("pat") == 303
+    status, _, page = pat.request("GET", f"/items/{refund}")
+    assert status == 200 and "Approve: the ach_refund answer to jo@broker.example" in page
+    status, _, page = pat.request("GET", f"/items/{locked}")
+    assert "Approve is not possible: account_locked answers go only to verified users" in page
+    csrf = pat.csrf(f"/items/{refund}")
+    assert pat.request("POST", f"/items/{refund}/note", {"csrf": csrf, "text": "called the bank"})[0] == 303
+    status, headers, _ = pat.request("POST", f"/items/{refund}/approve", {"csrf": csrf})
+    assert status == 303 and "Approved" in headers["location"]
+    status, headers, _ = pat.request("POST", f"/items/{refund}/approve", {"csrf": csrf})
+    assert "Not+done" in headers["location"] and "already+approved" in headers["location"]
+    assert pat.request("POST", f"/items/{locked}/close", {"csrf": csrf, "note": "not theirs"})[0] == 303
+    assert pat.request("POST", f"/items/{locked}/reopen", {"csrf": csrf})[0] == 303
+    status, _, page = pat.request("GET", f"/items/{refund}")
+    assert "called the bank" in page and "Reopen" in page
+    with ctx.sessions() as session:
+        outbox = list(session.scalars(select(OutboxMessage)))
+        audit = [(a.actor, a.action) for a in session.scalars(select(AuditEntry).where(AuditEntry.action.like("queue.%"))
+                                                              .order_by(AuditEntry.id))]
+    assert [o.rcpt_to for o in outbox] == [["jo@broker.example"]]
+    assert audit == [("pat", "queue.note"), ("pat", "queue.approved"), ("pat", "queue.closed"), ("pat", "queue.reopen")]
