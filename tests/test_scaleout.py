@@ -78,8 +78,10 @@ retry_min = 0.2
 retry_max = 1.0
 [csms]
 http_host = ""
+secret_env = "ACEDESK_TEST_SECRET"
 [responders]
 autoreply_max = 1000000
+secret_env = "ACEDESK_TEST_SECRET"
 [imap]
 mailboxes = []
 """)
@@ -89,8 +91,10 @@ mailboxes = []
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         # Its own process group: the SIGKILL below takes the instance and its worker at once.
+        # One signing secret for every instance (required on PostgreSQL: links are signed alike).
+        env = {**os.environ, "ACEDESK_TEST_SECRET": "scale-out-test-secret-0123456789"}
         return subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "--config", str(config), "run"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -112,8 +116,12 @@ def test_three_instances_share_the_work_and_a_killed_one_loses_nothing(pg_url, t
     daemons = [start(write_config(tmp_path, f"instance{i}", pg_url, smtp_capture.port), logs[i])
                for i in range(INSTANCES)]
     try:
-        wait_until(lambda: all("classify[w0]: classifier model" in log.read_text(errors="replace") for log in logs),
-                   90, "every instance's worker to load the model")
+        def started() -> bool:
+            for daemon, log in zip(daemons, logs):
+                assert daemon.poll() is None, log.read_text(errors="replace")[-2000:]
+            return all("classify[w0]: classifier model" in log.read_text(errors="replace") for log in logs)
+
+        wait_until(started, 90, "every instance's worker to load the model")
         with transaction(sessions) as s:
             insert_messages(s, [NewMessage("helpdesk@ace-support.example", "cli", message(n))
                                 for n in range(MESSAGES)])
