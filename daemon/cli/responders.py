@@ -379,15 +379,13 @@ def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
     from classifiers.classify import MessageText, classify
     from daemon.intake.parse import Unparseable, parse_message
     from daemon.stages.respond import desk_info
-    from responders.hours import DeskHours
     from responders.render import Renderer
     from responders.service import Responder, dry_run
 
     config = lazy.config
     cfg = config.responders
     responder = Responder(cfg=cfg, desk=desk_info(config), secret=_dry_secret(config),
-                          renderer=Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None),
-                          hours=DeskHours(config.hours), incidents=config.incidents, escalation=config.escalation)
+                          renderer=Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None))
     desk = (args.desk or config.desk.helpdesk_addresses[0]).lower()
     model, model_note = _load_model(lazy)
     session = None
