@@ -18,7 +18,15 @@ Bounces: the VERP token of the address the report was delivered to names the
 subscriber and the notice (signed: a forged report cannot disable anyone);
 the report's own fields are evidence only.  ``Action: failed`` with a 5.x.x
 status is a hard bounce and counts; delayed and 4.x.x reports are recorded
-as soft and never count.  ``bounce_threshold`` hard bounces within
+as soft and never count.  A bounce that is not an RFC 3464 DSN is read by
+flufl.bounce's detectors (many real MTAs' formats), with the same rule.
+
+Complaints: an ARF feedback report (RFC 5965) from a mailbox provider's
+feedback loop, to the bounce or the request address, names the complainer
+by the signed token in the reported copy's ``List-Unsubscribe`` (or its VERP
+return path): that subscriber is unsubscribed from the list, and the
+complaint is recorded with the bounces.  Control mail is DKIM-signed when
+``[csms] dkim_key_file`` is set.  ``bounce_threshold`` hard bounces within
 ``bounce_window_days`` disable the address, with a warning in the log.
 
 Every message ends ``done`` with an audit entry saying what was done and
@@ -37,10 +45,12 @@ from sqlalchemy.orm import Session
 
 from classifiers.language import detect_language
 from csms import bounces, commands, confirm, headers, service, subscribers
+from csms.dkim import DkimKey
 from csms.settings import CsmsConfig
-from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
+from csms.tokens import CONFIRM, TOKEN_RE, UNSUBSCRIBE, BadToken, Signer
 from daemon.config import Config, DeskConfig
 from daemon.context import AppContext
+from daemon.notices import keys
 from daemon.notices.fanout import load_signer
 from daemon.worker import Stage
 from models.base import utcnow
@@ -62,18 +72,20 @@ class CsmsDesk:
     cfg: CsmsConfig
     signer: Signer
     screen: ScreenContext
+    #: Signs control mail (None: unsigned).
+    dkim: DkimKey | None = None
 
     @property
     def request(self) -> str:
         return self.desk.csms_request_address
 
 
-def csms_desk(config: Config, signer: Signer) -> CsmsDesk:
+def csms_desk(config: Config, signer: Signer, dkim: DkimKey | None = None) -> CsmsDesk:
     desk = config.desk
     # The screening secret only recognises our signed help-desk Message-IDs, which
     # automatic_reasons does not need: own addresses and domain are what count here.
     screen = ScreenContext(own_addresses=frozenset(desk.all_own_addresses()), domain=desk.domain, secret=b"")
-    return CsmsDesk(desk=desk, cfg=config.csms, signer=signer, screen=screen)
+    return CsmsDesk(desk=desk, cfg=config.csms, signer=signer, screen=screen, dkim=dkim)
 
 
 def _audit(session: Session, row: InboundMessage, action: str, now: dt.datetime, **detail: Any) -> None:
@@ -101,10 +113,14 @@ def handle_bounce(d: CsmsDesk, session: Session, row: InboundMessage, now: dt.da
         return
     subscriber_id, number = named
     reports = bounces.parse_dsn(row.raw)
+    source = "dsn"
     if not reports:
-        # A vacation reply or a non-standard report to the return path: evidence of nothing.
-        _finish(session, row, "bounce_not_dsn", now, subscriber=subscriber_id, notice=number)
-        return
+        other = bounces.parse_other(row.raw)
+        if other is None:
+            # A vacation reply or a report nobody recognises: evidence of nothing.
+            _finish(session, row, "bounce_not_recognised", now, subscriber=subscriber_id, notice=number)
+            return
+        reports, source = [other], "nondsn"
     if session.get(Subscriber, subscriber_id) is None:
         _finish(session, row, "bounce_unknown_subscriber", now, subscriber=subscriber_id, notice=number)
         return
@@ -113,14 +129,58 @@ def handle_bounce(d: CsmsDesk, session: Session, row: InboundMessage, now: dt.da
     disabled = subscribers.record_bounce(
         session, subscriber_id, kind=report.kind, notice_number=number or None, action=report.action,
         status_code=report.status, diagnostic=report.diagnostic, inbound_message_id=row.id,
-        threshold=d.cfg.bounce_threshold, window_days=d.cfg.bounce_window_days, now=now)
+        threshold=d.cfg.bounce_threshold, window_days=d.cfg.bounce_window_days, now=now, source=source)
     if disabled:
         email_address = session.get(Subscriber, subscriber_id).email  # type: ignore[union-attr]
         log.warning("CSMS subscriber %s (%s) disabled: %d hard bounces within %d days (last: %s %s)",
                     subscriber_id, email_address, d.cfg.bounce_threshold, d.cfg.bounce_window_days,
                     report.status, report.diagnostic[:200])
     _finish(session, row, "bounce_disabled" if disabled else f"bounce_{report.kind}", now,
-            subscriber=subscriber_id, notice=number, status=report.status, action_field=report.action)
+            subscriber=subscriber_id, notice=number, status=report.status, action_field=report.action,
+            format=source)
+
+
+# --- complaints (ARF, RFC 5965) ------------------------------------------------------------
+
+
+def complainer(d: CsmsDesk, complaint: bounces.Complaint, delivered_to: str, now: dt.datetime) -> int | None:
+    """The subscriber a complaint is about, from signed identifiers only (a forged report
+    must not unsubscribe anyone): the reported copy's unsubscribe token, else its VERP return
+    path, else the VERP address the report came to."""
+    for token in TOKEN_RE.findall(complaint.list_unsubscribe):
+        try:
+            return d.signer.check(UNSUBSCRIBE, token, now=now.timestamp())
+        except BadToken:
+            continue
+    for address in (complaint.return_path, delivered_to):
+        named = d.signer.parse_verp(address) if address else None
+        if named is not None:
+            return named[0]
+    return None
+
+
+def handle_complaint(d: CsmsDesk, session: Session, row: InboundMessage, now: dt.datetime) -> bool:
+    """Unsubscribe the subscriber an ARF report complains about; False when ``row`` is not one."""
+    complaint = bounces.parse_arf(row.raw)
+    if complaint is None:
+        return False
+    subscriber_id = complainer(d, complaint, row.desk, now)
+    subscriber = session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
+    if subscriber is None:
+        _finish(session, row, "complaint_unattributed", now, feedback_type=complaint.feedback_type,
+                user_agent=complaint.user_agent[:200])
+        return True
+    subscribers.record_complaint(session, subscriber.id, feedback_type=complaint.feedback_type,
+                                 user_agent=complaint.user_agent, inbound_message_id=row.id, now=now)
+    was_active = subscriber.status == ACTIVE
+    if was_active:
+        subscribers.unsubscribe(session, subscriber)
+    log.warning("CSMS subscriber %s (%s) complained (%s report from %s): %s", subscriber.id, subscriber.email,
+                complaint.feedback_type or "feedback", complaint.user_agent[:100] or "a feedback loop",
+                "unsubscribed" if was_active else "was not subscribed")
+    _finish(session, row, "complaint_unsubscribed" if was_active else "complaint_recorded", now,
+            subscriber=subscriber.id, feedback_type=complaint.feedback_type)
+    return True
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -130,8 +190,9 @@ def _send(d: CsmsDesk, session: Session, row: InboundMessage, rcpt: str, kind: s
           now: dt.datetime) -> None:
     # The envelope sender is the bare bounce address: a confirmation that bounces comes
     # back to the csms stage, is recognised as unattributed, and is answered by nobody.
+    raw = d.dkim.sign(built.raw) if d.dkim is not None else built.raw
     subscribers.queue_control_mail(session, rcpt=rcpt, mail_from=d.desk.bounce_address, kind=kind,
-                                   raw=built.raw, message_id=built.message_id, inbound_message_id=row.id,
+                                   raw=raw, message_id=built.message_id, inbound_message_id=row.id,
                                    now=now)
 
 
@@ -283,6 +344,8 @@ def csms_rows(d: CsmsDesk, session: Session, rows: list[InboundMessage]) -> None
     # database that no 'acedesk csms' command has touched yet.
     service.ensure_topics(session, d.cfg.default_topics)
     for row in rows:
+        if bounces.is_arf(row.raw) and handle_complaint(d, session, row, now):
+            continue
         if d.desk.is_bounce_address(row.desk):
             handle_bounce(d, session, row, now)
         else:
@@ -290,7 +353,7 @@ def csms_rows(d: CsmsDesk, session: Session, rows: list[InboundMessage]) -> None
 
 
 def make_stage(ctx: AppContext) -> Stage:
-    d = csms_desk(ctx.config, load_signer(ctx.config))
+    d = csms_desk(ctx.config, load_signer(ctx.config), keys.dkim_key(ctx.config))
     wake_outbox = ctx.waker("outbox")
 
     def process(session: Session, rows: list[InboundMessage]) -> None:
