@@ -113,6 +113,9 @@ class TriageItem(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolution: Mapped[str | None] = mapped_column(String(32))
+    #: The analyst working it (``queue claim`` / ``queue assign``), since when.
+    assigned_to: Mapped[str | None] = mapped_column(String(200))
+    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ResponseRecord(Base):
