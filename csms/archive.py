@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from csms import markdown
 from csms.render import NoticeView, format_date
@@ -28,7 +30,7 @@ def notice_page(notice: NoticeView) -> str:
     assert notice.number is not None and notice.published_at is not None
     return _ENV.get_template("archive_notice.html.j2").render(
         n=notice, date=format_date(notice.published_at, notice.language),
-        body_html=jinja2.utils.markupsafe.Markup(markdown.to_html(notice.body)))
+        body_html=Markup(markdown.to_html(notice.body)))
 
 
 def build_archive(notices: list[NoticeView], base_url: str,
@@ -39,11 +41,11 @@ def build_archive(notices: list[NoticeView], base_url: str,
     files = {notice_path(n.number): notice_page(n) for n in published}  # type: ignore[arg-type]
     entries = [{"number": n.number, "title": n.title, "type": n.type, "tags": n.tags,
                 "language": n.language, "date": format_date(n.published_at),  # type: ignore[arg-type]
-                "published": n.published_at.isoformat(),  # type: ignore[union-attr]
+                "published": n.published_at.isoformat() if n.published_at else "",
                 "path": notice_path(n.number)} for n in published]  # type: ignore[arg-type]
     files["index.json"] = json.dumps(entries, ensure_ascii=False, indent=1)
     files["index.html"] = _ENV.get_template("archive_index.html.j2").render(entries=entries)
-    updated = published[0].published_at if published else (now or dt.datetime.now(dt.timezone.utc))
+    updated = (published[0].published_at if published else None) or now or dt.datetime.now(dt.timezone.utc)
     files["atom.xml"] = _ENV.get_template("atom.xml.j2").render(
         entries=published[:FEED_SIZE], base=base_url.rstrip("/"), updated=updated.isoformat(),
         paths={n.number: notice_path(n.number) for n in published[:FEED_SIZE]},  # type: ignore[arg-type]
@@ -51,7 +53,7 @@ def build_archive(notices: list[NoticeView], base_url: str,
     return files
 
 
-def search(entries: list[dict], query: str) -> list[dict]:
+def search(entries: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
     """The index's search: a number (or part of one) or words of the title."""
     q = query.strip().lower().lstrip("#")
     words = q.split()

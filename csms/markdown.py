@@ -9,9 +9,9 @@ mail; links are kept, with ``rel=noopener noreferrer``.
 
 from __future__ import annotations
 
+import nh3
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-import nh3
 
 _MD = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
 

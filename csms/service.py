@@ -10,20 +10,47 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from csms.render import NoticeView
 from models.csms import (
-    ACTIVE, CANCELLED, DONE, DRAFT, FAILED, PENDING, PUBLISHING, SCHEDULED, SENT, BounceEvent, CsmsCounter, Delivery, Notice, Subscriber, Subscription,
+    ACTIVE,
+    CANCELLED,
+    DONE,
+    DRAFT,
+    FAILED,
+    PENDING,
+    PUBLISHING,
+    SCHEDULED,
+    SENT,
+    BounceEvent,
+    CsmsCounter,
+    Delivery,
+    Notice,
+    Subscriber,
+    Subscription,
     Topic,
 )
 
 log = logging.getLogger("acedesk.csms")
 
 NUMBER_COUNTER = "notice"
+#: The deliveries table for Core bulk updates (executemany with bound parameters).
+DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 
 
 class CsmsError(Exception):
@@ -115,7 +142,7 @@ def find_notice(session: Session, ref: str | int) -> Notice:
 def create_notice(session: Session, *, title: str, type: str, body: str, topics: Sequence[str],
                   tags: Sequence[str] = (), related: Sequence[int] = (), language: str = "en",
                   author: str = "", translation_of: Notice | None = None, parent: Notice | None = None,
-                  scheduled_at: dt.datetime | None = None, event: dict | None = None) -> Notice:
+                  scheduled_at: dt.datetime | None = None, event: dict[str, Any] | None = None) -> Notice:
     """Create a draft notice (scheduled when ``scheduled_at`` is given); topics must exist."""
     if not title.strip():
         raise CsmsError("a notice needs a title")
@@ -247,7 +274,7 @@ def take_lease(session: Session, notice_id: int, owner: str, now: dt.datetime, s
         update(Notice).where(Notice.id == notice_id, Notice.status == PUBLISHING)
         .where(or_(Notice.lease_owner.is_(None), Notice.lease_owner == owner, Notice.lease_until < now))
         .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds)))
-    return bool(result.rowcount)
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult
 
 
 def release_lease(session: Session, notice_id: int, owner: str) -> None:
@@ -278,7 +305,7 @@ class DueDelivery:
         return self.active and bool(self.topics)
 
 
-def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list:
+def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list[Any]:
     """The rows behind :func:`fetch_due`: one query, one row per (due delivery, matching topic)."""
     due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
            .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
@@ -297,7 +324,7 @@ def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: 
         .order_by(due.c.id)).all())
 
 
-def _due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
+def _due_deliveries(notice: Notice, rows: Sequence[Any]) -> list[DueDelivery]:
     """Turn :func:`_due_rows` into deliveries, the matched topics in the notice's order."""
     order = {name: i for i, name in enumerate(notice.topics)}
     out: list[DueDelivery] = []
@@ -354,18 +381,18 @@ def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datet
     temps = [o for o in outcomes if o.result == "temporary" and o.retry_at is not None]
     if temps:
         session.connection().execute(
-            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
-            .values(attempts=Delivery.__table__.c.attempts + 1, next_attempt_at=bindparam("b_next"),
+            update(DELIVERIES).where(DELIVERIES.c.id == bindparam("b_id"))
+            .values(attempts=DELIVERIES.c.attempts + 1, next_attempt_at=bindparam("b_next"),
                     last_error=bindparam("b_err"),
-                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
+                    first_attempt_at=func.coalesce(DELIVERIES.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_next": o.retry_at, "b_err": o.detail[:2000]} for o in temps])
     perms = [o for o in outcomes
              if o.result in ("permanent", "skipped") or (o.result == "temporary" and o.retry_at is None)]
     if perms:
         session.connection().execute(
-            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
-            .values(status=FAILED, attempts=Delivery.__table__.c.attempts + 1, last_error=bindparam("b_err"),
-                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
+            update(DELIVERIES).where(DELIVERIES.c.id == bindparam("b_id"))
+            .values(status=FAILED, attempts=DELIVERIES.c.attempts + 1, last_error=bindparam("b_err"),
+                    first_attempt_at=func.coalesce(DELIVERIES.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_err": o.detail[:2000]} for o in perms])
         for o in perms:
             if o.result == "permanent":

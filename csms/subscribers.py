@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -84,7 +85,7 @@ def import_subscribers(session: Session, rows: Sequence[tuple[str, list[str], st
     for sid, tid in session.execute(select(Subscription.subscriber_id, Subscription.topic_id)
                                     .where(Subscription.subscriber_id.in_(list(ids.values())))):
         current.setdefault(sid, set()).add(tid)
-    add: list[dict] = []
+    add: list[dict[str, Any]] = []
     remove: list[tuple[int, int]] = []
     for email_address, sid in ids.items():
         topics, lang = by_email[email_address]

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from typing import Any
 from daemon.context import AppContext
 from daemon.delivery import outbox
 from daemon.imap import watcher as imap
@@ -151,7 +152,8 @@ class Supervisor:
         timeout = self.ctx.config.daemon.shutdown_timeout
         everything = asyncio.ensure_future(asyncio.gather(*self.tasks, return_exceptions=True))
         force = asyncio.ensure_future(self.force.wait())
-        await asyncio.wait([everything, force], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [everything, force]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         force.cancel()
         pending = [t for t in self.tasks if not t.done()]
         if pending:

@@ -353,13 +353,16 @@ def build_section(cls: type, raw: Any, where: str) -> Any:
             kwargs[name] = _convert(hints[name], raw[name], key_path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing key '{key_path}'")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own checks (__post_init__)
+        raise ConfigError(f"{label}: {exc}") from None
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_section(tp, value, key)
     if origin is Literal:
         if value not in args:

@@ -26,7 +26,7 @@ class AppContext:
     #: Named wake-ups: ``pipeline`` (new inbound rows), ``outbox`` (new outgoing mail), ``csms``.
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     #: Called on SIGHUP (templates, classifier model); each must not raise.
-    reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    reload_hooks: list[Callable[[], object]] = field(default_factory=list)
 
     def wakeup(self, name: str) -> asyncio.Event:
         """Return the event that wakes component ``name`` (created on first use)."""

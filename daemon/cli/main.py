@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -326,7 +327,7 @@ def cmd_stats(args: argparse.Namespace, lazy: Lazy) -> int:
         from datetime import timezone
         oldest = oldest.replace(tzinfo=timezone.utc)
     backlog_age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-    data = {"messages": {s: counts.get(s, 0) for s in STATES},
+    data: dict[str, Any] = {"messages": {s: counts.get(s, 0) for s in STATES},
             "backlog": sum(counts.get(s, 0) for s in waiting),
             "oldest_waiting_seconds": round(backlog_age, 1),
             "quarantine_open": open_quarantine}

@@ -147,8 +147,9 @@ def form_fields(request: Request) -> dict[str, list[str]]:
             for part in msg.iter_parts():
                 name = part.get_param("name", header="content-disposition")
                 if isinstance(name, str):
-                    payload = part.get_payload(decode=True) or b""
-                    fields.setdefault(name, []).append(payload.decode("utf-8", "replace").strip())
+                    payload = part.get_payload(decode=True)
+                    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+                    fields.setdefault(name, []).append(text.strip())
         return fields
     try:
         return parse_qs(request.body.decode("ascii"), keep_blank_values=True)
