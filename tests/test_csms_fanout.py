@@ -220,7 +220,7 @@ def test_4xx_slows_the_publish_but_everyone_gets_it_and_5xx_fails_for_good(engin
         ids = subscribe(sessions, [(e, ["ACE"], "en") for e in emails])
         notice_id = start(sessions, ["ACE"])
 
-        result = asyncio.run(asyncio.wait_for(publish(context(config, engine), notice_id), 30))
+        result = asyncio.run(asyncio.wait_for(publish(context(config, engine), notice_id), 90))
     finally:
         server.stop()
 
