@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 class CsmsConfig:
     #: Public base URL of the unsubscribe / preferences endpoint (https in production).
     base_url: str = "http://127.0.0.1:8080"
-    #: Where the daemon serves one-click unsubscribe (RFC 8058); empty host = not served.
+    #: No longer used: the web server serves the unsubscribe pages on ``[web] listen``.
+    #: Kept so that older config files still load.
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     #: Secret for the signed tokens: an environment variable or a file naming it;

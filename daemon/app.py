@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
+
+from daemon import duties
 from daemon.context import AppContext
 from daemon.delivery import outbox
 from daemon.imap import watcher as imap
@@ -23,11 +26,16 @@ from daemon.intake import ingress
 from daemon.notices import scheduler
 from daemon.pipeline import build_stages
 from daemon.runner import Component, backoff, run_loop, wait_any
+from daemon.web import server as web
 from daemon.sdnotify import Notifier
 from daemon.worker import Stage, run_stage_once
 from models.migrate import current_revisions, head_revisions
 
 log = logging.getLogger("acedesk.app")
+
+#: Seconds without a finished pipeline round after which the systemd watchdog is no longer pinged
+#: (a round is one batch per stage; an idle round ends after ``[pipeline] poll_interval``).
+PIPELINE_STALL = 120.0
 
 
 class PipelineWorker:
@@ -38,6 +46,8 @@ class PipelineWorker:
     def __init__(self, ctx: AppContext, stages: Sequence[Stage]) -> None:
         self.ctx = ctx
         self.stages = list(stages)
+        #: When a round last finished (work done or none found): the watchdog's sign of life.
+        self.alive_at = time.monotonic()
 
     def run_once(self) -> int:
         """One batch per stage, in table order (so no stage starves the others); return rows handled."""
@@ -46,7 +56,9 @@ class PipelineWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         async def once() -> int:
-            return await asyncio.to_thread(self.run_once)
+            handled = await asyncio.to_thread(self.run_once)
+            self.alive_at = time.monotonic()
+            return handled
 
         await run_loop(self.name, once, stop, wake=self.ctx.wakeup("pipeline"),
                        idle=self.ctx.config.pipeline.poll_interval)
@@ -57,7 +69,9 @@ def build_components(ctx: AppContext) -> list[Component]:
     components: list[Component] = [PipelineWorker(ctx, build_stages(ctx))]
     components += outbox.make_components(ctx)
     components += scheduler.make_components(ctx)
+    components += duties.make_components(ctx)
     components += imap.make_components(ctx)
+    components += web.make_components(ctx)
     components += ingress.make_components(ctx)
     return components
 
@@ -116,12 +130,22 @@ class Supervisor:
             except Exception:
                 log.exception("reload hook %r failed; keeping the previous state", hook)
 
+    def healthy(self, now: float | None = None) -> bool:
+        """Whether the pipeline makes progress or has nothing to do: a round finished within
+        :data:`PIPELINE_STALL` seconds.  A stuck pipeline stops the watchdog pings, and systemd
+        restarts the daemon."""
+        now = time.monotonic() if now is None else now
+        return all(now - c.alive_at < PIPELINE_STALL for c in self.components if isinstance(c, PipelineWorker))
+
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
         if not interval:
             return
         while not self.stop.is_set():
-            self.notifier.watchdog()
+            if self.healthy():
+                self.notifier.watchdog()
+            else:
+                log.error("the pipeline has not finished a round for %.0f s: no watchdog ping", PIPELINE_STALL)
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)
             except TimeoutError:

@@ -28,6 +28,10 @@ from typing import Any, Literal
 
 from classifiers.settings import ClassifierConfig
 from csms.settings import CsmsConfig
+from responders.escalation import EscalationConfig
+from responders.hours import HoursConfig
+from responders.incidents import IncidentConfig
+from daemon.web.settings import WebConfig
 from responders.settings import ResponderConfig
 
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -217,6 +221,11 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     responders: ResponderConfig = field(default_factory=ResponderConfig)
     csms: CsmsConfig = field(default_factory=CsmsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    #: The desk's duties: opening hours, outage incidents (War Room), escalation.
+    hours: HoursConfig = field(default_factory=HoursConfig)
+    incidents: IncidentConfig = field(default_factory=IncidentConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
     #: Folder of the config file; relative paths are resolved against it.
     base_dir: str = "."
 
@@ -355,7 +364,7 @@ def build_section(cls: type, raw: Any, where: str) -> Any:
             raise ConfigError(f"missing key '{key_path}'")
     try:
         return cls(**kwargs)
-    except ValueError as exc:  # a section's own checks (__post_init__)
+    except ValueError as exc:  # a section's own check of its values (__post_init__)
         raise ConfigError(f"{label}: {exc}") from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from daemon.config import PipelineConfig
+from daemon.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from daemon.runner import backoff
 from models.base import utcnow
 from models.core import FAILED, InboundMessage
@@ -68,9 +70,12 @@ def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineCo
         rows = claim(session, stage, limit, utcnow())
         if not rows:
             return 0
+        started = time.perf_counter()
+        STAGE_MESSAGES.labels(stage.name).inc(len(rows))
         try:
             with session.begin_nested():
                 stage.process(session, rows)
+            STAGE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
             return len(rows)
         except Exception:
             log.warning("stage %s: batch of %d raised; retrying one by one", stage.name, len(rows),

@@ -3,7 +3,7 @@
 Importing this package registers every table on ``Base.metadata``.
 """
 
-from models import classification, core, csms, outbox, responders  # noqa: F401  (register tables)
+from models import analysts, classification, core, csms, duties, outbox, responders  # noqa: F401  (register tables)
 from models.base import Base
 
 __all__ = ["Base"]

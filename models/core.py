@@ -68,6 +68,8 @@ class InboundMessage(Base):
         # The same UID under the same UIDVALIDITY is one message.
         UniqueConstraint("mailbox_id", "uidvalidity", "uid"),
         Index("ix_inbound_state_next", "state", "next_attempt_at"),
+        # Outage surges are counted by label and arrival time (responders.incidents).
+        Index("ix_inbound_label_received", "label", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

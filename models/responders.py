@@ -21,6 +21,12 @@ TICKET_OPEN = "open"
 TICKET_ANSWERED = "answered"   # an automatic answer went out; reopened by a follow-up
 TICKET_CLOSED = "closed"
 
+# Account status of a user on file.
+USER_ACTIVE = "active"
+USER_INACTIVE = "inactive"
+USER_SUSPENDED = "suspended"   # by security
+USER_STATUSES = (USER_ACTIVE, USER_INACTIVE, USER_SUSPENDED)
+
 # Triage item states.
 TRIAGE_OPEN = "open"
 TRIAGE_DONE = "done"
@@ -44,13 +50,20 @@ class User(Base):
     account_owner_email: Mapped[str] = mapped_column(String(320), default="")
     language: Mapped[str] = mapped_column(String(8), default="en")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: ``active``, ``inactive`` or ``suspended`` (by security); who set it, when and why.
+    status: Mapped[str] = mapped_column(String(16), default=USER_ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_by: Mapped[str | None] = mapped_column(String(200))
+    status_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Ticket(Base):
     """One request from one requester, numbered ``ACE-YYYY-NNNNNN``."""
 
     __tablename__ = "tickets"
-    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),)
+    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),
+                      # The console's queue walks tickets in due order (migration 0013).
+                      Index("ix_tickets_due_at", "due_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str | None] = mapped_column(String(32), unique=True)
@@ -73,6 +86,9 @@ class Ticket(Base):
     #: The last permanent delivery failure of a reply on this ticket.
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: When it was escalated for nearing its target (once), and who was told.
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    escalated_to: Mapped[str | None] = mapped_column(String(320))
 
 
 class TicketMessage(Base):
@@ -113,9 +129,8 @@ class TriageItem(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolution: Mapped[str | None] = mapped_column(String(32))
-    #: The analyst working it (``queue claim`` / ``queue assign``), since when.
+    #: The analyst working it ("assign to me" in the console); None = nobody yet.
     assigned_to: Mapped[str | None] = mapped_column(String(200))
-    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ResponseRecord(Base):

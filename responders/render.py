@@ -149,10 +149,11 @@ class Renderer:
 def build_reply(renderer: Renderer, *, template: str, language: str, to: str, from_address: str,
                 from_name: str, subject: str, ticket: str, secret: bytes, in_reply_to: str | None,
                 references: list[str], context: dict[str, Any], date: str | None = None,
-                auto: bool = True) -> Reply:
+                auto: bool = True, auto_submitted: str = "auto-replied") -> Reply:
     """Render ``template`` and build the whole reply message (bytes with CRLF).
 
-    ``auto=False`` is an analyst's reply: a person wrote it, so no ``Auto-Submitted``.
+    ``auto=False`` is an analyst's reply: a person wrote it, so no ``Auto-Submitted``;
+    mail that answers nobody (an alert) is ``auto_submitted="auto-generated"``.
     """
     to = valid_address(to)
     from_address = valid_address(from_address)
@@ -179,7 +180,7 @@ def build_reply(renderer: Renderer, *, template: str, language: str, to: str, fr
         headers.append(("References", "\r\n ".join(refs)))
     if auto:
         # RFC 3834 section 5: this is an automatic answer; Exchange's header asks for no answer to it.
-        headers.append(("Auto-Submitted", "auto-replied"))
+        headers.append(("Auto-Submitted", auto_submitted))
         headers.append(("X-Auto-Response-Suppress", "All"))
     headers.append(("X-ACEDesk-Ticket", clean_header_text(ticket, 40)))
     headers.append(("Content-Language", language if language in LANGUAGES else "en"))

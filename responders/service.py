@@ -39,7 +39,14 @@ from models.responders import (
     TriageItem,
     User,
 )
-from responders.policy import DROP_ACTION, REPLY, TRIAGE, Decision, decide
+from responders import incidents
+from responders.accounts import held_status, hold, load_held
+from responders.articles import Library, links_context, load_library
+from responders.escalation import EscalationConfig
+from responders.hours import DeskHours
+from responders.hours import reply_context as hours_context
+from responders.incidents import IncidentConfig
+from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
 from responders.render import Renderer, RenderError, Reply, build_reply
 from responders.screen import Screen, ScreenContext, screen
 from responders.settings import ResponderConfig
@@ -83,6 +90,12 @@ class Responder:
     renderer: Renderer = field(default_factory=Renderer)
     #: Optional local DKIM check (daemon-provided: it does DNS): raw bytes -> pass/fail/None.
     dkim_check: Callable[[bytes, str], bool | None] | None = None
+    #: The desk's duties: opening hours, outage incidents, escalation (``[hours]``, ``[incidents]``, ``[escalation]``).
+    hours: DeskHours = field(default_factory=DeskHours)
+    incidents: IncidentConfig = field(default_factory=IncidentConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    #: The time a batch is processed at (tests set it).
+    clock: Callable[[], dt.datetime] = utcnow
     _domains: frozenset[str] = frozenset()
     _domains_at: float = -1e9
 
@@ -109,7 +122,7 @@ def choose_language(msg: ParsedMessage, row_language: str | None, desk_address: 
 
 def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: float, auto: bool | None,
          language: str, identifiers: dict[str, Any] | None, directory: Directory, recent_autoreplies: int,
-         followup: bool, dkim_ok: bool | None = None) -> Plan:
+         followup: bool, dkim_ok: bool | None = None, held: Sequence[Any] = ()) -> Plan:
     """Screen, verify and decide for one message (pure)."""
     cfg = responder.cfg
     ctx = ScreenContext(own_addresses=responder.desk.own_addresses, domain=responder.desk.domain,
@@ -121,6 +134,8 @@ def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: fl
     verification = verify(msg, identifiers, directory, cfg.trusted_authserv_ids, dkim_ok)
     decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
                       followup=followup)
+    # An inactive or suspended account never gets self-service account help (responders.accounts).
+    decision = hold(decision, held_status(held, msg.sender, verification.user_id))
     prio, why = priority(label, msg.classifier_text, verification.status == VERIFIED)
     return Plan(screened, verification, decision, language, prio, tuple(why), label, confidence)
 
@@ -136,15 +151,26 @@ def reply_context(responder: Responder, msg: ParsedMessage, verification: Verifi
     }
 
 
-def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str) -> Reply:
-    """Build the reply of plan ``p`` for ticket ``number``."""
+def duty_context(responder: Responder, library: Library, template: str | None, label: str, language: str,
+                 now: dt.datetime, articles: Sequence[str] = ()) -> dict[str, Any]:
+    """Return what every reply adds from the desk's duties: the articles of its label (and ``articles``
+    an analyst added, by key), the desk's hours and, when it is closed, when analysts are back."""
+    return {"articles": links_context(library.for_reply(template, label, language, articles)),
+            **hours_context(responder.hours, now, language)}
+
+
+def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str,
+           extra: dict[str, Any] | None = None) -> Reply:
+    """Build the reply of plan ``p`` for ticket ``number`` (``extra``: more template data)."""
     assert p.decision.template and p.decision.to
     return build_reply(
         responder.renderer, template=p.decision.template, language=p.language, to=p.decision.to,
         from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
         subject=reply_subject(msg.subject, number, responder.cfg.ticket_prefix, p.language),
         ticket=number, secret=responder.secret, in_reply_to=msg.message_id, references=msg.references,
-        context=reply_context(responder, msg, p.verification))
+        context={**reply_context(responder, msg, p.verification), **(extra or {}),
+                 # The reply that discloses nothing does not even greet the account's holder by name.
+                 **({"name": ""} if p.decision.template == SECURITY_NEUTRAL else {})})
 
 
 # --- database lookups ---------------------------------------------------------------
@@ -256,13 +282,15 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
     Lookups are made for the whole batch first and writes are flushed three
     times a batch (tickets, then replies, then their links), not per message.
     """
-    now = utcnow()
+    now = responder.clock()
     stats = BatchStats()
     parsed = [ParsedMessage.from_dict(row.parsed or {}) for row in rows]
     idents = [with_userid_candidates(row.identifiers if row.identifiers is not None
                                      else extract_identifiers(m.classifier_text), m.classifier_text)
               for row, m in zip(rows, parsed)]
     directory = load_directory(session, [m.sender for m in parsed], idents, known_domains(session, responder))
+    held = load_held(session, [m.sender for m in parsed], [u.user_id for u in directory.users])
+    library = load_library(session)
     counts = recent_counts(session, [m.sender for m in parsed] + [u.email for u in directory.users],
                            responder.cfg.autoreply_window, now)
     probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
@@ -274,6 +302,7 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
 
     writes = Writes()
     pending: list[tuple[InboundMessage, ParsedMessage, Plan, Ticket | None, dict[str, Any]]] = []
+    outage: list[tuple[InboundMessage, ParsedMessage, Plan]] = []
     with session.no_autoflush:
         for row, msg, ids, thread in zip(rows, parsed, idents, threads):
             dkim_ok = None
@@ -287,24 +316,31 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
             recent = counts.get(msg.sender.lower(), 0)
             p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
                      identifiers=ids, directory=directory, recent_autoreplies=recent,
-                     followup=thread is not None, dkim_ok=dkim_ok)
+                     followup=thread is not None, dkim_ok=dkim_ok, held=held)
             if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
                 p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
                          identifiers=ids, directory=directory, recent_autoreplies=responder.cfg.autoreply_max,
-                         followup=thread is not None, dkim_ok=dkim_ok)
+                         followup=thread is not None, dkim_ok=dkim_ok, held=held)
             if p.decision.template and p.decision.to:
                 counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
-            ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes)
-            pending.append((row, msg, p, ticket, record))
             row.state = DONE
             row.error = None
+            if incidents.wants(responder.incidents, p, thread):
+                outage.append((row, msg, p))
+                continue
+            ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes)
+            pending.append((row, msg, p, ticket, record))
+        # Outage reports: attached to the open incident (or one this burst opens), else tickets as usual.
+        for row, msg, p in incidents.act_on_reports(session, responder, outage, now, writes, library, stats):
+            ticket, record = open_ticket(session, responder, row, msg, p, None, now, stats, writes)
+            pending.append((row, msg, p, ticket, record))
     session.flush()  # one INSERT ... RETURNING for the batch's new tickets
     links: list[tuple[dict[str, Any], OutboxMessage]] = []
     with session.no_autoflush:
         for row, msg, p, ticket, record in pending:
             if ticket is None:
                 continue
-            out = finish(session, responder, row, msg, p, ticket, record, now, stats, writes)
+            out = finish(session, responder, row, msg, p, ticket, record, now, stats, writes, library)
             if out is not None:
                 links.append(out)
     session.flush()
@@ -347,7 +383,8 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
                     requester=msg.sender.lower(), user_id=p.verification.user_id,
                     verification=p.verification.status, subject=(msg.subject or "")[:998],
                     security=d.security, created_at=now,
-                    due_at=now + dt.timedelta(hours=responder.cfg.target_hours), updated_at=now)
+                    due_at=responder.hours.due(row.received_at or now, responder.cfg.target_hours),
+                    updated_at=now)
     session.add(ticket)
     stats.tickets += 1
     return ticket, record
@@ -355,7 +392,7 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
 
 def finish(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
            ticket: Ticket, record: dict[str, Any], now: dt.datetime, stats: BatchStats,
-           writes: Writes) -> tuple[dict[str, Any], OutboxMessage] | None:
+           writes: Writes, library: Library | None = None) -> tuple[dict[str, Any], OutboxMessage] | None:
     """Number the ticket, keep the message on it, queue the triage item and the reply."""
     d = p.decision
     if ticket.number is None:
@@ -375,7 +412,8 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
     if not d.template or not d.to:
         return None
     try:
-        reply = render(responder, msg, p, ticket.number or "")
+        reply = render(responder, msg, p, ticket.number or "",
+                       duty_context(responder, library or Library(), d.template, p.label, p.language, now))
     except RenderError as exc:
         record["reasons"] = list(record["reasons"] or []) + [f"no reply: {exc}"]
         record["recipient"] = None
@@ -426,8 +464,14 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
     directory = Directory()
     thread = None
     recent = 0
+    held: Sequence[Any] = ()
+    library = Library()
+    incident = None
     if session is not None:
         directory = load_directory(session, [msg.sender], [ids], known_domains(session, responder))
+        held = load_held(session, [msg.sender], [u.user_id for u in directory.users])
+        library = load_library(session)
+        incident = incidents.open_incident_for(session, responder.incidents.label)
         recent = recent_counts(session, [msg.sender], responder.cfg.autoreply_window, utcnow()).get(
             msg.sender.lower(), 0)
         probe = screen(msg, ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret))
@@ -435,7 +479,15 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
             thread = find_thread(session, responder, msg, probe.our_ticket)
     lang = choose_language(msg, language, desk_address, responder.desk)
     p = plan(responder, msg, label=label, confidence=confidence, auto=auto, language=lang, identifiers=ids,
-             directory=directory, recent_autoreplies=recent, followup=thread is not None)
+             directory=directory, recent_autoreplies=recent, followup=thread is not None, held=held)
+    now = responder.clock()
+    number = f"{responder.cfg.ticket_prefix}-{now.year}-DRYRUN"
+    extra = duty_context(responder, library, p.decision.template, p.label, lang, now)
+    if incident is not None and incidents.wants(responder.incidents, p, thread):
+        p = incidents.outage_plan(p)
+        number = incident.number or number
+        extra.update(incidents.outage_context(incident, library, responder.hours,
+                                              responder.incidents.dashboard_article, lang))
     d = p.decision
     out: dict[str, Any] = {
         "screen": p.screen.reason,
@@ -449,10 +501,11 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
     }
     if thread is not None:
         out["action"]["ticket"] = thread.number
+    if incident is not None and incidents.wants(responder.incidents, p, thread):
+        out["action"]["incident"] = incident.number
     if d.template and d.to:
-        number = f"{responder.cfg.ticket_prefix}-{utcnow().year}-DRYRUN"
         try:
-            reply = render(responder, msg, p, number)
+            reply = render(responder, msg, p, number, extra)
             out["reply"] = {"to": reply.to, "subject": reply.subject, "text": reply.text}
         except RenderError as exc:
             out["action"]["reasons"].append(f"no reply: {exc}")

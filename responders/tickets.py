@@ -1,8 +1,6 @@
-"""Tickets: numbers (``ACE-2026-000123``), the subject tag that lets
-follow-ups thread into them, reply subjects, priority and the clocks against
-the desk's 4-hour target (plain data), and the desk's ticket operations --
-find, list, search, show -- that the CLI and the web console call, so that
-every ticket is reachable, whichever action opened it."""
+"""Tickets as plain data: numbers (``ACE-2026-000123``), the subject tag that
+lets follow-ups thread into them, reply subjects, priority and the clocks
+against the desk's 4-hour target.  No I/O."""
 
 from __future__ import annotations
 
@@ -10,11 +8,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
-
 from models.parsed import ParsedMessage
-from models.responders import Ticket, TicketMessage, TriageItem
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
 _PREFIX = re.compile(r"^\s*((re|fw|fwd|rv|res|aw|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
@@ -92,54 +86,3 @@ def clock(created: dt.datetime, first_response: dt.datetime | None, resolved: dt
     overdue = (first_response is None and age > target_hours) or (
         resolved is None and age > target_hours)
     return Clock(round(age, 2), hours(first_response), hours(resolved), overdue)
-
-
-# --- the desk's ticket operations ----------------------------------------------------
-
-
-class TicketNotFound(LookupError):
-    """No ticket by that number."""
-
-
-def find_ticket(session: Session, number: str) -> Ticket:
-    """Return the ticket numbered ``number`` (any case)."""
-    ticket = session.scalars(select(Ticket).where(Ticket.number == number.strip().upper())).first()
-    if ticket is None:
-        raise TicketNotFound(f"no ticket {number.strip()!r} (ticket numbers look like ACE-2026-000123)")
-    return ticket
-
-
-def list_tickets(session: Session, *, status: str | None = None, requester: str | None = None,
-                 label: str | None = None, text: str | None = None, limit: int = 50) -> list[Ticket]:
-    """Return tickets, newest first, filtered by status, requester, label and text (subject or messages)."""
-    query = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
-    if status:
-        query = query.where(Ticket.status == status)
-    if requester:
-        query = query.where(Ticket.requester == requester.strip().lower())
-    if label:
-        query = query.where(Ticket.label == label)
-    if text:
-        like = f"%{text.strip()}%"
-        mentioned = select(TicketMessage.ticket_id).where(TicketMessage.text.ilike(like))
-        query = query.where(or_(Ticket.subject.ilike(like), Ticket.number.ilike(like), Ticket.requester.ilike(like),
-                                Ticket.user_id.ilike(like), Ticket.id.in_(mentioned)))
-    return list(session.scalars(query))
-
-
-@dataclass(frozen=True)
-class TicketView:
-    """One ticket with its history and its triage items."""
-
-    ticket: Ticket
-    history: list[TicketMessage]
-    items: list[TriageItem]
-
-
-def show_ticket(session: Session, number: str) -> TicketView:
-    """Return the ticket numbered ``number`` with its messages, replies, notes and triage items, in order."""
-    ticket = find_ticket(session, number)
-    history = list(session.scalars(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)
-                                   .order_by(TicketMessage.id)))
-    items = list(session.scalars(select(TriageItem).where(TriageItem.ticket_id == ticket.id).order_by(TriageItem.id)))
-    return TicketView(ticket, history, items)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with acedesk and its
 # test dependencies, and (with --test-services) the system packages the tests
-# start themselves: Dovecot (IMAP).  Installs with apt-get when run as root;
-# otherwise says exactly what to install.
+# start themselves: Dovecot (IMAP) and Chromium (the console's browser tests,
+# driven by Playwright).  Installs with apt-get when run as root; otherwise
+# says exactly what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -28,6 +29,8 @@ fi
 if [ "${1:-}" = "--test-services" ]; then
     need=()
     command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+    # The browser tests launch Debian's Chromium at this path (no browser download at run time).
+    [ -x /usr/bin/chromium ] || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
             echo "setup: installing ${need[*]} with apt-get"
@@ -37,9 +40,10 @@ if [ "${1:-}" = "--test-services" ]; then
             # The package starts a system-wide Dovecot on port 143; the tests run their own.
             (service dovecot stop || true) >/dev/null 2>&1
         else
-            echo "setup: the tests need Dovecot's IMAP server. Install it with:" >&2
-            echo "    sudo apt-get install dovecot-imapd" >&2
-            echo "(or your system's dovecot package), then run 'make test' again." >&2
+            echo "setup: the tests need ${need[*]} (Dovecot's IMAP server; Chromium at /usr/bin/chromium" >&2
+            echo "for the console's browser tests). Install with:" >&2
+            echo "    sudo apt-get install ${need[*]}" >&2
+            echo "then run 'make test' again." >&2
             exit 1
         fi
     fi

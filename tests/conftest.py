@@ -102,12 +102,13 @@ def smtp_capture() -> Iterator[SmtpCapture]:
 
 
 def make_config(tmp_path: Path, db_url: str, **sections: dict) -> Config:
-    """Return a Config for tests: the given database, state in tmp, ingress on a free port."""
+    """Return a Config for tests: the given database, state in tmp, ingress and web on free ports."""
     raw: dict = {
         "database": {"url": db_url},
         "daemon": {"state_dir": str(tmp_path / "var"), "shutdown_timeout": 5.0,
                    "restart_backoff_min": 0.1, "restart_backoff_max": 1.0},
         "ingress": {"port": free_port()},
+        "web": {"listen": f"127.0.0.1:{free_port()}"},
         "outbound": {"spool_dir": str(tmp_path / "spool")},
         "pipeline": {"poll_interval": 0.2},
     }

@@ -37,7 +37,7 @@ from daemon.config import PipelineConfig
 from daemon.context import AppContext, make_context
 from daemon.notices.fanout import load_signer
 from daemon.notices.scheduler import Scheduler
-from daemon.notices.unsubscribe import UnsubscribeServer
+from daemon.web.server import WebServer
 from daemon.delivery.outbox import OutboxSender
 from daemon.stages.csms import make_stage as make_csms_stage
 from daemon.stages.parse import make_stage as make_parse_stage
@@ -68,8 +68,8 @@ REPO = Path(__file__).parents[1]
 
 def csms_config(config_factory, db_url: str, smtp_port: int | None = None, **csms):
     port = free_port()
-    sections = {"csms": {"http_port": port, "base_url": f"http://127.0.0.1:{port}", "scheduler_interval": 0.2,
-                         "secret_file": "", **csms}}
+    sections = {"csms": {"base_url": f"http://127.0.0.1:{port}", "scheduler_interval": 0.2,
+                         "secret_file": "", **csms}, "web": {"listen": f"127.0.0.1:{port}"}}
     if smtp_port:
         sections["outbound"] = {"relay_host": "127.0.0.1", "relay_port": smtp_port, "retry_min": 0.2}
     return config_factory(db_url, **sections)
@@ -200,13 +200,13 @@ def test_subscribe_confirm_receive_unsubscribe_by_one_click_then_nothing_more(db
     config = csms_config(config_factory, db_url, smtp_capture.port)
     ctx = context(config)
     daemon = Together(PipelineWorker(ctx, [make_parse_stage(ctx), make_csms_stage(ctx)]),
-                      OutboxSender(ctx, poll_interval=0.1), *csms_runner.make_components(ctx),
+                      OutboxSender(ctx, poll_interval=0.1), *csms_runner.make_components(ctx), WebServer(ctx, load_signer(config)),
                       *ingress.make_components(ctx))
     runner = BackgroundComponent(daemon).start()
     import smtplib
     try:
         wait_for_port(config.ingress.port)
-        wait_for_port(config.csms.http_port)
+        wait_for_port(config.web.host_port()[1])
         with smtplib.SMTP("127.0.0.1", config.ingress.port, timeout=10) as smtp:
             smtp.sendmail("jo@broker.example", [REQUEST], request_mail("subscribe ACH Refunds; ace portal; Nonsense"))
         request = smtp_capture.handler.wait_for(1)[0]
@@ -282,9 +282,9 @@ def test_forged_expired_and_wrong_tokens_are_refused_and_change_nothing(db_url, 
     other = signer.make(UNSUBSCRIBE, sid + 1, 3600).split(".")[0] + "." + mac  # someone else's payload, our MAC
     expired = signer.make(UNSUBSCRIBE, sid, 3600, now=time.time() - 7200)
     confirmation = signer.make(CONFIRM, sid, 3600)
-    server = BackgroundComponent(UnsubscribeServer(ctx, signer)).start()
+    server = BackgroundComponent(WebServer(ctx, signer)).start()
     try:
-        wait_for_port(config.csms.http_port)
+        wait_for_port(config.web.host_port()[1])
         for token, why in ((forged, "forged"), (other, "forged"), (expired, "expired"),
                            (confirmation, "another purpose")):
             status, text = one_click(f"{base}/u/{token}")
@@ -441,9 +441,9 @@ def test_spanish_unsubscribe_confirmed_by_link_mailto_one_click_and_replies_to_n
     assert topics_of(ctx, "carla@importadora.example") == ["ACE", "ACH Refunds"]
     assert subscriber(ctx, "dan@carrier.example").status == ACTIVE
     link = re.search(r"(http://\S+/c/\S+)", to_carla.get_content()).group(1)
-    server = BackgroundComponent(UnsubscribeServer(ctx, signer)).start()
+    server = BackgroundComponent(WebServer(ctx, signer)).start()
     try:
-        wait_for_port(config.csms.http_port)
+        wait_for_port(config.web.host_port()[1])
         status, page = web("GET", link)  # a scanner following the link confirms nothing
         assert status == 200 and "Confirm" in page and topics_of(ctx, "carla@importadora.example") == ["ACE", "ACH Refunds"]
         status, page = web("POST", link, b"confirm=1", {"Content-Type": "application/x-www-form-urlencoded"})
@@ -475,8 +475,9 @@ port = {free_port()}
 [outbound]
 relay_host = "127.0.0.1"
 relay_port = {smtp_capture.port}
+[web]
+listen = "127.0.0.1:{free_port()}"
 [csms]
-http_port = {free_port()}
 scheduler_interval = 0.5
 """)
     from daemon.config import load_config

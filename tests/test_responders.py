@@ -351,7 +351,8 @@ def test_every_label_has_templates_in_both_languages_faithful_to_the_seeds():
     assert "System Control Officer (SCO)" in en[("en", "pga_access")]
     assert "vendor" in en[("en", "third_party_software")] and "proveedor" in en[("es", "third_party_software")]
     assert "Availability Dashboard" in en[("en", "system_status")] and "Outages Guidelines" in en[("es", "system_status")]
-    assert "ace-portal-and-ach-refunds-faqs" in en[("en", "ach_refund")]
+    # The links themselves are knowledge articles now (responders.articles; test_duties).
+    assert "ACH Refunds FAQs" in en[("en", "ach_refund")]
     assert "4811" in en[("en", "notify_party")] and "4811" in en[("es", "notify_party")]
     assert "Saturday 10 PM to Sunday 5 AM ET" in en[("en", "other")]
     assert "sábado a las 10 p. m. al domingo a las 5 a. m." in en[("es", "other")]
@@ -488,7 +489,7 @@ def test_queue_cli_list_show_relabel_approve_reply_close(tmp_path, engine, sessi
     code, out, _ = _cli(tmp_path, url, "queue", "approve", str(first), capsys=capsys)
     assert code == 0 and "account_setup" in out
     code, out, err = _cli(tmp_path, url, "queue", "approve", str(first), capsys=capsys)
-    assert code == 2 and "already done" in err
+    assert code == 2 and "already approved" in err
     code, out, _ = _cli(tmp_path, url, "queue", "reply", str(second), "--text", "You are welcome {{ 7*7 }}",
                         capsys=capsys)
     assert code == 0

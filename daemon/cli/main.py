@@ -20,7 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from daemon.cli import classify as cli_classify
+from daemon.cli import console as cli_console
 from daemon.cli import csms as cli_csms
+from daemon.cli import duties as cli_duties
 from daemon.cli import responders as cli_responders
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import AppContext, make_context
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p.set_defaults(handler=cmd_quarantine_retry)
 
-    for module in (cli_classify, cli_responders, cli_csms):
+    for module in (cli_classify, cli_responders, cli_csms, cli_duties, cli_console):
         module.register(sub)
     return parser
 

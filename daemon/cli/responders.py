@@ -83,8 +83,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g.add_argument("--template", help="a reply template name (e.g. password_reset)")
     g.add_argument("--text", help="your own words")
     g.add_argument("--text-file", help="a file with your own words ('-' = stdin)")
+    p.add_argument("--article", action="append", default=[], metavar="KEY",
+                   help="also link this knowledge article (acedesk articles list); repeatable")
     p.add_argument("--by", default="analyst")
     p.set_defaults(handler=cmd_queue_reply)
+    p = qsub.add_parser("reopen", help="put a resolved item back in the queue and reopen its ticket")
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
+    p.add_argument("--by", default="analyst")
+    p.set_defaults(handler=cmd_queue_reopen)
     p = qsub.add_parser("close", help="close the item's ticket (resolving the item)")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("--note", default="", help="a note kept on the ticket")
@@ -181,17 +187,15 @@ def _refused(exc: Exception) -> CommandError:
     return CommandError(str(exc))
 
 
-def _queue_call(lazy: Any, ref: str, operation: Any) -> Any:
-    """Find the item ``ref`` and run ``operation(session, item, now)`` in one transaction."""
-    from models.base import utcnow
+def _queue_call(lazy: Any, operation: Any) -> Any:
+    """Run ``operation(session)`` (a :mod:`responders.queue` call) in one transaction."""
     from models.session import transaction
-    from responders.queue import QueueError, find_item
-    from responders.tickets import TicketNotFound
+    from responders.queue import QueueError
 
     try:
         with transaction(lazy.ctx.sessions) as session:
-            return operation(session, find_item(session, ref), utcnow())
-    except (QueueError, TicketNotFound) as exc:
+            return operation(session)
+    except QueueError as exc:
         raise _refused(exc) from None
 
 
@@ -242,13 +246,14 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
     from models.core import InboundMessage
     from models.parsed import ParsedMessage
     from models.responders import ResponseRecord, Ticket, TicketMessage
-    from responders.queue import QueueError, find_item
-    from responders.tickets import TicketNotFound, clock
+    from responders.queue import QueueError
+    from responders.queue import item as find_item
+    from responders.tickets import clock
 
     with lazy.ctx.sessions() as session:
         try:
             item = find_item(session, args.ref)
-        except (QueueError, TicketNotFound) as exc:
+        except QueueError as exc:
             raise _refused(exc) from None
         ticket = session.get(Ticket, item.ticket_id)
         history = list(session.scalars(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)
@@ -292,7 +297,7 @@ def _print_history(history: list[Any]) -> None:
 def cmd_queue_claim(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, args.ref, lambda s, item, now: queue.claim(s, item, args.by, now))
+    _queue_call(lazy, lambda s: queue.claim(s, args.ref, args.by))
     print(f"{args.ref}: yours, {args.by}")
     return 0
 
@@ -300,7 +305,7 @@ def cmd_queue_claim(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_assign(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, args.ref, lambda s, item, now: queue.assign(s, item, args.by, args.to, now))
+    _queue_call(lazy, lambda s: queue.assign(s, args.ref, args.to, args.by))
     print(f"{args.ref}: assigned to {args.to}")
     return 0
 
@@ -308,7 +313,7 @@ def cmd_queue_assign(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_note(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, args.ref, lambda s, item, now: queue.note(s, item, args.by, args.text, now))
+    _queue_call(lazy, lambda s: queue.note(s, args.ref, args.text, args.by))
     print(f"{args.ref}: note kept on the ticket")
     return 0
 
@@ -317,15 +322,15 @@ def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
     responder = _responder(lazy)
-    sent = _queue_call(lazy, args.ref, lambda s, item, now: queue.approve(s, responder, item, args.by, now))
-    print(f"approved {args.ref}: {sent.template} answer queued to {sent.to} on ticket {sent.ticket}")
+    sent = _queue_call(lazy, lambda s: queue.approve(s, responder, args.ref, args.by))
+    print(f"approved {args.ref}: {sent.template} answer queued to {sent.to}")
     return 0
 
 
 def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    previous = _queue_call(lazy, args.ref, lambda s, item, now: queue.relabel(s, item, args.label, args.by, now))
+    previous = _queue_call(lazy, lambda s: queue.relabel(s, args.ref, args.label, args.by))
     print(f"{args.ref}: label {previous} -> {args.label} (kept for 'acedesk train'); "
           f"'acedesk queue approve {args.ref}' sends its answer")
     return 0
@@ -334,19 +339,27 @@ def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    text = read_text_file(args.text_file) if args.text_file else args.text
+    text = read_text_file(args.text_file) if args.text_file else (args.text or "")
     responder = _responder(lazy)
-    sent = _queue_call(lazy, args.ref, lambda s, item, now: queue.reply(
-        s, responder, item, args.by, now, text=text, template=args.template))
-    print(f"reply queued to {sent.to} on ticket {sent.ticket}")
+    sent = _queue_call(lazy, lambda s: queue.reply(s, responder, args.ref, args.by, template=args.template or "",
+                                                   text=text, articles=args.article))
+    print(f"reply queued to {sent.to}")
     return 0
 
 
 def cmd_queue_close(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    ticket = _queue_call(lazy, args.ref, lambda s, item, now: queue.close(s, item, args.by, now, args.note))
-    print(f"{args.ref}: ticket {ticket.number} closed")
+    _queue_call(lazy, lambda s: queue.close(s, args.ref, args.by, args.note))
+    print(f"{args.ref}: ticket closed")
+    return 0
+
+
+def cmd_queue_reopen(args: argparse.Namespace, lazy: Any) -> int:
+    from responders import queue
+
+    _queue_call(lazy, lambda s: queue.reopen(s, args.ref, args.by))
+    print(f"{args.ref}: back in the queue, ticket reopened")
     return 0
 
 
@@ -354,11 +367,11 @@ def cmd_queue_close(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def cmd_tickets_list(args: argparse.Namespace, lazy: Any) -> int:
-    from responders.tickets import list_tickets
+    from responders.threads import search
 
     with lazy.ctx.sessions() as session:
-        found = list_tickets(session, status=args.status, requester=args.requester, label=args.label,
-                             text=getattr(args, "text", None), limit=args.limit)
+        found = search(session, text=getattr(args, "text", "") or args.requester or "", state=args.status or "",
+                       label=args.label or "", limit=args.limit)
     if args.json:
         for t in found:
             print(json.dumps({"number": t.number, "status": t.status, "priority": t.priority, "label": t.label,
@@ -376,14 +389,15 @@ def cmd_tickets_list(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def cmd_tickets_show(args: argparse.Namespace, lazy: Any) -> int:
-    from responders.tickets import TicketNotFound, show_ticket
+    from models.responders import TriageItem
+    from responders.threads import find_ticket, thread
 
     with lazy.ctx.sessions() as session:
-        try:
-            view = show_ticket(session, args.number)
-        except TicketNotFound as exc:
-            raise _refused(exc) from None
-    t = view.ticket
+        t = find_ticket(session, args.number)
+        if t is None:
+            raise CommandError(f"no ticket {args.number!r} (ticket numbers look like ACE-2026-000123)")
+        entries = thread(session, t)
+        items = list(session.scalars(select(TriageItem).where(TriageItem.ticket_id == t.id).order_by(TriageItem.id)))
     print(f"ticket {t.number}: {t.status}, priority {t.priority}{', SECURITY' if t.security else ''}")
     print(f"  requester:    {t.requester} (verification: {t.verification}, user {t.user_id or '-'})")
     print(f"  label:        {t.label or '-'}   language: {t.language}")
@@ -393,9 +407,11 @@ def cmd_tickets_show(args: argparse.Namespace, lazy: Any) -> int:
           f"{t.resolved_at.strftime('%Y-%m-%d %H:%M') if t.resolved_at else '-'}")
     if t.last_error:
         print(f"  last error:   {t.last_error}")
-    for i in view.items:
+    for i in items:
         print(f"  triage item {i.id}: {i.reason}, {i.status}{' (' + i.resolution + ')' if i.resolution else ''}")
-    _print_history(view.history)
+    print("  history:")
+    for e in entries:
+        print(f"    {e.at:%Y-%m-%d %H:%M} {e.direction:<4} {e.author:<32} {e.text[:80]!r}")
     return 0
 
 

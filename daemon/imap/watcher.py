@@ -60,6 +60,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.config import ConfigError, MailboxConfig, read_secret
 from daemon.context import AppContext
+from daemon.metrics import IMAP_ERRORS
 from daemon.imap.checkpoint import (Checkpoint, LeaseLost, commit_batch, ensure_mailbox, lease_holder,
                                     load_checkpoint, release_lease, take_lease)
 from daemon.imap.mover import MoveGroup, Mover
@@ -286,11 +287,13 @@ class ImapWatcher:
             except (LoginError, TlsRefused, ConfigError) as exc:
                 # Retrying soon cannot fix credentials or TLS set-up: wait long.
                 wait = jittered(self.backoff_max)
+                IMAP_ERRORS.labels(self.name).inc()
                 log.error("%s: %s failed: %s; retrying in %.0f s", self.name, self._step, describe(exc), wait)
             except (OSError, IMAPClientError, ImapError, SQLAlchemyError) as exc:
                 failures = 1 if self._synced else failures + 1
                 # Spread reconnects so that many watchers do not hit a restarted server at once.
                 wait = jittered(backoff(failures, self.backoff_min, self.backoff_max))
+                IMAP_ERRORS.labels(self.name).inc()
                 if not self._halt.is_set():
                     log.warning("%s: %s failed: %s; reconnecting in %.1f s", self.name, self._step,
                                 describe(exc), wait)

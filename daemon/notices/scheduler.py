@@ -1,5 +1,5 @@
 """The CSMS scheduler: publishes what is due, and writes the archive the CLI shares
-(the one-click unsubscribe endpoint is :mod:`daemon.notices.unsubscribe`).
+(the one-click unsubscribe pages are served by :mod:`daemon.web.public`).
 
 The scheduler sweeps every ``[csms] scheduler_interval`` seconds, and at once
 when something calls ``ctx.wake("csms")``:
@@ -35,11 +35,8 @@ from csms.render import to_et
 from daemon.notices import fanout
 from daemon.config import Config
 from daemon.context import AppContext
-from daemon.notices.unsubscribe import UnsubscribeServer
 from daemon.runner import run_loop
 
-# The token signer is the fan-out's: one definition, so the endpoint verifies what it signed.
-from daemon.notices.fanout import load_signer
 from models.base import utcnow
 from models.csms import (
     DONE,
@@ -184,7 +181,4 @@ class Scheduler:
 
 def make_components(ctx: AppContext) -> list[Any]:
     """Return this area's long-running components for the supervisor."""
-    components: list[Any] = [Scheduler(ctx)]
-    if ctx.config.csms.http_host:
-        components.append(UnsubscribeServer(ctx, load_signer(ctx.config)))
-    return components
+    return [Scheduler(ctx)]

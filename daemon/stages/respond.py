@@ -19,6 +19,9 @@ from daemon.config import Config, ConfigError, signing_secret
 from daemon.context import AppContext
 from daemon.worker import Stage
 from models.core import CLASSIFIED, InboundMessage
+from models.session import transaction
+from responders.articles import seed_shipped
+from responders.hours import DeskHours
 from responders.render import Renderer
 from responders.service import DeskInfo, Responder, respond_rows
 
@@ -73,12 +76,16 @@ def make_responder(config: Config) -> Responder:
     renderer = Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None)
     check_rules(config, renderer)
     return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
-                     dkim_check=dkim_check if cfg.verify_dkim else None)
+                     dkim_check=dkim_check if cfg.verify_dkim else None, hours=DeskHours(config.hours),
+                     incidents=config.incidents, escalation=config.escalation)
 
 
 def make_stage(ctx: AppContext) -> Stage:
     responder = make_responder(ctx.config)
     wake_outbox = ctx.waker("outbox")
+    with transaction(ctx.sessions) as session:
+        # The shipped knowledge articles, once (a retired one is never brought back).
+        seed_shipped(session)
 
     def process(session: Session, rows: list[InboundMessage]) -> None:
         stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw)
