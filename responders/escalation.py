@@ -81,8 +81,8 @@ def escalate_due(session: Session, responder: Responder, cfg: EscalationConfig, 
         groups[to].append(ticket)
     for to, group in groups.items():
         items = [{"number": t.number, "subject": t.subject[:120], "label": t.label or "-",
-                  "requester": t.requester, "due": responder.hours.describe_time(t.due_at),
-                  "overdue": t.due_at <= now, "security": t.security} for t in group]
+                  "requester": t.requester, "due": responder.hours.describe_time(t.due_at or now),
+                  "overdue": (t.due_at or now) <= now, "security": t.security} for t in group]
         first = group[0].number or ""
         reply = build_reply(
             responder.renderer, template=TEMPLATE, language="en", to=to, from_address=responder.desk.reply_from,

@@ -34,6 +34,7 @@ from models.core import AuditEntry
 from models.responders import (TICKET_ANSWERED, TICKET_CLOSED, TICKET_OPEN, TRIAGE_DONE, TRIAGE_OPEN, Ticket,
                                TicketMessage, TriageItem, User)
 from responders.render import RenderError, Reply, build_reply
+from responders.accounts import held_status, load_held
 from responders.articles import load_library
 from responders.service import Responder, duty_context, enqueue
 from responders.settings import ACCOUNT_LABELS
@@ -239,6 +240,9 @@ def approval_recipient(session: Session, it: TriageItem, ticket: Ticket) -> tupl
         user = session.scalar(select(User).where(User.user_id == ticket.user_id))
         if user is None:
             raise QueueError(f"user {ticket.user_id} is no longer on file")
+        if user.status != "active":
+            raise QueueError(f"user {user.user_id} is {user.status}: no account help until "
+                             f"'acedesk users restore {user.user_id} --reason ...'")
         return label, user.email
     return label, ticket.requester
 
@@ -302,6 +306,12 @@ def reply(session: Session, responder: Responder, ref: int | str, by: str, *, te
         if template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
             raise QueueError(f"the {template} answer goes only to verified users; ticket {ticket.number} is "
                              f"{ticket.verification}")
+        if template in ACCOUNT_LABELS:
+            held = held_status(load_held(session, [ticket.requester], [ticket.user_id or ""]),
+                               ticket.requester, ticket.user_id)
+            if held:
+                raise QueueError(f"the account of ticket {ticket.number} is {held}: no account help "
+                                 "until it is restored (acedesk users restore)")
         if not responder.renderer.has(template, ticket.language):
             raise QueueError(f"no reply template {template!r}")
         out_reply = _render(session, responder, ticket, template, ticket.requester, {}, human=True,

@@ -50,13 +50,15 @@ class SlaRow:
     resolved: int
     mean_resolution_hours: float | None
     corrections: int = 0
+    #: Tickets escalated for nearing their target (responders.escalation).
+    escalated: int = 0
 
     def cells(self) -> list[Any]:
         return [self.scope, self.key, self.tickets, self.responded, self.within_target,
                 "" if self.share_within_target is None else round(self.share_within_target, 4),
                 "" if self.mean_first_response_hours is None else round(self.mean_first_response_hours, 2),
                 self.resolved, "" if self.mean_resolution_hours is None else round(self.mean_resolution_hours, 2),
-                self.corrections]
+                self.corrections, self.escalated]
 
 
 @dataclass
@@ -97,7 +99,7 @@ def _sla_rows(session: Session, since: dt.datetime, until: dt.datetime, scope: s
     resolution = _hours(session, Ticket.resolved_at, Ticket.created_at)
     columns = [func.count(), func.count(Ticket.first_response_at),
                func.sum(case((Ticket.first_response_at <= Ticket.due_at, 1), else_=0)),
-               func.avg(first), func.count(Ticket.resolved_at), func.avg(resolution)]
+               func.avg(first), func.count(Ticket.resolved_at), func.avg(resolution), func.count(Ticket.escalated_at)]
     query = select(*([key] if key is not None else []), *columns).where(
         Ticket.created_at >= since, Ticket.created_at < until)
     if key is not None:
@@ -105,14 +107,14 @@ def _sla_rows(session: Session, since: dt.datetime, until: dt.datetime, scope: s
     out = []
     for row in session.execute(query).all():
         name = (row[0] or "-") if key is not None else "all"
-        n, responded, within, mean_first, resolved, mean_resolution = row[1:] if key is not None else row
+        n, responded, within, mean_first, resolved, mean_resolution, escalated = row[1:] if key is not None else row
         if not n:
             continue
         out.append(SlaRow(scope, str(name), int(n), int(responded), int(within or 0),
                           (within or 0) / responded if responded else None,
                           float(mean_first) if mean_first is not None else None, int(resolved),
                           float(mean_resolution) if mean_resolution is not None else None,
-                          corrections.get(str(name), 0) if scope == "label" else 0))
+                          corrections.get(str(name), 0) if scope == "label" else 0, int(escalated or 0)))
     return out
 
 
@@ -133,7 +135,10 @@ def sla(session: Session, since: dt.datetime, until: dt.datetime, target_hours: 
         select(day, InboundMessage.label, func.count()).where(
             InboundMessage.received_at >= since, InboundMessage.received_at < until)
         .group_by(day, InboundMessage.label).order_by(day)).all()]
-    decided = session.execute(select(func.count(), func.sum(case((ResponseRecord.action == "reply", 1), else_=0)))
+    # Automatic answers: replies, and outage reports answered for their incident (responders.incidents).
+    automatic = (ResponseRecord.action == "reply") | ((ResponseRecord.action == "incident")
+                                                     & ResponseRecord.template.is_not(None))
+    decided = session.execute(select(func.count(), func.sum(case((automatic, 1), else_=0)))
                               .where(ResponseRecord.created_at >= since, ResponseRecord.created_at < until)).one()
     figures.decisions, figures.automatic = int(decided[0] or 0), int(decided[1] or 0)
     figures.backlog = {

@@ -32,11 +32,13 @@ from models.outbox import OutboxMessage
 from models.parsed import ParsedMessage
 from models.responders import Ticket, TriageItem
 from models.session import transaction
+from responders import report
 from responders.articles import load_library, parse_articles_csv, seed_shipped, shipped_articles
 from responders.hours import DeskHours
-from responders.service import duty_context, plan, render, respond_rows
+from responders.service import dry_run, duty_context, plan, render, respond_rows
 from tests.test_responders import DIRECTORY, import_users, ingest, mail, make_ctx
 from daemon.intake.parse import parse_message
+from tests.test_web import Client, site  # noqa: F401  (the console fixture)
 
 ET = ZoneInfo("America/New_York")
 ONCALL = "oncall@ace-support.example"
@@ -200,6 +202,19 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
     assert cli(tmp_path, engine, "articles", "list", "--label", "ach_refund", "--language", "en") == 0
     assert "ach-refunds-faq" not in capsys.readouterr().out
 
+    # An analyst adds an article to a reply by hand (an unknown key is refused, nothing sent).
+    ingest(sessions, mail(subject="a question", sender="fay@new.example", ar=None, body="Where do I start?"))
+    drain(sessions, pipeline(ctx), PipelineConfig())
+    with sessions() as s:
+        item = s.scalars(select(TriageItem)).one()
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--text", "See the guide below.",
+               "--article", "no-such-article") == 2
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--text", "See the guide below.",
+               "--article", "ach-refund-training") == 0
+    analyst = text_of(replies(sessions)[-1])
+    assert "See the guide below." in analyst and library.get("ach-refund-training", "en").url in analyst
+    assert library.get("importer-account-application", "en").url in analyst  # the label's own (account_setup)
+
     # Import: a new article for a label, one bad row reported with its line, the good rows kept.
     csv_file = tmp_path / "kms.csv"
     csv_file.write_text("key,language,title,url,labels,last_reviewed\n"
@@ -237,7 +252,10 @@ def test_a_suspended_account_gets_no_account_help_until_restored(sessions, engin
     with sessions() as s:
         assert s.scalars(select(OutboxMessage)).one().template == "security_neutral"
     assert "Alice" not in body and "suspend" not in body.lower() and "ALICE01" not in body
-    capsys.readouterr()
+    # Nor does an analyst hand it out by approving the item.
+    assert cli(tmp_path, engine, "queue", "approve", str(item.id)) == 2
+    assert cli(tmp_path, engine, "queue", "reply", str(item.id), "--template", "password_reset") == 2
+    assert "suspended" in capsys.readouterr().err
     assert cli(tmp_path, engine, "users", "status", "alice01") == 0
     out = capsys.readouterr().out
     assert "suspended" in out and "security-officer" in out
@@ -297,6 +315,17 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     assert all("https://www.cbp.gov/trade/automated/ace-availability-dashboard" in text_of(m) for m in known)
     assert any("Sabemos que ACE tiene problemas" in text_of(m) for m in known)
 
+    # The dry run (acedesk triage --json) says the same, and writes nothing.
+    with sessions() as s:
+        outbox_before = s.scalar(select(func.count()).select_from(OutboxMessage))
+        dry = dry_run(s, make_responder(config), parse_message(mail(subject="ACE down", ar=None, sender="g@h.example")),
+                      label="system_status", confidence=0.95, auto=True, language="en", identifiers=None,
+                      desk_address="helpdesk@ace-support.example")
+        s.rollback()
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == outbox_before
+    assert dry["action"]["incident"] == number and dry["action"]["template"] == "outage_known"
+    assert number in dry["reply"]["subject"] and number in dry["reply"]["text"]
+
     # Closing sends one follow-up to each address attached (20 people), once.
     assert cli(tmp_path, engine, "incidents", "close", number, "--resolution", "ACE is processing again.",
                "--by", "war-room") == 0
@@ -338,9 +367,38 @@ def test_a_ticket_near_its_target_escalates_once_and_the_digest_is_delivered(
     with sessions() as s:
         near = s.scalars(select(Ticket).where(Ticket.number == number)).one()
         assert near.priority == "high" and near.escalated_to == "leads@ace-support.example"
+        # The SLA report counts it (overall and for its label).
+        figures = report.sla(s, now - dt.timedelta(days=1), now + dt.timedelta(days=1), 4.0)
+        assert figures.overall.escalated == 1 and sum(r.escalated for r in figures.by_label) == 1
     assert drain_outbox(sessions, config) == 1
     got = smtp_capture.handler.wait_for(3)
     digest = got[-1]
     assert digest.rcpt_tos == ["leads@ace-support.example"]
     assert number in digest.message["Subject"] and number in text_of(digest.message)
     assert digest.message["Auto-Submitted"] == "auto-generated"
+
+
+# --- the console page for admins ----------------------------------------------------------------
+
+
+def test_admins_see_and_retire_articles_in_the_console(site):  # noqa: F811
+    cfg, port, ctx = site
+    ann = Client(port)
+    assert ann.login("ann") == 303
+    assert ann.request("GET", "/articles")[0] == 403          # analysts do not manage the KMS
+    ada = Client(port)
+    assert ada.login("ada") == 303
+    status, _, page = ada.request("GET", "/articles?label=system_status")
+    assert status == 200 and "ACE Availability Dashboard" in page and "ACH" not in page
+    assert ada.request("POST", "/articles/outages-guidelines/retire", {})[0] == 403   # no CSRF token
+    status, headers, _ = ada.request("POST", "/articles/outages-guidelines/retire", {"csrf": ada.csrf("/articles")})
+    assert status == 303 and "retired" in headers["location"]
+    status, headers, _ = ada.request("POST", "/articles/import", {
+        "csrf": ada.csrf("/articles"),
+        "csv": "key,language,title,url,labels,last_reviewed\n"
+               "status-faq,en,ACE status FAQ,https://www.cbp.gov/status-faq,system_status,2026-12-04\n"})
+    assert status == 303 and "1+article" in headers["location"]
+    with ctx.sessions() as s:
+        library = load_library(s)
+        assert library.get("outages-guidelines") is None and library.get("status-faq") is not None
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "article.retire")).one().actor == "ada"
