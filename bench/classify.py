@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifiers.classify import MessageText, classify  # noqa: E402
-from classifiers.corpus import load_split, to_eml  # noqa: E402
+from classifiers.corpus import load_corpus, to_eml  # noqa: E402
 from classifiers.store import SHIPPED_DIR, load_newest  # noqa: E402
 from classifiers.train import train  # noqa: E402
 from daemon.intake.parse import parse_message  # noqa: E402
@@ -72,7 +72,7 @@ ACE Help Desk
 
 
 def make_messages(count: int) -> list[bytes]:
-    examples = load_split("test")
+    examples = load_corpus()
     out = []
     for i in range(count):
         ex = examples[i % len(examples)]
@@ -86,7 +86,8 @@ def make_messages(count: int) -> list[bytes]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--full", action="store_true", help="also time the whole train with cross-validation")
+    parser.add_argument("--full", action="store_true",
+                        help="also time the whole train (every family compared leave-one-writer-out)")
     args = parser.parse_args()
 
     model = load_newest(SHIPPED_DIR)
@@ -119,7 +120,7 @@ def main() -> int:
         classify(model, [MessageText(p.subject, p.new_text, p.signature, p.quoted_text[:4000]) for p in chunk])
     end_to_end = len(raws) / (time.perf_counter() - t0)
 
-    train_examples = load_split("train")
+    train_examples = load_corpus()
     t0 = time.perf_counter()
     from classifiers.model import TextClassifier
 
@@ -145,7 +146,7 @@ def main() -> int:
         "parse_and_classify_msgs_per_s": round(end_to_end, 1),
         "train_examples": len(train_examples),
         "train_seconds": round(train_s, 2),
-        "train_with_cv_seconds": round(full_s, 2) if full_s is not None else None,
+        "train_with_lowo_seconds": round(full_s, 2) if full_s is not None else None,
         "cpus": os.cpu_count(),
     }
     print(f"messages: {len(raws)} of {figures['mean_message_bytes']} bytes on average "
@@ -155,7 +156,7 @@ def main() -> int:
     print(f"classify, one at a time:     {single_rate:,.0f} msgs/s")
     print(f"parse + classify, batches:   {end_to_end:,.0f} msgs/s (parse alone {figures['parse_msgs_per_s']:,.0f})")
     print(f"training (fit {model.spec} on {len(train_examples)} examples): {train_s:.1f} s"
-          + (f"; with cross-validation: {full_s:.1f} s" if full_s is not None else ""))
+          + (f"; with leave-one-writer-out: {full_s:.1f} s" if full_s is not None else ""))
     print(json.dumps(figures))
     return 0
 

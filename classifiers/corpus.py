@@ -1,12 +1,15 @@
-"""The labelled corpus: loading the JSON-lines files in ``classifiers/corpus``,
-turning each message into the text the model reads (subject + new text,
-split exactly as the parser splits real mail), hashing the training data,
-and writing a split out as ``.eml`` files plus a ``labels.csv`` for
-``acedesk evaluate``.
+"""The labelled corpus: one JSON-lines file per writer in
+``classifiers/corpus/writers/``, turning each message into the text the
+model reads (subject + new text, split exactly as the parser splits real
+mail), hashing the training data, and writing examples out as ``.eml``
+files plus a ``labels.csv`` for ``acedesk evaluate``.
 
-Files named ``*_train.jsonl`` (and ``extra_train.jsonl``, hand-written hard
-cases) are the training split; ``*_test.jsonl`` is the held-out split, never
-trained on.  Each line: ``{"label", "language", "subject", "body"}``.
+The writer of every example is recorded (the file's name), because the
+measure that matters is how the model does on people it has never read:
+evaluation leaves one writer out at a time (:mod:`classifiers.lowo`).
+Each line: ``{"label", "language", "subject", "body"}`` and optionally
+``persona`` and ``boundary`` (a case written to sit between two labels).
+``writers/SOURCES.md`` says who each writer is and how they were briefed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class Example:
     source: str = ""
     #: The classifier text when it is already known (an analyst's correction of a parsed message).
     classifier_text: str | None = None
+    #: Who wrote it (the corpus file's stem; ``corrections`` for analysts' corrections).
+    writer: str = ""
+    #: Written to sit on the line between two neighbouring labels.
+    boundary: bool = False
 
     @property
     def text(self) -> str:
@@ -49,15 +56,14 @@ class Example:
         return f"{self.subject}\n{new}".strip()
 
 
-def corpus_files(split: str, directory: Path = CORPUS_DIR) -> list[Path]:
-    """Return the corpus files of ``split`` (``train`` or ``test``), sorted by name."""
-    if split not in ("train", "test"):
-        raise ValueError("split is 'train' or 'test'")
-    return sorted(p for p in directory.glob(f"*{split}.jsonl") if p.is_file())
+def writer_files(directory: Path = CORPUS_DIR) -> list[Path]:
+    """Return the writers' files in ``directory/writers`` (or ``directory`` itself), sorted by name."""
+    folder = directory / "writers" if (directory / "writers").is_dir() else directory
+    return sorted(p for p in folder.glob("*.jsonl") if p.is_file())
 
 
 def load_examples(paths: Iterable[Path]) -> list[Example]:
-    """Read the examples in ``paths``; raise ``ValueError`` naming the line of a bad one."""
+    """Read the examples in ``paths`` (writer = file stem); raise ``ValueError`` naming the line of a bad one."""
     examples = []
     for path in paths:
         with path.open(encoding="utf-8") as fh:
@@ -74,13 +80,19 @@ def load_examples(paths: Iterable[Path]) -> list[Example]:
                     raise ValueError(f"{where}: unknown label {label!r}")
                 examples.append(Example(label=label, language=str(data.get("language", "")),
                                         subject=str(data.get("subject") or ""),
-                                        body=str(data.get("body") or ""), source=where))
+                                        body=str(data.get("body") or ""), source=where,
+                                        writer=path.stem, boundary=bool(data.get("boundary", False))))
     return examples
 
 
-def load_split(split: str, directory: Path = CORPUS_DIR) -> list[Example]:
-    """Return every example of ``split`` in ``directory``."""
-    return load_examples(corpus_files(split, directory))
+def load_corpus(directory: Path = CORPUS_DIR, writers: Iterable[str] = ()) -> list[Example]:
+    """Return every example in ``directory`` (only those of ``writers`` when given)."""
+    wanted = set(writers)
+    paths = [p for p in writer_files(directory) if not wanted or p.stem in wanted]
+    missing = wanted - {p.stem for p in paths}
+    if missing:
+        raise ValueError(f"no writer {', '.join(sorted(missing))} in {directory}")
+    return load_examples(paths)
 
 
 def data_hash(texts: Sequence[str], labels: Sequence[str]) -> str:
@@ -122,24 +134,22 @@ def write_eml_dir(examples: Sequence[Example], directory: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m classifiers.corpus OUTDIR [test|train|independent]``: materialise a split
-    (or the independent evaluation set, never trained on) for ``acedesk evaluate``."""
+    """``python -m classifiers.corpus OUTDIR [WRITER...]``: write the examples of the named
+    writers (default: all) as ``.eml`` files and a ``labels.csv`` for ``acedesk evaluate``."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or len(args) > 2:
-        print("usage: python -m classifiers.corpus OUTDIR [test|train|independent]", file=sys.stderr)
+    if not args:
+        names = ", ".join(p.stem for p in writer_files())
+        print(f"usage: python -m classifiers.corpus OUTDIR [WRITER...]  (writers: {names})", file=sys.stderr)
         return 2
-    split = args[1] if len(args) > 1 else "test"
-    if split == "independent":
-        examples = load_examples([CORPUS_DIR / "independent_eval.jsonl"])
-    elif split in ("train", "test"):
-        examples = load_split(split)
-    else:
-        print(f"unknown split {split!r}: test, train or independent", file=sys.stderr)
+    try:
+        examples = load_corpus(CORPUS_DIR, args[1:])
+    except ValueError as exc:
+        print(f"corpus: {exc}", file=sys.stderr)
         return 2
     csv_path = write_eml_dir(examples, Path(args[0]))
-    print(f"wrote {len(examples)} {split} messages and {csv_path}")
+    print(f"wrote {len(examples)} messages and {csv_path}")
     return 0
 
 

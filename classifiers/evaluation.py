@@ -28,14 +28,18 @@ SAFETY_ERRORS = 0.0
 
 
 def report(y_true: Sequence[str], y_pred: Sequence[str], auto: Sequence[bool],
-           labels: Sequence[str]) -> dict[str, Any]:
-    """Return the evaluation figures as a JSON-ready dict."""
+           labels: Sequence[str], present_only: bool = False) -> dict[str, Any]:
+    """Return the evaluation figures as a JSON-ready dict.
+
+    Macro-F1 averages the labels that occur in ``y_true`` or ``y_pred``, or with
+    ``present_only`` only those in ``y_true``.
+    """
     y_true, y_pred, auto_arr = list(y_true), list(y_pred), np.asarray(auto, dtype=bool)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(labels), zero_division=0)
     per_label = {lab: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
                        "f1": round(float(f[i]), 4), "support": int(s[i])}
                  for i, lab in enumerate(labels)}
-    present = [i for i, lab in enumerate(labels) if s[i] > 0 or lab in y_pred]
+    present = [i for i, lab in enumerate(labels) if s[i] > 0 or (lab in y_pred and not present_only)]
     macro_f1 = float(np.mean([f[i] for i in present])) if present else 0.0
     n = len(y_true)
     correct = np.array([t == q for t, q in zip(y_true, y_pred)], dtype=bool)
@@ -117,7 +121,8 @@ def apply_thresholds(proba: np.ndarray, labels: Sequence[str], thresholds: dict[
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
-    return confusion_matrix(list(y_true), list(y_pred), labels=list(labels)).tolist()
+    matrix: list[list[int]] = confusion_matrix(list(y_true), list(y_pred), labels=list(labels)).tolist()
+    return matrix
 
 
 def safe_log_loss(y_true: Sequence[str], proba: np.ndarray, labels: Sequence[str]) -> float:

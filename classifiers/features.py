@@ -13,6 +13,7 @@ requires bumping :data:`classifiers.normalise.NORMALISER_VERSION`.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Sequence
 from typing import Any
@@ -75,8 +76,17 @@ class CharTfidf(TransformerMixin, BaseEstimator):
         vec.fit(texts)
         self.vocabulary_: dict[str, int] = dict(vec.vocabulary_)
         self.idf_: np.ndarray = vec.idf_.astype(np.float32)
-        self._columns: dict[str, array] = {}
+        self._columns: dict[str, "array[int]"] = {}
         return self
+
+    @classmethod
+    def from_arrays(cls, vocabulary: dict[str, int], idf: np.ndarray) -> "CharTfidf":
+        """Return a fitted instance from a saved vocabulary and IDF (a model archive)."""
+        model = cls()
+        model.vocabulary_ = vocabulary
+        model.idf_ = np.asarray(idf, dtype=np.float32)
+        model._columns = {}
+        return model
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -119,3 +129,93 @@ class CharTfidf(TransformerMixin, BaseEstimator):
             matrix.data += 1.0
         matrix.data *= self.idf_[matrix.indices]
         return normalize(matrix, norm="l2", copy=False)
+
+
+#: The word analyzer's tokens: runs of two or more letters (scikit-learn's ``token_pattern``).
+WORD_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"
+_WORD = re.compile(WORD_PATTERN)
+
+
+def word_tokens(text: str) -> list[str]:
+    """Return the word tokens of normalised ``text`` (lower-cased, as the vectorizer reads them)."""
+    return _WORD.findall(text.lower())
+
+
+# -- desk cues ------------------------------------------------------------------------------------
+#
+# Groups of words that carry the desk's knowledge, pooled into one feature each, so that the
+# model learns "a Partner Government Agency is named" once instead of once per agency name, and
+# a writer who names an agency the corpus never saw still lights the feature.  Patterns run over
+# normalised text (lower case, accents folded, digits as 0).  Changing them changes what a saved
+# model reads: bump CUES_VERSION.
+
+CUES_VERSION = 1
+CUE_WEIGHT = 0.1
+CUES: tuple[tuple[str, str], ...] = (
+    ("pga_agency", r"\b(?:fda|usda|aphis|fsis|fws|fish and wildlife|epa|nhtsa|cpsc|ttb|nmfs|noaa|dea|atf|"
+                   r"ams|fmcsa|partner government agenc|pga user|agency user|system control officer|"
+                   r"\bsco\b|agencia (?:federal|asociada|participante))"),
+    ("government_self", r"\b(?:our agency|my agency|agency staff|federal (?:employee|user|analyst|officer)|"
+                        r"as an? (?:fda|usda|epa|fws|agency) |nuestra agencia|mi agencia|funcionari[oa]|"
+                        r"\.gov\b|inspector|compliance officer at (?:fda|usda|epa))"),
+    ("pga_filing", r"\b(?:pga (?:message set|data|record|flag|filing)|message set|pg0|datos pga|"
+                   r"set de mensajes)"),
+    ("vendor_software", r"\b(?:vendor|software|proveedor de software|our provider|third.party|"
+                        r"abi (?:software|vendor|provider|system)|edi|api|sdk|plugin|integration|"
+                        r"certified (?:software|vendor)|our system|nuestro sistema|programa|version 0|"
+                        r"v0\.0|license|licencia|desktop app|module|modulo)"),
+    ("outage", r"\b(?:down|outage|not loading|won.?t load|slow|timeout|timed out|unavailable|"
+               r"error 0{1,3}|caid[oa]|no carga|lent[oa]|fuera de servicio|intermitente|intermittent|"
+               r"availability dashboard|not responding|no responde)"),
+    ("reports", r"\b(?:reports?|reportes?|informes?|query|queries|columns?|columnas?|dashboard report|"
+                r"run (?:a|the) report|custom report|schedule(?:d)? report|excel|csv export|filtros?|"
+                r"filters?|training videos?)"),
+    ("entry_summary", r"\b(?:entry summar|resumen de entrada|0{3,4}0? form|cbp form 0|post summary|"
+                      r"\bpsc\b|liquidat|liquidac|duty|aranceles?|classification|hts)"),
+    ("subscribe", r"\b(?:subscrib|unsubscrib|suscrib|desuscrib|dar(?:me|le|nos)? de baja|de alta|"
+                  r"remove me|take me off|stop sending|mailing list|lista de (?:correo|distribucion)|"
+                  r"opt.out|sign (?:me|us) up|notifications? list|preferences?|preferencias)"),
+    ("csms", r"\b(?:csms|cargo systems messaging)"),
+    ("account_new", r"\b(?:new account|open an? (?:ace )?account|apply|application|enrol|inscri|"
+                    r"welcome letter|first time|crear (?:una )?cuenta|nueva cuenta|abrir (?:una )?cuenta|"
+                    r"solicitud|registr)"),
+    ("account_admin", r"\b(?:add (?:a |an |new )?users?|remove (?:a |an )?users?|proxy|account owner|"
+                      r"sub.?accounts?|subcuentas?|transfer|agregar (?:un )?usuario|dar acceso|"
+                      r"eliminar (?:un )?usuario|propietario de la cuenta|access to (?:our|the|their) "
+                      r"client|top.level account)"),
+    ("locked", r"\b(?:locked|lock(?:ed)? out|deactivat|disabled|suspended|bloquead|desactivad|"
+               r"inactivad|reactivat|reactivar|unlock|desbloque)"),
+    ("password", r"\b(?:password|passcode|forgot|reset|temporary|challenge questions?|contrasena|"
+                 r"clave|olvide|restablec|preguntas de seguridad)"),
+    ("refund", r"\b(?:ach|refunds?|reembolsos?|bank(?:ing)?|routing|banco|bancari|cheques?|checks?|"
+               r"deposit|deposito)"),
+    ("notify", r"\b(?:notify part|0{4} form|special address|parte (?:a )?notificar|notificacion)"),
+    ("export", r"\b(?:aes|aesdirect|eei|itn|census|export|exportac|schedule b|shipper.s export)"),
+    ("cargo", r"\b(?:cargo release|release|in.?bond|manifest|liberaci|hold|retenid|despacho|"
+              r"bill of lading|conocimiento de embarque|e.?manifest)"),
+    ("thanks", r"\b(?:thank(?:s| you)|gracias|appreciate|muy amable|resolved|resuelto|funciono|"
+               r"worked|all set)"),
+)
+_CUES = [(name, re.compile(pattern)) for name, pattern in CUES]
+
+
+def cue_matrix(texts: Sequence[str]) -> sparse.csr_matrix:
+    """Return one row per normalised text: :data:`CUE_WEIGHT` where a cue group matches, else 0."""
+    rows, cols = [], []
+    for r, text in enumerate(texts):
+        for c, (_name, pattern) in enumerate(_CUES):
+            if pattern.search(text):
+                rows.append(r)
+                cols.append(c)
+    data = np.full(len(rows), CUE_WEIGHT, dtype=np.float64)
+    return sparse.csr_matrix((data, (rows, cols)), shape=(len(texts), len(_CUES)))
+
+
+class CueFeatures(TransformerMixin, BaseEstimator):
+    """:func:`cue_matrix` as a scikit-learn transformer (stateless)."""
+
+    def fit(self, texts: Sequence[str], y: Any = None) -> "CueFeatures":
+        return self
+
+    def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        return cue_matrix(texts)

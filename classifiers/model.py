@@ -1,17 +1,17 @@
 """The trainable classifier: a scikit-learn ``Pipeline`` (word and character
-n-gram TF-IDF, a linear model with calibrated probabilities) over the
-normalised new text, with the per-label thresholds that decide when a
-prediction is sure enough for an automatic action.
+n-gram TF-IDF, optionally the desk's cue groups, one or two linear models with
+calibrated probabilities) over the normalised new text, with the per-label
+thresholds that decide when a prediction is sure enough for an automatic
+action.
 
 ``TextClassifier.fit() -> self``, ``predict``, ``save(dir)`` and ``load(path)``.
-A saved model is one joblib file ``acedesk-model-<version>.joblib`` holding
-the fitted pipeline and its metadata, next to its model card
-``acedesk-model-<version>.card.json``; :func:`TextClassifier.load` refuses,
-with :class:`ModelLoadError` naming the file, anything that is not such a
-file, was written for another format or normaliser, by another
-scikit-learn, or does not match the SHA-256 its card records.
-
-Loading unpickles: only load model files from a folder you control.
+Training uses scikit-learn; a saved model is a plain array archive
+(:mod:`classifiers.artifact`, ``acedesk-model-<version>.npz``) next to its
+model card ``acedesk-model-<version>.card.json``.  Loading executes no code
+and does not depend on the scikit-learn that trained the model.
+:func:`TextClassifier.load` refuses, with :class:`ModelLoadError` naming the
+file, anything that is not such an archive, was written for another format
+or normaliser, or does not match the SHA-256 its card records.
 """
 
 from __future__ import annotations
@@ -20,31 +20,23 @@ import dataclasses
 import hashlib
 import json
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline
-from sklearn.svm import LinearSVC
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from classifiers.features import CharTfidf
+from classifiers.artifact import Artifact, ArtifactError, export
+from classifiers.features import WORD_PATTERN, CharTfidf, CueFeatures
 from classifiers.labels import LABELS, OTHER
 from classifiers.normalise import NORMALISER_VERSION, normalise
 
-#: Version of the saved file's layout; bumped when it changes.
-FORMAT = 1
 MODEL_PREFIX = "acedesk-model-"
-MODEL_SUFFIX = ".joblib"
+MODEL_SUFFIX = ".npz"
 CARD_SUFFIX = ".card.json"
-PNG_SUFFIX = ".confusion.png"
+PLOT_SUFFIX = ".confusion.svg"
 #: Characters of normalised text the model reads.
 DEFAULT_MAX_CHARS = 1000
 #: Below this share of known words a message is unfamiliar: never an automatic action.
@@ -58,6 +50,19 @@ MIXED_CLAUSE_CONFIDENCE = 0.7
 #: Distinct labels among confident clauses that make a message mixed.
 MIXED_MIN_LABELS = 3
 _CLAUSE = re.compile(r"[.!?;,\n]+")
+
+#: Neighbouring labels that writers blur (measured leave-one-writer-out): when the two best
+#: labels are such a pair and close, a person decides rather than the model guessing.
+CONFUSABLE_PAIRS: frozenset[frozenset[str]] = frozenset(frozenset(p) for p in (
+    ("pga_access", "password_reset"), ("pga_access", "account_locked"), ("account_locked", "password_reset"),
+    ("ace_reports", "entry_summary"), ("account_setup", "account_management"),
+    ("third_party_software", "system_status"), ("export_aesdirect", "system_status"),
+    ("export_aesdirect", "third_party_software"), ("notify_party", "cargo_release"),
+    ("ach_refund", "account_management"), ("csms_subscription", "system_status"),
+    ("csms_subscription", "ach_refund"), ("csms_subscription", "other"),
+))
+#: The default margin between the two best probabilities below which a confusable pair abstains.
+DEFAULT_ABSTAIN_MARGIN = 0.25
 
 
 class NotTrained(Exception):
@@ -79,110 +84,139 @@ class Prediction:
     ranking: tuple[tuple[str, float], ...] = ()
 
 
-def _word_features(max_features: int | None) -> TfidfVectorizer:
-    return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b[^\W\d_]{2,}\b",
-                           min_df=2, sublinear_tf=True, max_features=max_features, dtype=np.float32)
+def _word_features(max_features: int | None) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=WORD_PATTERN,
+                           min_df=2, sublinear_tf=True, max_features=max_features, dtype=np.float64)
 
 
-def _char_features(max_features: int | None) -> CharTfidf:
-    # char_wb n-grams of 1-5 characters, looked up per word (classifiers.features).
-    return CharTfidf(min_df=2, max_features=max_features, sublinear_tf=True)
+def _calibrated_svm(seed: int, c: float) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
 
-
-def _calibrated_svm(seed: int) -> CalibratedClassifierCV:
     # Platt scaling over 5 internal folds; one final SVM (ensemble=False) keeps the file small.
-    return CalibratedClassifierCV(LinearSVC(C=2.0, random_state=seed), method="sigmoid", cv=5,
-                                  ensemble=False)
+    return CalibratedClassifierCV(LinearSVC(C=c, random_state=seed), method="sigmoid", cv=5, ensemble=False)
 
 
-def build_pipeline(spec: str, seed: int) -> Pipeline:
-    """Return the unfitted pipeline named ``spec`` (see :data:`SPECS`)."""
-    if spec == "word+char/svm-sigmoid":
-        features = FeatureUnion([("word", _word_features(20000)), ("char", _char_features(60000))])
-        clf: Any = _calibrated_svm(seed)
-    elif spec == "word+char/logreg":
-        features = FeatureUnion([("word", _word_features(20000)), ("char", _char_features(60000))])
-        clf = LogisticRegression(C=100.0, max_iter=3000, random_state=seed)
-    elif spec == "char/svm-sigmoid":
-        features = FeatureUnion([("char", _char_features(60000))])
-        clf = _calibrated_svm(seed)
-    elif spec == "word/svm-sigmoid":
-        features = FeatureUnion([("word", _word_features(20000))])
-        clf = _calibrated_svm(seed)
-    else:
+def _logreg(seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=20.0, max_iter=3000, random_state=seed)
+
+
+class AveragedClassifier(ClassifierMixin, BaseEstimator):
+    """Averages the probabilities of several classifiers fitted on the same features
+    (an ensemble whose members err on different messages)."""
+
+    def __init__(self, estimators: list[Any], weights: list[float] | None = None) -> None:
+        self.estimators = estimators
+        self.weights = weights or [1.0] * len(estimators)
+
+    def fit(self, x: Any, y: Sequence[str], sample_weight: Any = None) -> "AveragedClassifier":
+        from sklearn.base import clone
+
+        self.estimators_ = [clone(e).fit(x, y, sample_weight=sample_weight) for e in self.estimators]
+        self.classes_ = self.estimators_[0].classes_
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        total = sum(self.weights)
+        out = np.zeros((x.shape[0], len(self.classes_)))
+        for w, e in zip(self.weights, self.estimators_):
+            out += w * np.asarray(e.predict_proba(x))
+        return out / total
+
+
+#: The model families compared leave-one-writer-out at training time: which feature blocks
+#: (word n-grams, character n-grams, the desk's cue groups) and which classifier.
+SPECS: tuple[str, ...] = ("word+char/svm", "word+char+cues/svm", "word+char/svm+logreg",
+                          "word+char/svm-bag")
+
+
+def build_pipeline(spec: str, seed: int) -> Any:
+    """Return the unfitted scikit-learn pipeline named ``spec`` (see :data:`SPECS`)."""
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    if spec not in SPECS:
         raise ValueError(f"unknown model spec {spec!r}; expected one of {', '.join(SPECS)}")
-    return Pipeline([("features", features), ("clf", clf)])
-
-
-#: Feature/model choices compared by cross-validation at training time.
-SPECS: tuple[str, ...] = ("word+char/svm-sigmoid", "word+char/logreg", "char/svm-sigmoid", "word/svm-sigmoid")
+    blocks_name, clf_name = spec.split("/")
+    blocks = blocks_name.split("+")
+    parts: list[tuple[str, Any]] = [("word", _word_features(20000)),
+                                    ("char", CharTfidf(min_df=2, max_features=60000, sublinear_tf=True))]
+    if "cues" in blocks:
+        parts.append(("cues", CueFeatures()))
+    clf: Any
+    if clf_name == "svm":
+        clf = _calibrated_svm(seed, 2.0)
+    elif clf_name == "svm-bag":
+        # Two margins: a tighter and a looser fit, averaged.
+        clf = AveragedClassifier([_calibrated_svm(seed, 0.5), _calibrated_svm(seed, 2.0)])
+    else:  # svm+logreg
+        clf = AveragedClassifier([_calibrated_svm(seed, 2.0), _logreg(seed)])
+    return Pipeline([("features", FeatureUnion(parts)), ("clf", clf)])
 
 
 @dataclass
 class TextClassifier:
-    """A fitted pipeline, its labels and thresholds, and its metadata."""
+    """A fitted model (as its :class:`Artifact`), its thresholds, and its metadata."""
 
     spec: str = SPECS[0]
     seed: int = 0
     max_chars: int = DEFAULT_MAX_CHARS
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: Two best labels forming a confusable pair closer than this: never automatic.
+    abstain_margin: float = DEFAULT_ABSTAIN_MARGIN
     version: str = ""
     #: The model card (written next to the model file; metrics, data hash ...).
     card: dict[str, Any] = field(default_factory=dict)
-    pipeline: Pipeline | None = None
+    artifact: Artifact | None = None
     path: Path | None = None
 
     # -- training and prediction ------------------------------------------------
 
     @property
     def fitted(self) -> bool:
-        return self.pipeline is not None
+        return self.artifact is not None
 
     @property
     def labels(self) -> list[str]:
-        self._check_fitted()
-        assert self.pipeline is not None
-        return [str(x) for x in self.pipeline.classes_]
+        return list(self._artifact().classes)
 
     def prepare(self, texts: Sequence[str], max_chars: int | None = None) -> list[str]:
-        """Return the normalised texts the pipeline reads, capped at ``max_chars`` (default: the model's)."""
+        """Return the normalised texts the model reads, capped at ``max_chars`` (default: the model's)."""
         cap = max_chars or self.max_chars
         return [normalise(t or "", cap) for t in texts]
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "TextClassifier":
-        """Fit on raw classifier texts (subject + new text) and their labels; return self."""
+    def fit(self, texts: Sequence[str], labels: Sequence[str],
+            weights: Sequence[float] | None = None) -> "TextClassifier":
+        """Fit on raw classifier texts (subject + new text), their labels and optional
+        per-example weights (analysts' corrections weigh more); return self."""
         unknown = sorted(set(labels) - set(LABELS))
         if unknown:
             raise ValueError(f"unknown labels: {', '.join(unknown)}")
         pipeline = build_pipeline(self.spec, self.seed)
-        pipeline.fit(self.prepare(texts), list(labels))
-        _drop_introspection(pipeline)
-        self.pipeline = pipeline
-        self.__dict__.pop("_fast", None)
+        prepared = self.prepare(texts)
+        fit_params = {} if weights is None else {"clf__sample_weight": np.asarray(weights, dtype=float)}
+        pipeline.fit(prepared, list(labels), **fit_params)
+        artifact = export(pipeline, {})
+        probe = prepared[:300]
+        if not np.allclose(artifact.predict_proba(probe), pipeline.predict_proba(probe), atol=1e-5):
+            raise RuntimeError("the exported model does not reproduce the fitted pipeline")
+        self.artifact = artifact
         self.__dict__.pop("_vocab", None)
         return self
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Return the calibrated probabilities, one row per text, columns in :attr:`labels` order."""
-        self._check_fitted()
-        return self._proba(self.prepare(texts))
-
-    def _proba(self, prepared: Sequence[str]) -> np.ndarray:
-        """Probabilities of normalised texts: the fast path when it was verified, else the pipeline."""
-        assert self.pipeline is not None
-        fast = self.__dict__.get("_fast")
-        if fast is None:
-            fast = self.__dict__["_fast"] = _FastPath.build(self.pipeline)
-        if fast:
-            return fast.predict_proba(prepared)
-        return self.pipeline.predict_proba(list(prepared))
+        return self._artifact().predict_proba(self.prepare(texts))
 
     def familiarity(self, texts: Sequence[str], prepared: bool = False) -> list[tuple[int, float]]:
         """Return ``(known words, share of known words)`` per text, from the word vocabulary."""
         vocab = self._word_vocabulary()
         out = []
         for text in (texts if prepared else self.prepare(texts)):
-            words = [w for w in _WORDS.findall(text)]
+            words = _WORDS.findall(text)
             if not words:
                 out.append((0, 0.0))
                 continue
@@ -200,29 +234,35 @@ class TextClassifier:
         texts = list(texts)
         if not texts:
             return []
-        self._check_fitted()
-        assert self.pipeline is not None
+        artifact = self._artifact()
         prepared = self.prepare(texts, max_chars)
-        proba = self._proba(prepared)
-        labels = self.labels
-        limits = {**self.thresholds, **(thresholds or {})}
+        proba = artifact.predict_proba(prepared)
         familiar = self.familiarity(prepared, prepared=True)
-        out = []
-        for row, (known, share) in zip(proba, familiar):
-            order = np.argsort(-row, kind="stable")[:3]
-            best = int(order[0])
-            label, confidence = labels[best], float(row[best])
-            if known == 0:
-                # Nothing the model knows (empty, or another alphabet): "other", for a person.
-                label = OTHER
-                confidence = float(row[labels.index(OTHER)]) if OTHER in labels else 0.0
-            auto = (confidence >= limits.get(label, 1.01) and known >= MIN_KNOWN_WORDS
-                    and share >= MIN_FAMILIARITY)
-            out.append(Prediction(label, round(confidence, 4), bool(auto),
-                                  tuple((labels[int(i)], round(float(row[int(i)]), 4)) for i in order)))
+        out = [self._decide(row, known, share, {**self.thresholds, **(thresholds or {})})
+               for row, (known, share) in zip(proba, familiar)]
         mixed = self._mixed_topics([p for p, pred in zip(prepared, out) if pred.auto])
         flags = iter(mixed)
         return [dataclasses.replace(p, auto=False) if p.auto and next(flags) else p for p in out]
+
+    def _decide(self, row: np.ndarray, known: int, share: float, limits: dict[str, float]) -> Prediction:
+        labels = self.labels
+        order = np.argsort(-row, kind="stable")[:3]
+        best = int(order[0])
+        label, confidence = labels[best], float(row[best])
+        if known == 0:
+            # Nothing the model knows (empty, or another alphabet): "other", for a person.
+            label = OTHER
+            confidence = float(row[labels.index(OTHER)]) if OTHER in labels else 0.0
+        auto = (confidence >= limits.get(label, 1.01) and known >= MIN_KNOWN_WORDS
+                and share >= MIN_FAMILIARITY and not self.abstains(labels, row))
+        return Prediction(label, round(confidence, 4), bool(auto),
+                          tuple((labels[int(i)], round(float(row[int(i)]), 4)) for i in order))
+
+    def abstains(self, labels: Sequence[str], row: np.ndarray) -> bool:
+        """Whether the two best labels are a known confusable pair within :attr:`abstain_margin`."""
+        first, second = np.argsort(-row, kind="stable")[:2]
+        pair = frozenset((labels[int(first)], labels[int(second)]))
+        return pair in CONFUSABLE_PAIRS and float(row[first] - row[second]) < self.abstain_margin
 
     def _mixed_topics(self, prepared: Sequence[str]) -> list[bool]:
         """Return, per normalised text, whether its clauses ask for different things.
@@ -233,7 +273,6 @@ class TextClassifier:
         Two labels are not enough: real requests often mention a
         neighbouring topic in passing.
         """
-        assert self.pipeline is not None
         owners: list[int] = []
         segments: list[str] = []
         for i, text in enumerate(prepared):
@@ -245,7 +284,7 @@ class TextClassifier:
         result = [False] * len(prepared)
         if not segments:
             return result
-        proba = self._proba(segments)
+        proba = self._artifact().predict_proba(segments)
         labels = self.labels
         confident: dict[int, set[str]] = {}
         for owner, row in zip(owners, proba):
@@ -257,25 +296,15 @@ class TextClassifier:
         return result
 
     def _word_vocabulary(self) -> frozenset[str]:
-        cached = getattr(self, "_vocab", None)
-        if cached is not None:
-            return cached
-        self._check_fitted()
-        assert self.pipeline is not None
-        vocab: set[str] = set()
-        for _name, vec in self.pipeline.named_steps["features"].transformer_list:
-            if getattr(vec, "analyzer", None) == "word":
-                vocab.update(t for t in vec.vocabulary_ if " " not in t)
-            else:
-                # Character n-grams: whole short words the char analyzer saw (" word ").
-                vocab.update(t.strip() for t in vec.vocabulary_
-                             if len(t) > 2 and t.startswith(" ") and t.endswith(" "))
-        self._vocab = frozenset(vocab)
-        return self._vocab
+        cached = self.__dict__.get("_vocab")
+        if cached is None:
+            cached = self.__dict__["_vocab"] = self._artifact().word_vocabulary()
+        return cached
 
-    def _check_fitted(self) -> None:
-        if self.pipeline is None:
+    def _artifact(self) -> Artifact:
+        if self.artifact is None:
             raise NotTrained("the classifier is not trained: fit() or load() it first")
+        return self.artifact
 
     # -- persistence ----------------------------------------------------------------
 
@@ -283,28 +312,26 @@ class TextClassifier:
     def file_name(self) -> str:
         return f"{MODEL_PREFIX}{self.version}{MODEL_SUFFIX}"
 
+    def _meta(self) -> dict[str, Any]:
+        return {"normaliser": NORMALISER_VERSION, "version": self.version, "spec": self.spec,
+                "seed": self.seed, "max_chars": self.max_chars, "thresholds": dict(self.thresholds),
+                "abstain_margin": self.abstain_margin}
+
     def save(self, directory: Path | str) -> Path:
         """Write the model file and its card into ``directory``; return the model file's path."""
-        self._check_fitted()
+        artifact = self._artifact()
         if not self.version:
             raise ValueError("set a version before saving")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / self.file_name
-        payload = {
-            "format": FORMAT, "normaliser": NORMALISER_VERSION, "sklearn": sklearn.__version__,
-            "version": self.version, "spec": self.spec, "seed": self.seed, "max_chars": self.max_chars,
-            "thresholds": dict(self.thresholds), "pipeline": self.pipeline,
-        }
-        tmp = path.with_suffix(".tmp")
-        joblib.dump(payload, tmp, compress=("zlib", 3))
-        digest = _sha256(tmp)
-        card = {**self.card, "version": self.version, "model_file": path.name, "model_sha256": digest,
-                "format": FORMAT, "normaliser": NORMALISER_VERSION, "thresholds": dict(self.thresholds),
-                "max_chars": self.max_chars, "spec": self.spec, "seed": self.seed}
+        artifact.meta = self._meta()
+        tmp = path.with_name(path.name + ".tmp")
+        artifact.save(tmp)
+        card = {**self.card, **self._meta(), "model_file": path.name, "model_sha256": _sha256(tmp)}
         self.card = card
         card_path = directory / f"{MODEL_PREFIX}{self.version}{CARD_SUFFIX}"
-        card_tmp = card_path.with_suffix(".tmp")
+        card_tmp = card_path.with_name(card_path.name + ".tmp")
         card_tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         # The card first, then the model: a model file is never visible without its card.
         card_tmp.replace(card_path)
@@ -314,136 +341,62 @@ class TextClassifier:
 
     @classmethod
     def load(cls, path: Path | str) -> "TextClassifier":
-        """Load the model file at ``path``.
+        """Load the model file at ``path`` (no code runs: it is an array archive).
 
         Raises:
             ModelLoadError: the file is missing, corrupt, not a model, or incompatible.
         """
         path = Path(path)
-        card_path = path.with_name(path.name[: -len(MODEL_SUFFIX)] + CARD_SUFFIX) \
-            if path.name.endswith(MODEL_SUFFIX) else None
-        card: dict[str, Any] = {}
-        if card_path is not None and card_path.exists():
-            try:
-                card = json.loads(card_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"{card_path}: unreadable model card: {exc}") from None
-            expected = card.get("model_sha256")
-            try:
-                actual = _sha256(path)
-            except OSError as exc:
-                raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
-            if expected and actual != expected:
-                raise ModelLoadError(f"{path}: corrupt model file (SHA-256 does not match its card)")
+        card = _read_card(path)
         try:
-            with warnings.catch_warnings():
-                # Another scikit-learn's pickle: refuse it rather than predict wrongly.
-                warnings.simplefilter("error")
-                payload = joblib.load(path)
+            artifact = Artifact.load(path)
         except FileNotFoundError:
             raise ModelLoadError(f"{path}: no such model file") from None
-        except Warning as exc:
-            raise ModelLoadError(f"{path}: incompatible model file ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}); retrain with 'acedesk train'") from None
-        except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways
-            raise ModelLoadError(f"{path}: not a readable model file ({type(exc).__name__}: "
-                                 f"{str(exc)[:200]})") from None
-        if not isinstance(payload, dict) or "pipeline" not in payload:
-            raise ModelLoadError(f"{path}: not an acedesk model file")
-        if payload.get("format") != FORMAT:
-            raise ModelLoadError(f"{path}: model format {payload.get('format')!r}, this code reads {FORMAT}")
-        if payload.get("normaliser") != NORMALISER_VERSION:
-            raise ModelLoadError(f"{path}: trained with text normaliser {payload.get('normaliser')!r}, "
+        except ArtifactError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
+        meta = artifact.meta
+        if meta.get("normaliser") != NORMALISER_VERSION:
+            raise ModelLoadError(f"{path}: trained with text normaliser {meta.get('normaliser')!r}, "
                                  f"this code has {NORMALISER_VERSION}; retrain with 'acedesk train'")
-        if payload.get("sklearn") != sklearn.__version__:
-            raise ModelLoadError(f"{path}: trained with scikit-learn {payload.get('sklearn')}, running "
-                                 f"{sklearn.__version__}; retrain with 'acedesk train'")
-        pipeline = payload["pipeline"]
-        if not isinstance(pipeline, Pipeline) or not hasattr(pipeline, "classes_"):
-            raise ModelLoadError(f"{path}: not a fitted pipeline")
-        unknown = sorted(set(map(str, pipeline.classes_)) - set(LABELS))
+        unknown = sorted(set(artifact.classes) - set(LABELS))
         if unknown:
             raise ModelLoadError(f"{path}: labels not in the taxonomy: {', '.join(unknown)}")
-        model = cls(spec=str(payload.get("spec", "")), seed=int(payload.get("seed", 0)),
-                    max_chars=int(payload.get("max_chars", DEFAULT_MAX_CHARS)),
-                    thresholds={str(k): float(v) for k, v in payload.get("thresholds", {}).items()},
-                    version=str(payload.get("version", "")), card=card, pipeline=pipeline, path=path)
         try:
+            model = cls(spec=str(meta.get("spec", "")), seed=int(meta.get("seed", 0)),
+                        max_chars=int(meta.get("max_chars", DEFAULT_MAX_CHARS)),
+                        thresholds={str(k): float(v) for k, v in dict(meta.get("thresholds", {})).items()},
+                        abstain_margin=float(meta.get("abstain_margin", DEFAULT_ABSTAIN_MARGIN)),
+                        version=str(meta.get("version", "")), card=card, artifact=artifact, path=path)
             model.predict(["ace portal account"])
         except Exception as exc:  # noqa: BLE001 - a model that cannot predict is refused here, not later
             raise ModelLoadError(f"{path}: model cannot predict ({type(exc).__name__}: {exc})") from None
         return model
 
 
+def _read_card(path: Path) -> dict[str, Any]:
+    """Return the card next to ``path`` (checking the model's SHA-256 against it), or {}."""
+    if not path.name.endswith(MODEL_SUFFIX):
+        return {}
+    card_path = path.with_name(path.name[: -len(MODEL_SUFFIX)] + CARD_SUFFIX)
+    if not card_path.exists():
+        return {}
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{card_path}: unreadable model card: {exc}") from None
+    expected = card.get("model_sha256")
+    try:
+        actual = _sha256(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such model file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if expected and actual != expected:
+        raise ModelLoadError(f"{path}: corrupt model file (SHA-256 does not match its card)")
+    return dict(card)
+
+
 _WORDS = re.compile(r"(?u)\b[^\W\d_]{2,}\b")
-
-#: Texts on which the fast path must agree with the pipeline before it is used.
-_PROBE = ("my ace portal account is locked", "olvide mi contrasena de ace", "ach refund enrollment 0",
-          "csms unsubscribe please", "zzqx", "")
-
-
-class _FastPath:
-    """The calibrated linear SVM's probabilities computed directly from its
-    fitted parameters (decision function, per-class sigmoid, normalisation),
-    without scikit-learn's per-call validation, which dominates the cost of
-    classifying one message at a time.  Used only after it reproduced the
-    pipeline's own ``predict_proba`` on probe texts (:meth:`build`); any
-    other model, or another scikit-learn that computes differently, keeps
-    the pipeline's path."""
-
-    def __init__(self, transformers: list[Any], parts: list[tuple[Any, ...]], n_classes: int) -> None:
-        self.transformers = transformers
-        self.parts = parts
-        self.n_classes = n_classes
-
-    @classmethod
-    def build(cls, pipeline: Pipeline) -> "_FastPath | bool":
-        try:
-            union = pipeline.named_steps["features"]
-            clf = pipeline.named_steps["clf"]
-            if not isinstance(clf, CalibratedClassifierCV) or any(w is not None for w in [union.transformer_weights]):
-                return False
-            classes = list(clf.classes_)
-            parts = []
-            for calibrated in clf.calibrated_classifiers_:
-                est = calibrated.estimator
-                if not isinstance(est, LinearSVC) or len(calibrated.calibrators) != len(classes):
-                    return False
-                columns = [classes.index(c) for c in est.classes_]
-                a = np.array([float(c.a_) for c in calibrated.calibrators])
-                b = np.array([float(c.b_) for c in calibrated.calibrators])
-                parts.append((est.coef_.T.astype(np.float64), est.intercept_.astype(np.float64), a, b, columns))
-            fast = cls([t for _n, t in union.transformer_list], parts, len(classes))
-            expected = pipeline.predict_proba(list(_PROBE))
-            if not np.allclose(fast.predict_proba(list(_PROBE)), expected, rtol=1e-4, atol=1e-6):
-                return False
-            return fast
-        except Exception:  # noqa: BLE001 - any surprise means: use the pipeline
-            return False
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        from scipy import sparse
-        from scipy.special import expit
-
-        features = sparse.hstack([t.transform(texts) for t in self.transformers], format="csr")
-        total = np.zeros((features.shape[0], self.n_classes))
-        for coef, intercept, a, b, columns in self.parts:
-            decision = np.asarray(features @ coef) + intercept
-            proba = np.zeros_like(total)
-            proba[:, columns] = expit(-(a * decision + b))
-            denominator = proba.sum(axis=1, keepdims=True)
-            uniform = np.full_like(proba, 1.0 / self.n_classes)
-            proba = np.divide(proba, denominator, out=uniform, where=denominator != 0)
-            proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
-            total += proba
-        return total / len(self.parts)
-
-
-def _drop_introspection(pipeline: Pipeline) -> None:
-    """Remove the vectorizers' ``stop_words_`` (documented as safe to drop; it bloats the file)."""
-    for _name, vec in pipeline.named_steps["features"].transformer_list:
-        if hasattr(vec, "stop_words_"):
-            delattr(vec, "stop_words_")
 
 
 def _sha256(path: Path) -> str:

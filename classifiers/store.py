@@ -32,13 +32,13 @@ def model_files(directory: Path) -> list[Path]:
 
 def prune(directory: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` model versions (file, card, plot); return the removed model files."""
-    from classifiers.model import CARD_SUFFIX, PNG_SUFFIX
+    from classifiers.model import CARD_SUFFIX, PLOT_SUFFIX
 
     files = model_files(directory)
     removed = files[: max(0, len(files) - max(1, keep))]
     for path in removed:
         stem = path.name[: -len(MODEL_SUFFIX)]
-        for name in (path.name, stem + CARD_SUFFIX, stem + PNG_SUFFIX):
+        for name in (path.name, stem + CARD_SUFFIX, stem + PLOT_SUFFIX):
             (directory / name).unlink(missing_ok=True)
     return removed
 

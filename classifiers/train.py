@@ -1,7 +1,7 @@
-"""Training: compare the candidate feature/model choices by cross-validation,
-fit the best one on all the training data, set per-label thresholds from
-its held-out (out-of-fold) probabilities, and write the versioned model
-file, its model card and a confusion-matrix PNG.
+"""Training: compare the candidate model families leave-one-writer-out
+(:mod:`classifiers.lowo`), fit the best one on every writer, set per-label
+thresholds from its out-of-writer probabilities, and write the versioned
+model file, its model card and a confusion-matrix SVG.
 
 The daemon never trains; ``acedesk train`` calls :func:`train` and
 :func:`write_artifacts`.  Everything is seeded: the same data and seed give
@@ -16,33 +16,27 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from classifiers.corpus import Example, data_hash
-from classifiers.evaluation import (
-    TARGET_PRECISION,
-    apply_thresholds,
-    choose_thresholds,
-    confusion,
-    report,
-    safe_log_loss,
-)
+from classifiers.evaluation import TARGET_PRECISION, confusion
 from classifiers.labels import LABELS
-from classifiers.model import DEFAULT_MAX_CHARS, MODEL_PREFIX, PNG_SUFFIX, SPECS, TextClassifier
+from classifiers.lowo import CORRECTION_WEIGHT, OutOfWriter, evaluate, out_of_writer, thresholds_from, training_weights
+from classifiers.model import DEFAULT_MAX_CHARS, MODEL_PREFIX, PLOT_SUFFIX, SPECS, TextClassifier
 
-#: Folds of the cross-validation that compares the choices and sets the thresholds.
-FOLDS = 5
+#: Fewest examples of a label, across all writers, that training accepts.
+MIN_PER_LABEL = 5
 
 
 @dataclass
 class TrainResult:
     model: TextClassifier
     card: dict[str, Any]
-    #: Out-of-fold confusion matrix of the chosen spec (rows true, columns predicted, LABELS order).
+    #: Out-of-writer confusion matrix of the chosen family (rows true, columns predicted, LABELS order).
     confusion: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
 
@@ -54,112 +48,112 @@ def make_version(texts_hash: str, now: dt.datetime | None = None) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import joblib
     import scipy
     import sklearn
 
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "scipy": scipy.__version__, "joblib": joblib.__version__}
+            "numpy": np.__version__, "scipy": scipy.__version__}
 
 
-def out_of_fold(spec: str, texts: Sequence[str], labels: Sequence[str], seed: int, max_chars: int,
-                folds: int = FOLDS, progress: Any = None) -> np.ndarray:
-    """Return out-of-fold probabilities (columns in sorted label order) of ``spec``."""
-    y = np.asarray(labels)
-    classes = sorted(set(labels))
-    proba = np.zeros((len(texts), len(classes)))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train_idx, test_idx in splitter.split(np.zeros(len(y)), y):
-        model = TextClassifier(spec=spec, seed=seed, max_chars=max_chars)
-        model.fit([texts[i] for i in train_idx], y[train_idx].tolist())
-        part = model.predict_proba([texts[i] for i in test_idx])
-        cols = [classes.index(c) for c in model.labels]
-        proba[np.ix_(test_idx, cols)] = part
-        if progress is not None:
-            progress.update(1)
-    return proba
+def _summary(ev: dict[str, Any], seconds: float) -> dict[str, Any]:
+    o = ev["overall"]
+    return {"macro_f1": o["macro_f1"], "accuracy": o["accuracy"], "auto_precision": o["auto"]["precision"],
+            "auto_coverage": o["auto"]["coverage"], "worst_writer_macro_f1": ev["worst_writer_macro_f1"],
+            "seconds": round(seconds, 1)}
 
 
-def train(examples: Sequence[Example], *, seed: int = 0, specs: Sequence[str] = SPECS,
-          max_chars: int = DEFAULT_MAX_CHARS, version: str | None = None, folds: int = FOLDS,
-          heldout: Sequence[Example] = (), progress: bool = True) -> TrainResult:
-    """Compare ``specs``, fit the best, and return it with its card.
+def _chosen(comparison: dict[str, dict[str, Any]]) -> str:
+    """The family that acts automatically on the most mail at the target precision, then macro-F1."""
+    return max(comparison, key=lambda s: (comparison[s]["auto_coverage"]
+                                          if comparison[s]["auto_precision"] >= TARGET_PRECISION else 0.0,
+                                          comparison[s]["macro_f1"]))
 
-    ``heldout`` (the test split) is only scored, never trained on; its
-    figures go into the card.
+
+def train(examples: Sequence[Example], *, corrections: Sequence[Example] = (), seed: int = 0,
+          specs: Sequence[str] = SPECS, max_chars: int = DEFAULT_MAX_CHARS, version: str | None = None,
+          progress: bool = True) -> TrainResult:
+    """Compare ``specs`` leave-one-writer-out, fit the best on everything, and return it with its card.
+
+    ``corrections`` (analysts' relabellings) are trained on with their own weight in every
+    fold, never scored; the card says how they changed the out-of-writer figures.
     """
     from tqdm import tqdm
 
-    texts = [e.text for e in examples]
+    examples = list(examples)
+    corrections = [c if c.writer == "corrections" else _as_correction(c) for c in corrections]
     labels = [e.label for e in examples]
     counts = Counter(labels)
-    too_few = sorted(lab for lab, n in counts.items() if n < folds)
+    too_few = sorted(lab for lab, n in counts.items() if n < MIN_PER_LABEL)
     if too_few:
-        raise ValueError(f"too few examples (< {folds}) for: {', '.join(too_few)}")
-    digest = data_hash(texts, labels)
-    classes = sorted(counts)
-    bar = tqdm(total=len(specs) * folds + 1 + (1 if heldout else 0), desc="training", unit="fit",
-               disable=not progress, leave=progress)
+        raise ValueError(f"too few examples (< {MIN_PER_LABEL}) for: {', '.join(too_few)}")
+    writers = sorted({e.writer for e in examples})
+    if len(writers) < 2:
+        raise ValueError("training needs examples from at least two writers (one file per writer)")
+    everything = [*examples, *corrections]
+    digest = data_hash([e.text for e in everything], [e.label for e in everything])
+    bar = tqdm(total=len(specs) * len(writers) + (len(writers) if corrections else 0) + 1, desc="training",
+               unit="fit", disable=not progress, leave=progress)
     comparison: dict[str, dict[str, Any]] = {}
-    oof: dict[str, np.ndarray] = {}
+    runs: dict[str, tuple[OutOfWriter, dict[str, Any]]] = {}
     try:
         for spec in specs:
             bar.set_postfix_str(spec)
             start = time.perf_counter()
-            proba = out_of_fold(spec, texts, labels, seed, max_chars, folds, bar)
-            thresholds = choose_thresholds(proba, labels, classes)
-            pred, auto = apply_thresholds(proba, classes, thresholds)
-            rep = report(labels, pred, auto, classes)
-            comparison[spec] = {"macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
-                                "log_loss": safe_log_loss(labels, proba, classes),
-                                "auto_precision": rep["auto"]["precision"],
-                                "auto_coverage": rep["auto"]["coverage"],
-                                "seconds": round(time.perf_counter() - start, 1)}
-            oof[spec] = proba
-        # Best: most messages handled automatically at the target precision, then macro-F1.
-        chosen = max(specs, key=lambda s: (comparison[s]["auto_coverage"] if comparison[s]["auto_precision"]
-                                           >= TARGET_PRECISION else 0.0, comparison[s]["macro_f1"],
-                                           -comparison[s]["log_loss"]))
-        proba = oof[chosen]
-        thresholds = choose_thresholds(proba, labels, classes)
-        pred, auto = apply_thresholds(proba, classes, thresholds)
-        cv_report = report(labels, pred, auto, classes)
+            oow = out_of_writer(spec, examples, corrections=corrections, seed=seed, max_chars=max_chars,
+                                progress=bar)
+            ev = evaluate(oow)
+            comparison[spec] = _summary(ev, time.perf_counter() - start)
+            runs[spec] = (oow, ev)
+        chosen = _chosen(comparison)
+        oow, ev = runs[chosen]
+        thresholds = thresholds_from(oow)
+        effect = None
+        if corrections:
+            bar.set_postfix_str("without corrections")
+            start = time.perf_counter()
+            plain = evaluate(out_of_writer(chosen, examples, seed=seed, max_chars=max_chars, progress=bar))
+            effect = {"count": len(corrections), "weight": CORRECTION_WEIGHT,
+                      "without": _summary(plain, time.perf_counter() - start), "with": comparison[chosen]}
         bar.set_postfix_str(f"fit {chosen}")
         start = time.perf_counter()
         model = TextClassifier(spec=chosen, seed=seed, max_chars=max_chars, thresholds=thresholds)
-        model.fit(texts, labels)
+        model.fit([e.text for e in everything], [e.label for e in everything], training_weights(everything))
         fit_seconds = time.perf_counter() - start
         bar.update(1)
-        version = version or make_version(digest)
-        model.version = version
-        card: dict[str, Any] = {
-            "version": version,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "training_data_sha256": digest,
-            "examples": len(texts),
-            "label_counts": {lab: counts.get(lab, 0) for lab in LABELS},
-            "language_counts": dict(sorted(Counter(e.language or "?" for e in examples).items())),
-            "sources": dict(sorted(Counter(_source_kind(e) for e in examples).items())),
-            "spec": chosen,
-            "seed": seed,
-            "folds": folds,
-            "target_precision": TARGET_PRECISION,
-            "cv_comparison": comparison,
-            "cv": cv_report,
-            "thresholds": thresholds,
-            "fit_seconds": round(fit_seconds, 2),
-            "libraries": library_versions(),
-        }
-        if heldout:
-            bar.set_postfix_str("held-out split")
-            preds = model.predict([e.text for e in heldout])
-            card["heldout"] = report([e.label for e in heldout], [p.label for p in preds],
-                                     [p.auto for p in preds], LABELS)
-            bar.update(1)
-        model.card = card
     finally:
         bar.close()
-    return TrainResult(model=model, card=card, confusion=confusion(labels, pred, classes), labels=classes)
+    model.version = version or make_version(digest)
+    card: dict[str, Any] = {
+        "version": model.version,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "training_data_sha256": digest,
+        "examples": len(everything),
+        "label_counts": {lab: counts.get(lab, 0) for lab in LABELS},
+        "language_counts": dict(sorted(Counter(e.language or "?" for e in examples).items())),
+        "writers": dict(sorted(Counter(e.writer for e in examples).items())),
+        "sources": dict(sorted(Counter(_source_kind(e) for e in everything).items())),
+        "spec": chosen,
+        "seed": seed,
+        "evaluation": "leave-one-writer-out; each writer's automatic actions judged with thresholds "
+                      "chosen on the other writers' out-of-writer predictions",
+        "target_precision": TARGET_PRECISION,
+        "comparison": comparison,
+        "lowo": ev,
+        "corrections": effect,
+        "thresholds": thresholds,
+        "fit_seconds": round(fit_seconds, 2),
+        "libraries": library_versions(),
+    }
+    model.card = card
+    y = [e.label for e in examples]
+    pred = [LABELS[j] for j in oow.proba.argmax(axis=1)]
+    return TrainResult(model=model, card=card, confusion=confusion(y, pred, LABELS), labels=list(LABELS))
+
+
+def _as_correction(example: Example) -> Example:
+    from dataclasses import replace
+
+    return replace(example, writer="corrections")
 
 
 def _source_kind(example: Example) -> str:
@@ -170,39 +164,39 @@ def _source_kind(example: Example) -> str:
 
 
 def write_artifacts(result: TrainResult, directory: Path | str) -> Path:
-    """Save the model, its card and the confusion-matrix PNG in ``directory``; return the model path."""
+    """Save the model, its card and the confusion-matrix SVG in ``directory``; return the model path."""
     directory = Path(directory)
     path = result.model.save(directory)
-    plot_confusion(result.confusion, result.labels,
-                   directory / f"{MODEL_PREFIX}{result.model.version}{PNG_SUFFIX}",
-                   title=f"{result.model.version} ({result.model.spec}), out-of-fold")
+    title = f"{result.model.version} ({result.model.spec}), leave-one-writer-out"
+    (directory / f"{MODEL_PREFIX}{result.model.version}{PLOT_SUFFIX}").write_text(
+        confusion_svg(result.confusion, result.labels, title), encoding="utf-8")
     return path
 
 
-def plot_confusion(matrix: list[list[int]], labels: Sequence[str], path: Path, title: str = "") -> None:
-    """Write a confusion-matrix heat map (rows: true label, columns: predicted) to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def confusion_svg(matrix: list[list[int]], labels: Sequence[str], title: str = "") -> str:
+    """Return a confusion-matrix heat map (rows: true label, columns: predicted) as SVG text."""
     data = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(9, 8), dpi=80)
-    try:
-        ax.imshow(data, cmap="Blues")
-        ax.set_xticks(range(len(labels)), labels=list(labels), rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels=list(labels), fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        if title:
-            ax.set_title(title, fontsize=9)
-        high = data.max() if data.size else 0
-        for i in range(data.shape[0]):
-            for j in range(data.shape[1]):
-                if data[i, j]:
-                    ax.text(j, i, str(data[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if data[i, j] > high / 2 else "black")
-        fig.tight_layout()
-        fig.savefig(path, metadata={"Software": None})
-    finally:
-        plt.close(fig)
+    cell, left, top = 34, 170, 190
+    size = len(labels)
+    high = max(int(data.max()), 1) if data.size else 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + cell * size + 20}" '
+             f'height="{top + cell * size + 40}" font-family="sans-serif" font-size="11">',
+             f'<text x="10" y="20" font-size="13">{escape(title)}</text>',
+             f'<text x="10" y="{top - 8}">true \u2193 / predicted \u2192</text>']
+    for j, lab in enumerate(labels):
+        x = left + cell * j + cell // 2
+        parts.append(f'<text transform="translate({x},{top - 6}) rotate(-60)">{escape(lab)}</text>')
+    for i, lab in enumerate(labels):
+        y = top + cell * i
+        parts.append(f'<text x="{left - 6}" y="{y + cell // 2 + 4}" text-anchor="end">{escape(lab)}</text>')
+        for j in range(size):
+            value = int(data[i, j]) if data.size else 0
+            shade = int(255 - 200 * value / high)
+            parts.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell}" height="{cell}" '
+                         f'fill="rgb({shade},{shade},255)" stroke="#ddd"/>')
+            if value:
+                colour = "white" if value > high / 2 else "black"
+                parts.append(f'<text x="{left + cell * j + cell // 2}" y="{y + cell // 2 + 4}" '
+                             f'text-anchor="middle" fill="{colour}">{value}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -77,12 +77,16 @@ class Clock:
 
 
 def clock(created: dt.datetime, first_response: dt.datetime | None, resolved: dt.datetime | None,
-          now: dt.datetime, target_hours: float) -> Clock:
-    """Return the first-response and resolution clocks of a ticket against ``target_hours``."""
+          now: dt.datetime, target_hours: float, due: dt.datetime | None = None) -> Clock:
+    """Return the first-response and resolution clocks of a ticket against ``target_hours``.
+
+    ``due`` is the ticket's own target (``due_at``: it skips the hours the desk
+    is closed, ``responders.hours``); without it, ``target_hours`` after ``created``.
+    """
     def hours(end: dt.datetime | None) -> float | None:
         return None if end is None else round((end - created).total_seconds() / 3600, 2)
 
     age = (now - created).total_seconds() / 3600
-    overdue = (first_response is None and age > target_hours) or (
-        resolved is None and age > target_hours)
+    late = now > due if due is not None else age > target_hours
+    overdue = (first_response is None or resolved is None) and late
     return Clock(round(age, 2), hours(first_response), hours(resolved), overdue)

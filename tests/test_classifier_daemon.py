@@ -61,7 +61,7 @@ def test_classify_stage_moves_parsed_rows_to_classified(sessions, engine, config
     assert [r.state for r in rows] == [CLASSIFIED] * 3
     assert [r.label for r in rows] == ["account_locked", "account_locked", "ach_refund"]
     assert [r.language for r in rows] == ["en", "es", "en"]
-    version = model_files(SHIPPED_DIR)[-1].name[len("acedesk-model-"):-len(".joblib")]
+    version = model_files(SHIPPED_DIR)[-1].name[len("acedesk-model-"):-len(".npz")]
     assert {r.model_version for r in rows} == {version}
     assert all(0 < r.confidence <= 1 and isinstance(r.auto, bool) for r in rows)
     assert rows[0].identifiers == {"user_ids": ["mlopez22"]}
@@ -80,11 +80,11 @@ def test_stage_reload_hook_keeps_the_old_model_on_a_corrupt_file(tmp_path, sessi
     assert stage_classify.make_stage(ctx) is not None
     holder = ctx.reload_hooks[0].__self__
     before = holder.current
-    (models / "acedesk-model-99999999-000000-x.joblib").write_bytes(b"not a model")
+    (models / "acedesk-model-99999999-000000-x.npz").write_bytes(b"not a model")
     with caplog.at_level("ERROR"):
         ctx.reload_hooks[0]()  # what SIGHUP runs; it must not raise
     assert holder.current is before
-    assert "acedesk-model-99999999-000000-x.joblib" in caplog.text
+    assert "acedesk-model-99999999-000000-x.npz" in caplog.text
 
 
 def test_no_usable_model_leaves_the_stage_out(tmp_path, sessions, engine, config_factory, db_url):
@@ -146,7 +146,7 @@ def test_cli_classify_json_contract(tmp_path, capsys):
 def test_cli_refuses_a_corrupt_model_with_one_line(tmp_path, capsys):
     models = tmp_path / "models"
     models.mkdir()
-    (models / "acedesk-model-20990101-000000-x.joblib").write_bytes(b"garbage")
+    (models / "acedesk-model-20990101-000000-x.npz").write_bytes(b"garbage")
     mail = tmp_path / "a.eml"
     mail.write_bytes(eml("hi", "hello"))
     config = _config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", models)
@@ -154,7 +154,7 @@ def test_cli_refuses_a_corrupt_model_with_one_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code != 0 and captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "acedesk-model-20990101-000000-x.joblib" in lines[0]
+    assert len(lines) == 1 and "acedesk-model-20990101-000000-x.npz" in lines[0]
 
 
 def test_cli_evaluate_prints_the_figures(tmp_path, capsys):
@@ -179,19 +179,19 @@ def test_cli_train_writes_a_versioned_model_with_card_and_plot_and_uses_correcti
     from daemon.config import load_config
     from daemon.context import make_context
 
-    # A small corpus: a dozen training and a few test messages per label.
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for split, per_label in (("train", 12), ("test", 3)):
+    # A small corpus: two writers, a handful of messages per label each.
+    corpus = tmp_path / "corpus" / "writers"
+    corpus.mkdir(parents=True)
+    for writer in ("w2_smallimporter", "w4_pga"):
         seen: dict[str, int] = {}
         lines = []
-        for path in sorted(CORPUS_DIR.glob(f"*_{split}.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                label = json.loads(line)["label"]
-                if seen.get(label, 0) < per_label:
-                    seen[label] = seen.get(label, 0) + 1
-                    lines.append(line)
-        (corpus / f"small_{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for line in (CORPUS_DIR / "writers" / f"{writer}.jsonl").read_text(encoding="utf-8").splitlines():
+            label = json.loads(line)["label"]
+            if seen.get(label, 0) < 6:
+                seen[label] = seen.get(label, 0) + 1
+                lines.append(line)
+        (corpus / f"{writer}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = corpus.parent
     out = tmp_path / "models"
     config = _config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", out)
     assert main(["--config", str(config), "db", "upgrade"]) == 0
@@ -208,20 +208,29 @@ def test_cli_train_writes_a_versioned_model_with_card_and_plot_and_uses_correcti
         ctx.dispose()
     capsys.readouterr()
     code = main(["--config", str(config), "train", "--corpus", str(corpus), "--quiet",
-                 "--specs", "word+char/svm-sigmoid,word/svm-sigmoid"])
+                 "--specs", "word+char/svm,word+char+cues/svm"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "1 correction(s)" in captured.err
     [model] = model_files(out)
-    stem = model.name[: -len(".joblib")]
+    stem = model.name[: -len(".npz")]
     card = json.loads((out / f"{stem}.card.json").read_text())
     assert card["sources"]["corrections"] == 1
-    assert set(card["cv_comparison"]) == {"word+char/svm-sigmoid", "word/svm-sigmoid"}
+    assert set(card["comparison"]) == {"word+char/svm", "word+char+cues/svm"}
+    assert set(card["lowo"]["per_writer"]) == {"w2_smallimporter", "w4_pga"}
+    assert card["corrections"]["count"] == 1
     assert card["libraries"]["scikit-learn"] and card["training_data_sha256"]
-    assert (out / f"{stem}.confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / f"{stem}.confusion.svg").read_text().startswith("<svg")
     assert "written to" in captured.out
     # A second version, keeping only the newest: the old one's three files go.
     assert main(["--config", str(config), "train", "--corpus", str(corpus), "--quiet", "--no-corrections",
-                 "--specs", "word/svm-sigmoid", "--keep", "1"]) == 0
+                 "--specs", "word+char/svm", "--keep", "1"]) == 0
     [newer] = model_files(out)
+    # The headline measure from the command line: one row per writer left out.
+    capsys.readouterr()
+    assert main(["--config", str(config), "evaluate", "--writers", "--corpus", str(corpus), "--spec",
+                 "word+char/svm", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures["per_writer"]) == {"w2_smallimporter", "w4_pga"}
+    assert 0.0 < figures["overall"]["macro_f1"] <= 1.0 and figures["curve"]
     assert newer != model and not (out / f"{stem}.card.json").exists()

@@ -10,6 +10,7 @@ target escalates once, and the digest reaches a real SMTP server."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from email import message_from_bytes, policy
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -39,6 +40,7 @@ from responders.service import dry_run, duty_context, plan, render, respond_rows
 from tests.test_responders import DIRECTORY, import_users, ingest, mail, make_ctx
 from daemon.intake.parse import parse_message
 from tests.test_web import Client, site  # noqa: F401  (the console fixture)
+from tests.test_web import acedesk as acedesk_cli
 
 ET = ZoneInfo("America/New_York")
 ONCALL = "oncall@ace-support.example"
@@ -121,6 +123,17 @@ def test_the_four_hour_clock_stops_while_the_desk_is_closed(arrival, due, back):
     assert hours.open_hours_between(at, hours.due(at, 4)) == pytest.approx(4.0)
     reopens = hours.reopens_at(at)
     assert (hours.describe_time(reopens) if reopens else None) == back
+
+
+def test_the_queue_does_not_call_a_ticket_late_while_the_desk_was_closed():
+    from responders.tickets import clock
+
+    hours = DeskHours()
+    arrived_at = dt.datetime(2026, 12, 5, 23, 0, tzinfo=ET)
+    due = hours.due(arrived_at, 4)
+    sunday_3am, sunday_10am = arrived_at + dt.timedelta(hours=4), arrived_at + dt.timedelta(hours=11)
+    assert not clock(arrived_at, None, None, sunday_3am, 4.0, due).overdue
+    assert clock(arrived_at, None, None, sunday_10am, 4.0, due).overdue
 
 
 def test_hours_are_configurable_and_checked():
@@ -402,3 +415,14 @@ def test_admins_see_and_retire_articles_in_the_console(site):  # noqa: F811
         library = load_library(s)
         assert library.get("outages-guidelines") is None and library.get("status-faq") is not None
         assert s.scalars(select(AuditEntry).where(AuditEntry.action == "article.retire")).one().actor == "ada"
+    # Incidents: any analyst sees them and closes one (the follow-ups are the CLI test's subject).
+    assert acedesk_cli(cfg, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    status, _, page = ann.request("GET", "/incidents")
+    assert status == 200 and "ACE Portal down" in page and "opened by war-room" in page
+    number = re.search(r"(INC-\d{4}-\d{4})", page).group(1)
+    status, headers, _ = ann.request("POST", f"/incidents/{number}/close",
+                                     {"csrf": ann.csrf("/incidents"), "resolution": "fixed", "follow_up": "yes"})
+    assert status == 303 and "closed" in headers["location"]
+    assert ann.request("POST", f"/incidents/{number}/close", {"csrf": ann.csrf("/incidents")})[0] == 409
+    with ctx.sessions() as s:
+        assert s.scalars(select(Incident)).one().closed_by == "ann"

@@ -6,8 +6,9 @@
 (plus ``model_version``); a file that cannot be read or parsed gives
 ``{"file", "error"}`` and the command goes on.  ``evaluate DIR LABELS.csv``
 prints per-label precision/recall/F1, macro-F1, and the precision and
-coverage of automatic actions.  ``train`` writes a new model version (model
-file, card, confusion matrix) that the daemon picks up on SIGHUP.
+coverage of automatic actions; ``evaluate --writers`` the leave-one-writer-out
+figures of the corpus (the headline measure).  ``train`` writes a new model
+version (model file, card, confusion matrix) that the daemon picks up on SIGHUP.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--out", metavar="DIR",
                    help="where to write the model (default: [classifier] model_dir, else the package's)")
     p.add_argument("--seed", type=int, default=0,
-                   help="random seed of the split and the model (default 0: the same data trains the same model)")
-    p.add_argument("--specs", help="comma-separated feature/model choices to compare (default: all)")
+                   help="random seed of the model (default 0: the same data trains the same model)")
+    p.add_argument("--specs", help="comma-separated model families to compare leave-one-writer-out "
+                                   "(default: all)")
     p.add_argument("--no-corrections", action="store_true", help="do not read corrections from the database")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--keep", type=int, default=0, metavar="N",
@@ -55,9 +57,17 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--model", metavar="PATH", help="a model file (default: the newest in model_dir)")
     p.set_defaults(handler=cmd_classify)
 
-    p = subparsers.add_parser("evaluate", help="score the model on .eml files with known labels")
-    p.add_argument("directory", metavar="DIR")
-    p.add_argument("labels", metavar="LABELS.csv", help="a file,label CSV; file names relative to DIR")
+    p = subparsers.add_parser(
+        "evaluate", help="score the model on .eml files with known labels, or (--writers) the corpus "
+                         "leave-one-writer-out",
+        description="With DIR and LABELS.csv: score the current model on those files.  With --writers: "
+                    "train on all writers of the corpus but one, score the one left out, for each writer "
+                    "(thresholds for each writer chosen without it), and print the per-writer table.")
+    p.add_argument("directory", metavar="DIR", nargs="?")
+    p.add_argument("labels", metavar="LABELS.csv", nargs="?", help="a file,label CSV; file names relative to DIR")
+    p.add_argument("--writers", action="store_true", help="leave-one-writer-out over the corpus")
+    p.add_argument("--corpus", metavar="DIR", help="with --writers: corpus folder (default: the package's)")
+    p.add_argument("--spec", help="with --writers: the model family (default: the current model's)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--model", metavar="PATH", help="a model file (default: the newest in model_dir)")
     p.set_defaults(handler=cmd_evaluate)
@@ -200,10 +210,58 @@ def read_labels_csv(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def load_corpus_dir(corpus_arg: str | None) -> list[Any]:
+    """Return the corpus examples (every writer) of ``--corpus`` or the package's corpus."""
+    from classifiers.corpus import CORPUS_DIR, load_corpus
+
+    corpus = Path(corpus_arg) if corpus_arg else CORPUS_DIR
+    if not corpus.is_dir():
+        raise CommandError(f"{corpus}: not a folder")
+    try:
+        examples = load_corpus(corpus)
+    except ValueError as exc:
+        raise CommandError(f"corpus: {exc}") from None
+    if not examples:
+        raise CommandError(f"{corpus}: no writers' examples (writers/*.jsonl)")
+    return examples
+
+
+def cmd_evaluate_writers(args: argparse.Namespace, lazy: "Lazy") -> int:
+    from tqdm import tqdm
+
+    from classifiers.lowo import evaluate, format_evaluation, out_of_writer
+    from classifiers.model import SPECS
+
+    examples = load_corpus_dir(args.corpus)
+    spec = args.spec
+    if not spec:
+        cfg, base_dir, _spanish = classifier_settings(args, lazy)
+        spec = load_model(args, cfg, base_dir).spec
+    if spec not in SPECS:
+        raise CommandError(f"unknown --spec {spec}; choose from {', '.join(SPECS)}")
+    writers = sorted({e.writer for e in examples})
+    with tqdm(total=len(writers), desc="leave-one-writer-out", unit="writer", disable=args.json) as bar:
+        try:
+            ev = evaluate(out_of_writer(spec, examples, progress=bar))
+        except ValueError as exc:
+            raise CommandError(f"cannot evaluate: {exc}") from None
+    if args.json:
+        print(json.dumps(ev))
+    else:
+        print(format_evaluation(ev))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, lazy: "Lazy") -> int:
     from classifiers.evaluation import format_report, report
     from classifiers.labels import LABELS, OTHER
 
+    if args.writers:
+        if args.directory:
+            raise CommandError("evaluate --writers takes no DIR or LABELS.csv")
+        return cmd_evaluate_writers(args, lazy)
+    if not (args.directory and args.labels):
+        raise CommandError("evaluate needs DIR and LABELS.csv, or --writers")
     directory = Path(args.directory)
     if not directory.is_dir():
         raise CommandError(f"{directory}: not a folder")
@@ -238,21 +296,12 @@ def cmd_evaluate(args: argparse.Namespace, lazy: "Lazy") -> int:
 
 
 def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
-    from classifiers.corpus import CORPUS_DIR, Example, load_split
+    from classifiers.corpus import Example
     from classifiers.model import SPECS
     from classifiers.store import SHIPPED_DIR
     from classifiers.train import train, write_artifacts
 
-    corpus = Path(args.corpus) if args.corpus else CORPUS_DIR
-    if not corpus.is_dir():
-        raise CommandError(f"{corpus}: not a folder")
-    try:
-        examples = load_split("train", corpus)
-        heldout = load_split("test", corpus)
-    except ValueError as exc:
-        raise CommandError(f"corpus: {exc}") from None
-    if not examples:
-        raise CommandError(f"{corpus}: no *_train.jsonl examples")
+    examples = load_corpus_dir(args.corpus)
     cfg, base_dir, _spanish = classifier_settings(args, lazy)
     corrections: list[Example] = []
     if not args.no_corrections:
@@ -267,18 +316,18 @@ def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
         out = Path(cfg.model_dir) if Path(cfg.model_dir).is_absolute() else Path(base_dir) / cfg.model_dir
     else:
         out = SHIPPED_DIR
-    print(f"training on {len(examples)} corpus examples and {len(corrections)} correction(s); "
-          f"held-out split {len(heldout)}", file=sys.stderr)
+    writers = sorted({e.writer for e in examples})
+    print(f"training on {len(examples)} corpus examples by {len(writers)} writers and "
+          f"{len(corrections)} correction(s)", file=sys.stderr)
     try:
-        result = train([*examples, *corrections], seed=args.seed, specs=specs, heldout=heldout,
-                       progress=not args.quiet)
+        result = train(examples, corrections=corrections, seed=args.seed, specs=specs, progress=not args.quiet)
     except ValueError as exc:
         raise CommandError(f"cannot train: {exc}") from None
     try:
         path = write_artifacts(result, out)
     except OSError as exc:
         raise CommandError(f"cannot write the model to {out}: {exc.strerror or exc} (set --out or "
-                     "[classifier] model_dir)") from None
+                           "[classifier] model_dir)") from None
     card = result.card
     print(f"model {result.model.version} written to {path}")
     if args.keep > 0:
@@ -286,14 +335,14 @@ def cmd_train(args: argparse.Namespace, lazy: "Lazy") -> int:
 
         for old in prune(out, args.keep):
             print(f"removed older version {old.name}")
-    print(f"chosen {card['spec']} by {card['folds']}-fold cross-validation:")
-    for spec, m in card["cv_comparison"].items():
-        print(f"  {spec:<24} macro-F1 {m['macro_f1']:.4f}  log-loss {m['log_loss']:.4f}  "
+    print(f"chosen {card['spec']} by leave-one-writer-out ({len(writers)} writers):")
+    for spec, m in card["comparison"].items():
+        print(f"  {spec:<28} macro-F1 {m['macro_f1']:.4f}  worst writer {m['worst_writer_macro_f1']:.4f}  "
               f"auto precision {m['auto_precision']:.4f} coverage {m['auto_coverage']:.1%}")
-    if "heldout" in card:
-        h = card["heldout"]
-        print(f"held-out: macro-F1 {h['macro_f1']:.4f}, automatic precision {h['auto']['precision']:.4f} "
-              f"coverage {h['auto']['coverage']:.1%}")
+    if card.get("corrections"):
+        c = card["corrections"]
+        print(f"corrections ({c['count']}, weight {c['weight']}): macro-F1 {c['without']['macro_f1']:.4f} "
+              f"without, {c['with']['macro_f1']:.4f} with")
     print("reload a running daemon with SIGHUP (systemctl reload acedesk) to use it")
     return 0
 
@@ -328,4 +377,4 @@ def read_corrections(lazy: "Lazy") -> list[Any]:
         print(f"acedesk: cannot read corrections ({first}): training without them", file=sys.stderr)
         return []
     return [Example(label=r.label, language=r.language, subject="", body="", classifier_text=r.text,
-                    source=f"correction:{r.message_id}") for r in rows]
+                    source=f"correction:{r.message_id}", writer="corrections") for r in rows]

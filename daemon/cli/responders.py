@@ -224,7 +224,7 @@ def cmd_queue_list(args: argparse.Namespace, lazy: Any) -> int:
         print("the triage queue is empty")
         return 0
     for item, ticket in rows:
-        c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, now, target)
+        c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, now, target, ticket.due_at)
         data = {"id": item.id, "ticket": ticket.number, "status": item.status, "reason": item.reason,
                 "security": item.security, "priority": ticket.priority, "label": item.label,
                 "confidence": item.confidence, "requester": ticket.requester,
@@ -265,7 +265,7 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
                                   .options(undefer(InboundMessage.parsed))).first() \
             if item.inbound_message_id else None
     c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, utcnow(),
-              lazy.config.responders.target_hours)
+              lazy.config.responders.target_hours, ticket.due_at)
     print(f"triage item {item.id}: {item.reason}{' (SECURITY)' if item.security else ''}, {item.status}"
           f"{', with ' + item.assigned_to if item.assigned_to else ''}")
     print(f"  ticket:       {ticket.number} {ticket.status}, priority {ticket.priority}, "

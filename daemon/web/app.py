@@ -209,7 +209,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def build_app(ctx: AppContext, signer: Signer) -> Starlette:
     """The whole web app for this context."""
-    from daemon.web import articles, auth, console, csms_pages, numbers, ops, public
+    from daemon.web import articles, auth, console, csms_pages, incidents, numbers, ops, public
 
     web = Web(ctx, signer)
     archive = ctx.config.path(ctx.config.daemon.state_dir) / ctx.config.csms.archive_dir
@@ -225,6 +225,7 @@ def build_app(ctx: AppContext, signer: Signer) -> Starlette:
         *csms_pages.routes(),
         *numbers.routes(),
         *articles.routes(),
+        *incidents.routes(),
     ]
     app = Starlette(routes=routes, middleware=[], exception_handlers={HTTPException: _http_error,
                                                                        Exception: _server_error})

@@ -1,0 +1,252 @@
+"""The saved model: a fitted linear text model as plain arrays, and the
+predictor that computes its probabilities from them.
+
+A model file (``acedesk-model-<version>.npz``) is a NumPy archive read with
+``allow_pickle=False``: vocabularies, IDF weights, coefficients and
+calibration parameters, plus a JSON header.  Loading it executes no code
+and needs neither scikit-learn nor the version that trained it: only NumPy
+and SciPy, whose array formats are stable.  :func:`export` turns a fitted
+scikit-learn pipeline into an artifact, and training checks that the
+artifact reproduces the pipeline's probabilities before it is saved.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from scipy.special import expit, softmax
+
+from classifiers.features import CUES_VERSION, CharTfidf, cue_matrix, word_tokens
+
+#: Layout version of the archive; bumped when it changes.
+FORMAT = 2
+
+
+class ArtifactError(Exception):
+    """An archive that is not a usable model; the message says why."""
+
+
+def _l2_rows(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return sparse.csr_matrix(sparse.diags(1.0 / norms) @ matrix)
+
+
+@dataclass
+class WordFeatures:
+    """Word uni- and bigram TF-IDF (sublinear TF, L2 rows), as scikit-learn's
+    ``TfidfVectorizer(ngram_range=(1, 2))`` computes it."""
+
+    vocabulary: dict[str, int]
+    idf: np.ndarray
+
+    def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        vocab = self.vocabulary
+        rows, cols, vals = [], [], []
+        for r, text in enumerate(texts):
+            tokens = word_tokens(text)
+            counts: dict[int, int] = {}
+            for gram in [*tokens, *(f"{a} {b}" for a, b in zip(tokens, tokens[1:]))]:
+                col = vocab.get(gram)
+                if col is not None:
+                    counts[col] = counts.get(col, 0) + 1
+            for col, n in counts.items():
+                rows.append(r)
+                cols.append(col)
+                vals.append((1.0 + math.log(n)) * float(self.idf[col]))
+        matrix = sparse.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(vocab)), dtype=np.float64)
+        return _l2_rows(matrix)
+
+
+@dataclass
+class Head:
+    """One linear classifier over the features: ``sigmoid`` (a linear SVM with
+    per-class Platt scaling, normalised) or ``softmax`` (logistic regression)."""
+
+    kind: str
+    coef: np.ndarray  # (n_features, n_classes)
+    intercept: np.ndarray
+    a: np.ndarray | None = None
+    b: np.ndarray | None = None
+    weight: float = 1.0
+
+    def proba(self, features: sparse.csr_matrix) -> np.ndarray:
+        decision = np.asarray(features @ self.coef) + self.intercept
+        if self.kind == "softmax":
+            return np.asarray(softmax(decision, axis=1), dtype=np.float64)
+        assert self.a is not None and self.b is not None
+        p = np.asarray(expit(-(self.a * decision + self.b)), dtype=np.float64)
+        total = p.sum(axis=1, keepdims=True)
+        uniform = np.full_like(p, 1.0 / p.shape[1])
+        return np.asarray(np.divide(p, total, out=uniform, where=total != 0), dtype=np.float64)
+
+
+@dataclass
+class Artifact:
+    """Everything needed to predict: classes, feature blocks, heads, metadata."""
+
+    classes: list[str]
+    word: WordFeatures | None
+    char: CharTfidf | None
+    cues: bool
+    heads: list[Head]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def features(self, prepared: Sequence[str]) -> sparse.csr_matrix:
+        blocks = []
+        if self.word is not None:
+            blocks.append(self.word.transform(prepared))
+        if self.char is not None:
+            blocks.append(self.char.transform(prepared))
+        if self.cues:
+            blocks.append(cue_matrix(prepared))
+        return sparse.hstack(blocks, format="csr")
+
+    def predict_proba(self, prepared: Sequence[str]) -> np.ndarray:
+        """Return probabilities (columns in :attr:`classes` order) of normalised texts."""
+        if not prepared:
+            return np.zeros((0, len(self.classes)))
+        x = self.features(prepared)
+        total = sum(h.weight for h in self.heads)
+        out = np.zeros((len(prepared), len(self.classes)))
+        for h in self.heads:
+            out += h.weight * h.proba(x)
+        return out / total
+
+    def word_vocabulary(self) -> frozenset[str]:
+        """Whole words the model knows (familiarity): word unigrams and the char block's padded words."""
+        words: set[str] = set()
+        if self.word is not None:
+            words.update(t for t in self.word.vocabulary if " " not in t)
+        if self.char is not None:
+            words.update(t.strip() for t in self.char.vocabulary_
+                         if len(t) > 2 and t.startswith(" ") and t.endswith(" "))
+        return frozenset(words)
+
+    # -- the archive ---------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        header: dict[str, Any] = {**self.meta, "format": FORMAT, "classes": self.classes,
+                                  "cues": CUES_VERSION if self.cues else 0, "heads": []}
+        if self.word is not None:
+            header["word_vocabulary"] = _ordered(self.word.vocabulary)
+            arrays["word_idf"] = self.word.idf.astype(np.float64)
+        if self.char is not None:
+            header["char_vocabulary"] = _ordered(self.char.vocabulary_)
+            arrays["char_idf"] = self.char.idf_.astype(np.float32)
+        for i, h in enumerate(self.heads):
+            header["heads"].append({"kind": h.kind, "weight": h.weight})
+            arrays[f"head{i}_coef"] = h.coef.astype(np.float32)
+            arrays[f"head{i}_intercept"] = h.intercept.astype(np.float64)
+            if h.a is not None and h.b is not None:
+                arrays[f"head{i}_a"] = h.a.astype(np.float64)
+                arrays[f"head{i}_b"] = h.b.astype(np.float64)
+        arrays["header"] = np.frombuffer(json.dumps(header, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+        path.write_bytes(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "Artifact":
+        """Read an archive (no pickles); raise :class:`ArtifactError` saying what is wrong."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ArtifactError(f"not a model archive ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if "header" not in arrays:
+            raise ArtifactError("not a model archive (no header)")
+        try:
+            header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+        except ValueError as exc:
+            raise ArtifactError(f"unreadable header ({exc})") from None
+        if header.get("format") != FORMAT:
+            raise ArtifactError(f"model format {header.get('format')!r}, this code reads {FORMAT}")
+        if header.get("cues") not in (0, CUES_VERSION):
+            raise ArtifactError(f"desk-cue features version {header.get('cues')}, this code has {CUES_VERSION}")
+        try:
+            word = None
+            if "word_vocabulary" in header:
+                word = WordFeatures({t: i for i, t in enumerate(header["word_vocabulary"])}, arrays["word_idf"])
+            char = None
+            if "char_vocabulary" in header:
+                char = CharTfidf.from_arrays({t: i for i, t in enumerate(header["char_vocabulary"])},
+                                             arrays["char_idf"])
+            heads = []
+            for i, spec in enumerate(header["heads"]):
+                heads.append(Head(kind=str(spec["kind"]), coef=arrays[f"head{i}_coef"].astype(np.float64),
+                                  intercept=arrays[f"head{i}_intercept"], a=arrays.get(f"head{i}_a"),
+                                  b=arrays.get(f"head{i}_b"), weight=float(spec.get("weight", 1.0))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"incomplete model archive ({type(exc).__name__}: {exc})") from None
+        meta = {k: v for k, v in header.items()
+                if k not in ("word_vocabulary", "char_vocabulary", "heads", "classes", "cues")}
+        art = cls(classes=[str(c) for c in header["classes"]], word=word, char=char,
+                  cues=bool(header.get("cues")), heads=heads, meta=meta)
+        width = art.features(["probe"]).shape[1]
+        if any(h.coef.shape != (width, len(art.classes)) for h in heads) or not heads:
+            raise ArtifactError("inconsistent model archive (coefficient shapes do not match the features)")
+        return art
+
+
+def _ordered(vocabulary: dict[str, int]) -> list[str]:
+    terms = [""] * len(vocabulary)
+    for term, col in vocabulary.items():
+        terms[col] = term
+    return terms
+
+
+def export(pipeline: Any, meta: dict[str, Any]) -> Artifact:
+    """Return the :class:`Artifact` of a fitted pipeline built by :func:`classifiers.model.build_pipeline`."""
+    union = pipeline.named_steps["features"]
+    word = char = None
+    cues = False
+    for name, transformer in union.transformer_list:
+        if name == "word":
+            word = WordFeatures(dict(transformer.vocabulary_), np.asarray(transformer.idf_, dtype=np.float64))
+        elif name == "char":
+            char = transformer
+        elif name == "cues":
+            cues = True
+    classes = [str(c) for c in pipeline.classes_]
+    clf = pipeline.named_steps["clf"]
+    members = clf.estimators_ if hasattr(clf, "estimators_") and not hasattr(clf, "calibrated_classifiers_") \
+        else [clf]
+    weights = list(getattr(clf, "weights", None) or [1.0] * len(members))
+    heads = [_head(m, classes, w) for m, w in zip(members, weights, strict=True)]
+    return Artifact(classes=classes, word=word, char=char, cues=cues, heads=heads, meta=meta)
+
+
+def _head(estimator: Any, classes: list[str], weight: float) -> Head:
+    if hasattr(estimator, "calibrated_classifiers_"):
+        [calibrated] = estimator.calibrated_classifiers_
+        svm = calibrated.estimator
+        columns = [classes.index(str(c)) for c in svm.classes_]
+        coef = np.zeros((svm.coef_.shape[1], len(classes)))
+        coef[:, columns] = svm.coef_.T
+        intercept = np.zeros(len(classes))
+        intercept[columns] = svm.intercept_
+        a = np.zeros(len(classes))
+        b = np.zeros(len(classes))
+        a[columns] = [float(c.a_) for c in calibrated.calibrators]
+        b[columns] = [float(c.b_) for c in calibrated.calibrators]
+        return Head("sigmoid", coef, intercept, a, b, weight)
+    columns = [classes.index(str(c)) for c in estimator.classes_]
+    coef = np.zeros((estimator.coef_.shape[1], len(classes)))
+    coef[:, columns] = estimator.coef_.T
+    intercept = np.zeros(len(classes))
+    intercept[columns] = estimator.intercept_
+    return Head("softmax", coef, intercept, weight=weight)
+
