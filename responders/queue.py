@@ -112,9 +112,10 @@ def list_items(session: Session, f: Filters, *, after: tuple[dt.datetime, int] |
     (keyset paging: as fast on page 2,000 as on page 1)."""
     now = now or utcnow()
     status = f.status
-    if status and _walk_by_due(session, status):
-        # Hide the status index from the planner (``|| ''``): it then walks tickets in due order
-        # and stops after ``limit`` rows, instead of sorting every open item.
+    if status and session.get_bind().dialect.name == "sqlite" and _walk_by_due(session, status):
+        # Hide the status index from SQLite's planner (``|| ''``): it then walks tickets in due
+        # order and stops after ``limit`` rows, instead of sorting every open item.  (PostgreSQL's
+        # planner weighs both plans itself.)
         f = replace(f, status="")
     query = (select(TriageItem.id, Ticket.number, TriageItem.reason, TriageItem.label, TriageItem.confidence,
                     Ticket.language, Ticket.verification, TriageItem.security, Ticket.priority, Ticket.requester,

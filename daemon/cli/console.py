@@ -201,7 +201,7 @@ def cmd_report_sla(args: argparse.Namespace, lazy: Any) -> int:
         return 0
     writer = csv.writer(sys.stdout)
     writer.writerow(["scope", "key", "tickets", "responded", "within_target", "share_within_target",
-                     "median_first_response_hours", "resolved", "median_resolution_hours", "corrections",
+                     "mean_first_response_hours", "resolved", "mean_resolution_hours", "corrections",
                      "escalated"])
     for row in figures.rows():
         writer.writerow(row)

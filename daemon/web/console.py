@@ -70,12 +70,11 @@ async def queue_page(request: Request) -> Response:
     after = _after(request)
     now = utcnow()
 
-    def load(session: Session) -> tuple[list[queue.QueueRow], int]:
-        return queue.list_items(session, f, after=after, limit=size + 1, now=now), queue.total(session, f, now)
-
-    rows, total = await web.read(load)
+    rows = await web.read(lambda s: queue.list_items(s, f, after=after, limit=size + 1, now=now))
     # Counts per filter value take a pass over every open item: kept a few seconds.
     counts, counted_at = await web.counts.get(f, lambda: web.read(lambda s: queue.counts(s, f)))
+    # Each dimension is counted under all the other filters: the security one gives the total.
+    total = counts["security"].get(f.security, 0) if f.security else sum(counts["security"].values())
     more = len(rows) > size
     rows = rows[:size]
     current = {k: getattr(f, k) for k in FILTER_KEYS if getattr(f, k)}

@@ -26,6 +26,18 @@ log = logging.getLogger("acedesk.web")
 RETRY_BIND = 30.0
 
 
+#: Seconds between refreshes of SQLite's planner statistics.
+STATISTICS_EVERY = 6 * 3600.0
+
+
+def analyze(ctx: AppContext) -> None:
+    """``ANALYZE`` on a sample (``analysis_limit``): milliseconds, even with millions of rows."""
+    with ctx.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -80,11 +92,31 @@ class WebServer:
         public = self.ctx.config.csms.base_url
         log.info("web console on http://%s:%d (public links: %s)", host, port, public)
         watcher = asyncio.create_task(self._stop_when(stop, server))
+        statistics = asyncio.create_task(self._keep_statistics(stop))
         try:
             await server.serve(sockets=[sock])
         finally:
             watcher.cancel()
+            statistics.cancel()
             sock.close()
+
+    async def _keep_statistics(self, stop: asyncio.Event) -> None:
+        """On SQLite, refresh the planner's statistics at start and every few hours.
+
+        Without them SQLite cannot tell that most triage items are open (or not) and picks
+        plans that count 100,000 rows for one page; PostgreSQL's autovacuum does this itself.
+        """
+        if self.ctx.engine.dialect.name != "sqlite":
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(analyze, self.ctx)
+            except SQLAlchemyError as exc:
+                log.warning("web: could not refresh SQLite statistics: %s", str(exc).splitlines()[0][:200])
+            try:
+                await asyncio.wait_for(stop.wait(), STATISTICS_EVERY)
+            except TimeoutError:
+                pass
 
     @staticmethod
     async def _stop_when(stop: asyncio.Event, server: Any) -> None:
