@@ -1,0 +1,299 @@
+"""The CSMS mail use cases (the csms stage, csms -> done, calls them):
+subscription commands sent to the request address, and delivery reports sent
+to a notice's VERP return path.
+
+Commands (``csms.commands``, English or Spanish) are double opt-in: a
+``subscribe`` or ``unsubscribe`` creates a pending confirmation and sends a
+confirmation request with a signed token to the From address -- the address
+being (un)subscribed, so a forged From only ever mails its real owner, who
+can ignore it.  Replying with the token (or the link in the message) carries
+the request out.  An ``unsubscribe`` carrying a notice's own one-click token
+(the ``mailto:`` of ``List-Unsubscribe``) is honoured at once: the token
+proves the mail was received there.  Automatic mail (auto-replies, DSNs,
+lists, our own) never gets an answer (``responders.screen``), and what the
+request address sends is capped per address per day and in total per hour,
+so it cannot be used to mail-bomb anyone.  Answers go through the
+transactional outbox, in the same transaction as the decision.
+
+Bounces: the VERP token of the address the report was delivered to names the
+subscriber and the notice (signed: a forged report cannot disable anyone);
+the report's own fields are evidence only.  ``Action: failed`` with a 5.x.x
+status is a hard bounce and counts; delayed and 4.x.x reports are recorded
+as soft and never count.  ``bounce_threshold`` hard bounces within
+``bounce_window_days`` disable the address, with a warning in the log.
+
+Every message ends ``done`` with an audit entry saying what was done and
+why -- nothing is dropped in silence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from classifiers.language import detect_language
+from csms import bounces, commands, confirm, headers, service, subscribers, subscriptions
+from csms.settings import CsmsConfig
+from csms.tokens import CONFIRM, UNSUBSCRIBE, BadToken, Signer
+from models.base import utcnow
+from models.core import DONE, AuditEntry, InboundMessage
+from models.csms import ACTIVE, Subscriber
+from models.parsed import ParsedMessage
+from responders.screen import ScreenContext, automatic_reasons
+
+log = logging.getLogger("acedesk.csms")
+
+ACTOR = "csms-stage"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """The desk's addresses the CSMS mail use cases need (built by the daemon from ``[desk]``)."""
+
+    domain: str
+    #: Where subscription commands arrive, and what answers them.
+    request: str
+    #: The VERP return path of notices (``local+token@domain``) and the sender of control mail.
+    bounce_address: str
+    #: Every address of ours (mail from them is never answered).
+    own: frozenset[str]
+
+    def is_bounce_address(self, address: str) -> bool:
+        local, _, domain = address.lower().rpartition("@")
+        b_local, _, b_domain = self.bounce_address.lower().rpartition("@")
+        return domain == b_domain and (local == b_local or local.startswith(b_local + "+"))
+
+
+@dataclass(frozen=True)
+class CsmsDesk:
+    """What the use cases need of the configuration, built once."""
+
+    desk: Addresses
+    cfg: CsmsConfig
+    signer: Signer
+    screen: ScreenContext
+
+    @property
+    def request(self) -> str:
+        return self.desk.request
+
+
+def csms_desk(desk: Addresses, cfg: CsmsConfig, signer: Signer) -> CsmsDesk:
+    # The screening secret only recognises our signed help-desk Message-IDs, which
+    # automatic_reasons does not need: own addresses and domain are what count here.
+    return CsmsDesk(desk=desk, cfg=cfg, signer=signer,
+                    screen=ScreenContext(own_addresses=desk.own, domain=desk.domain, secret=b""))
+
+
+def _audit(session: Session, row: InboundMessage, action: str, now: dt.datetime, **detail: Any) -> None:
+    session.add(AuditEntry(at=now, actor=ACTOR, action=f"csms.{action}", subject_type="message",
+                           subject_id=str(row.id), detail=detail or None))
+
+
+def _finish(session: Session, row: InboundMessage, action: str, now: dt.datetime, **detail: Any) -> None:
+    row.state = DONE
+    row.error = None
+    _audit(session, row, action, now, **detail)
+    log.info("message %s (Message-ID %s) to %s: %s %s", row.id, row.message_id, row.desk, action,
+             " ".join(f"{k}={v}" for k, v in detail.items()))
+
+
+# --- bounces -------------------------------------------------------------------------------
+
+
+def handle_bounce(d: CsmsDesk, session: Session, row: InboundMessage, now: dt.datetime) -> None:
+    """Attribute a DSN to the subscriber its VERP address names, and count it if hard."""
+    named = d.signer.parse_verp(row.desk)
+    if named is None:
+        _finish(session, row, "bounce_unattributed", now,
+                why="no valid VERP token in the address it was delivered to")
+        return
+    subscriber_id, number = named
+    reports = bounces.parse_dsn(row.raw)
+    if not reports:
+        # A vacation reply or a non-standard report to the return path: evidence of nothing.
+        _finish(session, row, "bounce_not_dsn", now, subscriber=subscriber_id, notice=number)
+        return
+    if session.get(Subscriber, subscriber_id) is None:
+        _finish(session, row, "bounce_unknown_subscriber", now, subscriber=subscriber_id, notice=number)
+        return
+    # One report is one event: the worst of its recipient blocks (all are about this subscriber).
+    report = next((r for r in reports if r.kind == bounces.HARD), reports[0])
+    disabled = subscribers.record_bounce(
+        session, subscriber_id, kind=report.kind, notice_number=number or None, action=report.action,
+        status_code=report.status, diagnostic=report.diagnostic, inbound_message_id=row.id,
+        threshold=d.cfg.bounce_threshold, window_days=d.cfg.bounce_window_days, now=now)
+    if disabled:
+        email_address = session.get(Subscriber, subscriber_id).email  # type: ignore[union-attr]
+        log.warning("CSMS subscriber %s (%s) disabled: %d hard bounces within %d days (last: %s %s)",
+                    subscriber_id, email_address, d.cfg.bounce_threshold, d.cfg.bounce_window_days,
+                    report.status, report.diagnostic[:200])
+    _finish(session, row, "bounce_disabled" if disabled else f"bounce_{report.kind}", now,
+            subscriber=subscriber_id, notice=number, status=report.status, action_field=report.action)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _send(d: CsmsDesk, session: Session, row: InboundMessage, rcpt: str, kind: str, built: confirm.Built,
+          now: dt.datetime) -> None:
+    # The envelope sender is the bare bounce address: a confirmation that bounces comes
+    # back to the csms stage, is recognised as unattributed, and is answered by nobody.
+    subscribers.queue_control_mail(session, rcpt=rcpt, mail_from=d.desk.bounce_address, kind=kind,
+                                   raw=built.raw, message_id=built.message_id, inbound_message_id=row.id,
+                                   now=now)
+
+
+def _may_send(d: CsmsDesk, session: Session, rcpt: str, now: dt.datetime) -> bool:
+    return subscribers.may_send_control_mail(session, rcpt, now,
+                                             per_address_per_day=d.cfg.confirmations_per_address_per_day,
+                                             per_hour=d.cfg.confirmations_per_hour)
+
+
+def handle_command(d: CsmsDesk, session: Session, row: InboundMessage, now: dt.datetime) -> None:
+    """Carry out, or ask to confirm, the command in a message to the request address."""
+    msg = ParsedMessage.from_dict(row.parsed or {})
+    automatic = automatic_reasons(msg, d.screen)
+    if automatic:
+        _finish(session, row, "ignored_automatic", now, reasons=automatic)
+        return
+    sender = msg.sender.lower()
+    if not headers.is_plain_address(sender):
+        # Nothing could be delivered to it (the fan-out sends only to plain local@domain addresses).
+        _finish(session, row, "ignored_bad_sender", now, sender=sender[:200])
+        return
+    command = commands.parse_command(msg.subject, msg.new_text or msg.text)
+    if command is not None and command.action == commands.CONFIRM and command.token \
+            and _is_unsubscribe_token(d, command.token, now):
+        # A reply to a notice quotes its footer, unsubscribe link and all: no command in it.
+        command = None
+    if command is not None and command.token and command.action in (commands.CONFIRM, commands.UNSUBSCRIBE) \
+            and _token_command(d, session, row, msg, command, now):
+        return
+    if not _may_send(d, session, sender, now):
+        _finish(session, row, "rate_limited", now, command=command.action if command else None, sender=sender)
+        log.warning("CSMS: nothing sent to %s (confirmation rate limit reached); request ignored", sender)
+        return
+    known = service.topic_names(session)
+    if command is None or command.action == commands.HELP:
+        language = command.language if command else detect_language(msg.classifier_text, default="en")
+        built = confirm.help_notice(sender=d.request, request=d.request, rcpt=sender, known_topics=known,
+                                    language=language, domain=d.desk.domain, in_reply_to=msg.message_id)
+        _send(d, session, row, sender, "help", built, now)
+        _finish(session, row, "help_sent", now, sender=sender)
+        return
+    matched, unknown = commands.match_topics(command.topics, known)
+    problem = _problem(session, command, sender, matched, unknown)
+    if problem:
+        built = confirm.error_notice(sender=d.request, request=d.request, rcpt=sender, reason=problem,
+                                     known_topics=known, language=command.language, domain=d.desk.domain,
+                                     in_reply_to=msg.message_id)
+        _send(d, session, row, sender, "error", built, now)
+        _finish(session, row, "error_sent", now, sender=sender, problem=problem)
+        return
+    hours = d.cfg.confirm_hours
+    pending = subscribers.create_pending(session, sender, command.action, matched, command.language,
+                                         now + dt.timedelta(hours=hours), row.id)
+    token = d.signer.make(CONFIRM, pending.id, hours * 3600, now=now.timestamp())
+    built = confirm.confirmation_request(
+        sender=d.request, request=d.request, rcpt=sender, action=command.action, topics=matched, token=token,
+        language=command.language, hours=hours, domain=d.desk.domain, in_reply_to=msg.message_id,
+        confirm_url=f"{d.cfg.base_url.rstrip('/')}/c/{token}", unknown=unknown)
+    _send(d, session, row, sender, "confirm", built, now)
+    _finish(session, row, "confirmation_sent", now, command=command.action, sender=sender, topics=matched,
+            pending=pending.id)
+
+
+def _problem(session: Session, command: commands.Command, sender: str, matched: list[str],
+             unknown: list[str]) -> str | None:
+    """Why ``command`` cannot be asked for confirmation (in its language), or None."""
+    reasons = _REASONS.get(command.language, _REASONS["en"])
+    if command.action == commands.CONFIRM:
+        return reasons["bad_confirm"]
+    if command.action == commands.SUBSCRIBE and not matched:
+        return reasons["unknown_topics" if command.topics else "no_topics"].format(names=", ".join(unknown))
+    if command.action == commands.UNSUBSCRIBE:
+        status = session.scalar(select(Subscriber.status).where(Subscriber.email == sender))
+        if status != ACTIVE:
+            return reasons["not_subscribed"].format(email=sender)
+        if command.topics and not matched:
+            return reasons["unknown_topics"].format(names=", ".join(unknown))
+    return None
+
+
+def _is_unsubscribe_token(d: CsmsDesk, token: str, now: dt.datetime) -> bool:
+    try:
+        d.signer.check(UNSUBSCRIBE, token, now=now.timestamp())
+    except BadToken:
+        return False
+    return True
+
+
+def _token_command(d: CsmsDesk, session: Session, row: InboundMessage, msg: ParsedMessage,
+                   command: commands.Command, now: dt.datetime) -> bool:
+    """Handle a command carrying a token; return False when the token is not ours (then it is a plain command)."""
+    assert command.token is not None
+    if command.action == commands.UNSUBSCRIBE:
+        try:
+            subscriber_id = d.signer.check(UNSUBSCRIBE, command.token, now=now.timestamp())
+        except BadToken:
+            return False
+        subscriptions.one_click(session, subscriber_id)
+        # No answer: the List-Unsubscribe mailto is one-click too, and an answer would be backscatter.
+        _finish(session, row, "unsubscribed_one_click", now, subscriber=subscriber_id)
+        return True
+    try:
+        pending_id = d.signer.check(CONFIRM, command.token, now=now.timestamp())
+    except BadToken as exc:
+        _finish(session, row, "confirm_refused", now, why=str(exc))
+        return True
+    try:
+        with session.begin_nested():
+            pending, topics = subscriptions.confirm(session, pending_id, now)
+    except service.CsmsError as exc:
+        _finish(session, row, "confirm_refused", now, why=str(exc), pending=pending_id)
+        return True
+    log.info("CSMS: %s confirmed %s %s", pending.email, pending.action, ", ".join(pending.topics) or "(all)")
+    # The result goes to the address confirmed (it proved it reads it), not to whoever sent the token.
+    if _may_send(d, session, pending.email, now):
+        built = confirm.result_notice(sender=d.request, request=d.request, rcpt=pending.email, topics=topics,
+                                      language=pending.language, domain=d.desk.domain, in_reply_to=msg.message_id)
+        _send(d, session, row, pending.email, "result", built, now)
+    _finish(session, row, "confirmed", now, pending=pending_id, action_done=pending.action, topics=topics)
+    return True
+
+
+_REASONS = {
+    "en": {
+        "no_topics": "name the topics to subscribe to, separated by ';'",
+        "unknown_topics": "no such topic: {names}",
+        "not_subscribed": "{email} is not subscribed",
+        "bad_confirm": "the confirmation code is missing or not valid",
+    },
+    "es": {
+        "no_topics": "indique los temas a los que desea suscribirse, separados por ';'",
+        "unknown_topics": "no existe el tema: {names}",
+        "not_subscribed": "{email} no está suscrito",
+        "bad_confirm": "falta el código de confirmación o no es válido",
+    },
+}
+
+
+# --- a batch of the stage ------------------------------------------------------------------
+
+
+def csms_rows(d: CsmsDesk, session: Session, rows: list[InboundMessage]) -> None:
+    now = utcnow()
+    # The configured topics exist before anyone asks for them, also on a fresh
+    # database that no 'acedesk csms' command has touched yet.
+    service.ensure_topics(session, d.cfg.default_topics)
+    for row in rows:
+        if d.desk.is_bounce_address(row.desk):
+            handle_bounce(d, session, row, now)
+        else:
+            handle_command(d, session, row, now)
