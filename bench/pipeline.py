@@ -93,7 +93,10 @@ def message(n: int, run: str) -> bytes:
         extra = "Auto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n"
     else:
         subject, body = "Locked out of ACE", f"My ACE portal account is locked after too many attempts. {filler}"
-    return (ar + extra + f"From: Trade User {u} <{sender}>\r\nTo: helpdesk@ace-support.example\r\n"
+    # As our border leaves it: its Authentication-Results above its own Received line.
+    border = (f"Received: from mail.importer{u % 50}.example by {TRUSTED} (Postfix) with ESMTPS id {n};\r\n"
+              "\tSun, 22 Nov 2026 08:00:00 +0000\r\n")
+    return (ar + border + extra + f"From: Trade User {u} <{sender}>\r\nTo: helpdesk@ace-support.example\r\n"
             f"Subject: {subject}\r\nDate: Sun, 22 Nov 2026 08:00:00 +0000\r\n"
             f"Message-ID: <{n}.{run}@importer{u % 50}.example>\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"

@@ -127,6 +127,11 @@ class IngressConfig:
     max_message_size: int = 25 * 1024 * 1024
     #: Seconds a client may stay idle before it is disconnected.
     timeout: float = 300.0
+    #: The name this server writes after ``by`` in the ``Received:`` line it prepends to every message.
+    hostname: str = "acedesk.ace-support.example"
+    #: This listener is the border (mail comes straight from the Internet): nothing below its
+    #: ``Received:`` line is trusted, so no Authentication-Results a client writes can verify anyone.
+    border: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,12 @@ class PipelineConfig:
     max_attempts: int = 5
     #: Seconds between sweeps when nothing wakes the worker.
     poll_interval: float = 2.0
+    #: Per-message budget of a stage, in seconds: a message that takes longer is quarantined
+    #: (``over_time_budget``) rather than retried.
+    message_seconds: float = 10.0
+    #: Per-message memory budget of parsing, in bytes: a message whose parse would need more
+    #: (about 16 bytes per byte of message, measured) is quarantined (``over_memory_budget``).
+    message_memory: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from models.base import Base, JSONType, UTCDateTime, utcnow
 # Message states (see module docstring).
 NEW = "new"
 PARSED = "parsed"
+#: Automatic mail found by screening at parse time: never classified, recorded and dropped by respond.
+SCREENED = "screened"
 CLASSIFIED = "classified"
 DONE = "done"
 #: CSMS traffic (subscription commands, bounces of notices) for the csms stage.

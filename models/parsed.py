@@ -46,6 +46,9 @@ class ParsedMessage:
     content_type: str = "text/plain"
     #: Problems noticed while parsing that did not prevent it (for operators).
     defects: list[str] = field(default_factory=list)
+    #: The trace fields in header order, top (newest) first: ``[name, value]`` pairs of
+    #: ``Received`` and ``Authentication-Results``; where an AR sits decides whether it counts.
+    trace: list[list[str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

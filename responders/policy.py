@@ -1,8 +1,9 @@
 """The policy: label x verification x confidence -> reply | ticket | triage | drop.
 
 The rules come from ``[[responders.rules]]`` (first match wins; see
-``responders.settings``).  On top of the table, three fixed safety rules that
-no configuration can turn off:
+``responders.settings``).  The decision is the ordered tuple of named steps
+:data:`DECIDE`, each recording why it changed the draft; around the table,
+fixed safety steps that no configuration can turn off:
 
 * screened automatic mail is dropped (with its record), never answered;
 * a message that must not be answered automatically (a reply to our own
@@ -14,7 +15,8 @@ no configuration can turn off:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from responders.screen import DROP, NO_REPLY, Screen
 from responders.settings import ACCOUNT_LABELS, PolicyRule
@@ -39,6 +41,8 @@ class Decision:
     reasons: tuple[str, ...] = ()
     #: Index of the matching rule in the table (-1: a fixed rule decided).
     rule: int = -1
+    #: A follow-up on an existing ticket (it goes to that ticket's analyst).
+    followup: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "template": self.template, "to": self.to, "security": self.security,
@@ -57,43 +61,128 @@ def _matches(rule: PolicyRule, label: str, verification: str, confidence: float,
     return True
 
 
+@dataclass
+class Draft:
+    """A decision being made: the facts, and the action so far (each step of :data:`DECIDE` may change it)."""
+
+    label: str
+    confidence: float
+    auto: bool | None
+    verification: Verification
+    screen: Screen
+    sender: str
+    rules: list[PolicyRule]
+    followup: bool
+    kind: str = TRIAGE
+    template: str | None = None
+    to: str | None = None
+    security: bool = False
+    rule: int = -1
+    #: The matching rule sends its answer to the address on file (``to = "on_file"``).
+    to_on_file: bool = False
+    reasons: list[str] = field(default_factory=list)
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step of the decision: ``apply`` changes the draft and returns why, or None (no change)."""
+
+    name: str
+    apply: Callable[[Draft], str | None]
+    description: str = ""
+
+
+def screened_drop(d: Draft) -> str | None:
+    if d.screen.verdict != DROP:
+        return None
+    d.kind, d.template, d.to, d.final = DROP_ACTION, None, None, True
+    return ", ".join(d.screen.reasons)
+
+
+def followup_to_triage(d: Draft) -> str | None:
+    if not d.followup:
+        return None
+    d.kind, d.template, d.to, d.security, d.final = TRIAGE, None, None, d.verification.impersonation, True
+    return "follow-up on an existing ticket"
+
+
+def table_rule(d: Draft) -> str | None:
+    d.rule, rule = next(((i, r) for i, r in enumerate(d.rules)
+                         if _matches(r, d.label, d.verification.status, d.confidence, d.auto)),
+                        (-1, PolicyRule(action=TRIAGE)))
+    d.kind = rule.action
+    d.template = rule.template or (d.label if d.kind == REPLY else None)
+    d.security = rule.security
+    d.to = d.sender
+    d.to_on_file = rule.to == "on_file"
+    return f"rule {d.rule}: {rule.action} for {d.label}/{d.verification.status} at {d.confidence:.2f}"
+
+
+def account_on_file(d: Draft) -> str | None:
+    if not (d.to_on_file or d.label in ACCOUNT_LABELS):
+        return None
+    # Account answers go only to the address on file of a verified user.
+    if d.verification.status == VERIFIED and d.verification.email_on_file:
+        d.to = d.verification.email_on_file
+        return None
+    if d.template in ACCOUNT_LABELS or d.kind == REPLY and d.label in ACCOUNT_LABELS:
+        d.kind, d.template = (TICKET if d.kind == REPLY else d.kind), SECURITY_NEUTRAL
+        return "account answer withheld: sender not verified"
+    return None
+
+
+def impersonation(d: Draft) -> str | None:
+    if not d.verification.impersonation:
+        return None
+    d.security = True
+    if d.kind in (REPLY, TICKET):
+        d.kind = TRIAGE
+    if d.template in ACCOUNT_LABELS:
+        d.template = SECURITY_NEUTRAL
+    return "looks like impersonation: flagged for security"
+
+
+def policy_drop(d: Draft) -> str | None:
+    if d.kind != DROP_ACTION:
+        return None
+    d.template, d.to, d.final = None, None, True
+    return ""
+
+
+def no_automatic_answer(d: Draft) -> str | None:
+    if d.screen.verdict != NO_REPLY:
+        return None
+    if d.kind == REPLY:
+        d.kind = TICKET
+    d.template = None
+    return ", ".join(d.screen.reasons)
+
+
+#: The decision, step by step, first to last; a step that sets ``final`` ends it.
+DECIDE: tuple[Step, ...] = (
+    Step("screened", screened_drop, "automatic mail is recorded and dropped, never answered"),
+    Step("followup", followup_to_triage, "a follow-up goes to the analyst of its ticket"),
+    Step("policy_table", table_rule, "the first [[responders.rules]] row that matches"),
+    Step("account_to_address_on_file", account_on_file,
+         "account answers only to a verified user, only to the address on file"),
+    Step("impersonation", impersonation, "impersonation goes to security triage; account templates neutral"),
+    Step("policy_drop", policy_drop, "the table said drop"),
+    Step("no_automatic_answer", no_automatic_answer, "a reply to our auto-reply, or the cap: no answer"),
+)
+
+
 def decide(label: str, confidence: float, auto: bool | None, verification: Verification, screen: Screen,
            sender: str, rules: list[PolicyRule], followup: bool = False) -> Decision:
-    """Return what to do with one message (pure; see the module docstring)."""
-    if screen.verdict == DROP:
-        return Decision(DROP_ACTION, None, None, reasons=("screened: " + ", ".join(screen.reasons),))
-    if followup:
-        return Decision(TRIAGE, None, None, security=verification.impersonation,
-                        reasons=("follow-up on an existing ticket",))
-    index, rule = next(((i, r) for i, r in enumerate(rules)
-                        if _matches(r, label, verification.status, confidence, auto)),
-                       (-1, PolicyRule(action=TRIAGE)))
-    reasons = [f"rule {index}: {rule.action} for {label}/{verification.status} at {confidence:.2f}"]
-    kind = rule.action
-    template: str | None = rule.template or (label if kind == REPLY else None)
-    security = rule.security
-    to: str | None = sender
-    if rule.to == "on_file" or label in ACCOUNT_LABELS:
-        # Account answers go only to the address on file of a verified user.
-        if verification.status == VERIFIED and verification.email_on_file:
-            to = verification.email_on_file
-        elif template in ACCOUNT_LABELS or kind == REPLY and label in ACCOUNT_LABELS:
-            kind, template = (TICKET if kind == REPLY else kind), SECURITY_NEUTRAL
-            reasons.append("account answer withheld: sender not verified")
-    if verification.impersonation:
-        security = True
-        if kind in (REPLY, TICKET):
-            kind = TRIAGE
-        if template in ACCOUNT_LABELS:
-            template = SECURITY_NEUTRAL
-        reasons.append("looks like impersonation: flagged for security")
-    if kind == DROP_ACTION:
-        return Decision(DROP_ACTION, None, None, security, tuple(reasons), index)
-    if screen.verdict == NO_REPLY:
-        if kind == REPLY:
-            kind = TICKET
-        template = None
-        reasons.append("no automatic answer: " + ", ".join(screen.reasons))
-    if template is None:
-        to = None
-    return Decision(kind, template, to, security, tuple(reasons), index)
+    """Return what to do with one message: :data:`DECIDE` run over the facts (pure)."""
+    d = Draft(label, confidence, auto, verification, screen, sender, rules, followup)
+    for step in DECIDE:
+        why = step.apply(d)
+        if why is not None:
+            d.reasons.append(f"{step.name}: {why}" if why else step.name)
+        if d.final:
+            break
+    if d.template is None:
+        d.to = None
+    return Decision(d.kind, d.template, d.to, d.security, tuple(d.reasons), d.rule,
+                    followup=d.followup and d.screen.verdict != DROP)

@@ -8,14 +8,19 @@ guards disagreed).  :func:`screen` returns a :class:`Screen` whose verdict is
   ``X-Auto-Response-Suppress``, ``Precedence: bulk|junk|list|auto_reply``,
   mailing-list traffic (RFC 2369/2919 ``List-*``), delivery reports (RFC 3464
   ``multipart/report``), the null return path ``<>`` (RFC 5321 section 4.5.5),
-  MAILER-DAEMON/postmaster, our own addresses and our own messages coming back;
+  MAILER-DAEMON/postmaster, our own addresses and our own messages coming back,
+  out-of-office subjects that come without RFC 3834 headers, and a duplicate
+  of a message already handled (stored, not answered twice);
 * ``no_reply`` -- a person, but no automatic answer: a reply to one of our own
   auto-replies (recognised by our signed Message-ID; it threads into its
   ticket for an analyst), or the per-recipient cap on automatic answers is
   reached (sliding window; stops storms between two responders);
 * ``ok`` -- may be answered.
 
-Every reason found is listed, so the record says exactly why.
+The checks are ordered tuples of named checks (:data:`AUTOMATIC`, which the
+parse stage also runs so that automatic mail is never classified; then
+:data:`REPEAT` and :data:`PERSON`; see :mod:`responders.checks`); every
+reason found is listed, so the record says exactly why.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 from models.parsed import ParsedMessage
+from responders.checks import Check, run
 from responders.msgid import check_message_id, looks_like_ours
 
 DROP = "drop"
@@ -44,6 +50,8 @@ class ScreenContext:
     #: Automatic answers already sent to this sender in the window, and the cap.
     recent_autoreplies: int = 0
     autoreply_max: int = 5
+    #: The earlier inbound message this one repeats (same Message-ID, sender and desk), if any.
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,53 +74,103 @@ class Screen:
 
 def _token(value: str) -> str:
     # Strip RFC 5322 comments and parameters: "auto-replied (vacation); x=y" -> "auto-replied".
-    value = re.sub(r"\([^()]*\)", " ", value)
+    value = re.sub(r"\([^()]*\)", " ", value[:1000])
     return value.split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Subject:
+    msg: ParsedMessage
+    ctx: ScreenContext
+
+
+def _h(s: Subject, name: str) -> list[str]:
+    return s.msg.headers.get(name, [])
+
+
+def auto_submitted(s: Subject) -> str | None:
+    # RFC 3834 section 5: any Auto-Submitted value other than "no" means automatic.
+    tokens = [_token(v) for v in _h(s, "auto-submitted")]
+    return next((t for t in tokens if t and t != "no"), None)
+
+
+def x_autoreply(s: Subject) -> str | None:
+    return "" if _h(s, "x-autoreply") or _h(s, "x-autorespond") else None
+
+
+def x_auto_response_suppress(s: Subject) -> str | None:
+    # Microsoft's header: the sender asks for no automatic answers (All, AutoReply, OOF...).
+    return "" if any(_token(v) not in ("", "none") for v in _h(s, "x-auto-response-suppress")) else None
+
+
+def precedence(s: Subject) -> str | None:
+    return next((_token(v) for v in _h(s, "precedence") if _token(v) in _PRECEDENCE_AUTOMATIC), None)
+
+
+def mailing_list(s: Subject) -> str | None:
+    return "" if _h(s, "list-id") or _h(s, "list-unsubscribe") or _h(s, "list-post") else None
+
+
+def delivery_report(s: Subject) -> str | None:
+    content_type = (s.msg.content_type or "").lower()
+    header_ct = " ".join(_h(s, "content-type")).lower().strip()
+    return "" if content_type.startswith("multipart/report") or header_ct.startswith("multipart/report") else None
+
+
+def null_return_path(s: Subject) -> str | None:
+    return "" if s.msg.return_path == "" else None
+
+
+def mailer_daemon(s: Subject) -> str | None:
+    locals_ = {a.rpartition("@")[0].lower() for a in (s.msg.sender, s.msg.return_path or "")}
+    return "" if locals_ & _DAEMON_LOCALS else None
+
+
+def own_address(s: Subject) -> str | None:
+    return "" if s.msg.sender.lower() in s.ctx.own_addresses else None
+
+
+def own_message(s: Subject) -> str | None:
+    return "" if looks_like_ours(s.msg.message_id, s.ctx.domain) else None
+
+
+def x_loop(s: Subject) -> str | None:
+    return "" if any(own in v.lower() for v in _h(s, "x-loop") for own in s.ctx.own_addresses) else None
+
+
+#: Out-of-office subjects that arrive without RFC 3834 headers (Outlook, Gmail, Exchange; en and es).
+_OUT_OF_OFFICE = re.compile(
+    r"^\s*(?:(?:re|aw|rv|fw|fwd)\s*:\s*)*(?:out\s+of\s+(?:the\s+)?office|automatic\s+reply|auto(?:matic)?[-\s]?reply|"
+    r"autoreply|auto\s*response|away\s+from\s+(?:the\s+)?office|on\s+vacation|vacation\s+reply|"
+    r"respuesta\s+autom[aá]tica|fuera\s+de\s+(?:la\s+)?oficina|ausente|ausencia|de\s+vacaciones|"
+    r"r[eé]ponse\s+automatique|absence)\b",
+    re.IGNORECASE)
+
+
+def out_of_office(s: Subject) -> str | None:
+    return "" if _OUT_OF_OFFICE.search(s.msg.subject or "") else None
+
+
+#: Automatic mail, or our own: recorded and dropped, never answered (effect ``drop``).
+AUTOMATIC: tuple[Check[Subject], ...] = (
+    Check("auto_submitted", DROP, auto_submitted, "RFC 3834 Auto-Submitted other than 'no'"),
+    Check("x_autoreply", DROP, x_autoreply, "X-Autoreply / X-Autorespond"),
+    Check("x_auto_response_suppress", DROP, x_auto_response_suppress, "Microsoft's X-Auto-Response-Suppress"),
+    Check("precedence", DROP, precedence, "Precedence: bulk, junk, list or auto_reply"),
+    Check("mailing_list", DROP, mailing_list, "RFC 2369/2919 List-* headers"),
+    Check("delivery_report", DROP, delivery_report, "RFC 3464 multipart/report"),
+    Check("null_return_path", DROP, null_return_path, "the null return path <>"),
+    Check("mailer_daemon", DROP, mailer_daemon, "MAILER-DAEMON, postmaster"),
+    Check("own_address", DROP, own_address, "sent from one of our own addresses"),
+    Check("own_message", DROP, own_message, "one of our own Message-IDs coming back"),
+    Check("x_loop", DROP, x_loop, "X-Loop naming one of our addresses"),
+    Check("out_of_office", DROP, out_of_office, "an out-of-office subject without RFC 3834 headers"),
+)
 
 
 def automatic_reasons(msg: ParsedMessage, ctx: ScreenContext) -> list[str]:
     """Return why ``msg`` is automatic or ours (reasons to drop it); empty for a person."""
-    reasons: list[str] = []
-    h = msg.headers
-    # RFC 3834 section 5: any Auto-Submitted value other than "no" means automatic.
-    for value in h.get("auto-submitted", []):
-        token = _token(value)
-        if token and token != "no":
-            reasons.append(f"auto_submitted:{token}")
-            break
-    if h.get("x-autoreply") or h.get("x-autorespond"):
-        reasons.append("x_autoreply")
-    for value in h.get("x-auto-response-suppress", []):
-        # Microsoft's header: the sender asks for no automatic answers (All, AutoReply, OOF...).
-        if _token(value) not in ("", "none"):
-            reasons.append("x_auto_response_suppress")
-            break
-    for value in h.get("precedence", []):
-        if _token(value) in _PRECEDENCE_AUTOMATIC:
-            reasons.append(f"precedence:{_token(value)}")
-            break
-    if h.get("list-id") or h.get("list-unsubscribe") or h.get("list-post"):
-        reasons.append("mailing_list")
-    content_type = (msg.content_type or "").lower()
-    header_ct = " ".join(h.get("content-type", [])).lower()
-    if content_type.startswith("multipart/report") or header_ct.strip().startswith("multipart/report"):
-        reasons.append("delivery_report")
-    if msg.return_path == "":
-        reasons.append("null_return_path")
-    for address in (msg.sender, msg.return_path or ""):
-        local = address.rpartition("@")[0].lower()
-        if local in _DAEMON_LOCALS:
-            reasons.append("mailer_daemon")
-            break
-    if msg.sender.lower() in ctx.own_addresses:
-        reasons.append("own_address")
-    if looks_like_ours(msg.message_id, ctx.domain):
-        reasons.append("own_message")
-    for value in h.get("x-loop", []):
-        if any(own in value.lower() for own in ctx.own_addresses):
-            reasons.append("x_loop")
-            break
-    return reasons
+    return [f"{f.check}:{f.detail}" if f.detail else f.check for f in run(AUTOMATIC, Subject(msg, ctx))]
 
 
 def thread_ticket(msg: ParsedMessage, secret: bytes) -> str | None:
@@ -124,16 +182,36 @@ def thread_ticket(msg: ParsedMessage, secret: bytes) -> str | None:
     return None
 
 
+def rate_limited(s: Subject) -> str | None:
+    return "" if s.ctx.recent_autoreplies >= s.ctx.autoreply_max else None
+
+
+def duplicate(s: Subject) -> str | None:
+    return s.ctx.duplicate_of
+
+
+#: Repeats: the same message again (same Message-ID from the same sender to the same desk): stored, not
+#: handled twice.
+REPEAT: tuple[Check[Subject], ...] = (
+    Check("duplicate", DROP, duplicate, "the same Message-ID from the same sender to the same desk, again"),
+)
+
+#: A person, but no automatic answer (effect ``no_reply``): checked after :data:`AUTOMATIC`.
+PERSON: tuple[Check[Subject], ...] = (
+    Check("rate_limited", NO_REPLY, rate_limited, "the per-recipient cap on automatic answers is reached"),
+)
+
+
 def screen(msg: ParsedMessage, ctx: ScreenContext) -> Screen:
     """Return whether ``msg`` may get an automatic answer, and why not."""
     ticket = thread_ticket(msg, ctx.secret)
-    reasons = automatic_reasons(msg, ctx)
+    subject = Subject(msg, ctx)
+    reasons = automatic_reasons(msg, ctx) + [f"{f.check}:{f.detail}" for f in run(REPEAT, subject)]
     if reasons:
         return Screen(DROP, tuple(reasons), our_ticket=ticket)
     if ticket:
         reasons.append("reply_to_our_autoreply")
-    if ctx.recent_autoreplies >= ctx.autoreply_max:
-        reasons.append("rate_limited")
+    reasons += [f.check for f in run(PERSON, subject)]
     if reasons:
         return Screen(NO_REPLY, tuple(reasons), our_ticket=ticket)
     return Screen(OK, (), our_ticket=None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +23,9 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from classifiers.identifiers import extract_identifiers
 from classifiers.language import detect_language
 from models.base import utcnow
-from models.core import DONE, InboundMessage
+from models.core import DONE, FAILED, QUARANTINED, InboundMessage
 from models.outbox import PENDING, OutboxMessage
 from models.parsed import ParsedMessage
 from models.responders import (
@@ -45,25 +44,17 @@ from responders.articles import Library, links_context, load_library
 from responders.escalation import EscalationConfig
 from responders.hours import DeskHours
 from responders.hours import reply_context as hours_context
+from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned_user_ids
 from responders.incidents import IncidentConfig
 from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
-from responders.render import Renderer, RenderError, Reply, build_reply
+from responders.redact import redact
+from responders.render import Renderer, Reply, build_reply
 from responders.screen import Screen, ScreenContext, screen
 from responders.settings import ResponderConfig
 from responders.tickets import priority, quoted_number, reply_subject, ticket_number
-from responders.verify import (
-    VERIFIED,
-    Directory,
-    UserRecord,
-    Verification,
-    quoted_identifiers,
-    verify,
-    with_userid_candidates,
-)
+from responders.verify import VERIFIED, Directory, UserRecord, Verification, verify
 
 log = logging.getLogger("acedesk.respond")
-
-_SSN = re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")
 
 
 @dataclass(frozen=True)
@@ -90,6 +81,8 @@ class Responder:
     renderer: Renderer = field(default_factory=Renderer)
     #: Optional local DKIM check (daemon-provided: it does DNS): raw bytes -> pass/fail/None.
     dkim_check: Callable[[bytes, str], bool | None] | None = None
+    #: Border hosts besides ``cfg.border_hosts`` (the ingress itself, when it is the border).
+    extra_border_hosts: tuple[str, ...] = ()
     #: The desk's duties: opening hours, outage incidents, escalation (``[hours]``, ``[incidents]``, ``[escalation]``).
     hours: DeskHours = field(default_factory=DeskHours)
     incidents: IncidentConfig = field(default_factory=IncidentConfig)
@@ -98,6 +91,12 @@ class Responder:
     clock: Callable[[], dt.datetime] = utcnow
     _domains: frozenset[str] = frozenset()
     _domains_at: float = -1e9
+    _index: DirectoryIndex = field(default_factory=DirectoryIndex)
+    _index_key: tuple[Any, ...] = ()
+
+    @property
+    def border_hosts(self) -> tuple[str, ...]:
+        return tuple(self.cfg.border_hosts) + self.extra_border_hosts
 
 
 @dataclass(frozen=True)
@@ -121,17 +120,15 @@ def choose_language(msg: ParsedMessage, row_language: str | None, desk_address: 
 
 
 def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: float, auto: bool | None,
-         language: str, identifiers: dict[str, Any] | None, directory: Directory, recent_autoreplies: int,
-         followup: bool, dkim_ok: bool | None = None, held: Sequence[Any] = ()) -> Plan:
+         language: str, directory: Directory, recent_autoreplies: int, followup: bool,
+         dkim_ok: bool | None = None, duplicate_of: str | None = None, held: Sequence[Any] = ()) -> Plan:
     """Screen, verify and decide for one message (pure)."""
     cfg = responder.cfg
     ctx = ScreenContext(own_addresses=responder.desk.own_addresses, domain=responder.desk.domain,
                         secret=responder.secret, recent_autoreplies=recent_autoreplies,
-                        autoreply_max=cfg.autoreply_max)
+                        autoreply_max=cfg.autoreply_max, duplicate_of=duplicate_of)
     screened = screen(msg, ctx)
-    identifiers = with_userid_candidates(identifiers if identifiers is not None
-                                         else extract_identifiers(msg.classifier_text), msg.classifier_text)
-    verification = verify(msg, identifiers, directory, cfg.trusted_authserv_ids, dkim_ok)
+    verification = verify(msg, directory, cfg.trusted_authserv_ids, responder.border_hosts, dkim_ok)
     decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
                       followup=followup)
     # An inactive or suspended account never gets self-service account help (responders.accounts).
@@ -142,7 +139,7 @@ def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: fl
 
 def reply_context(responder: Responder, msg: ParsedMessage, verification: Verification) -> dict[str, Any]:
     """Return the template data.  The sender's words are data only; the name only when verified."""
-    subject = _SSN.sub("###-##-####", msg.subject or "")[:200]
+    subject = redact(msg.subject or "")[:200]
     return {
         "name": verification.name if verification.status == VERIFIED else "",
         "subject": subject,
@@ -166,7 +163,7 @@ def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str,
     return build_reply(
         responder.renderer, template=p.decision.template, language=p.language, to=p.decision.to,
         from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
-        subject=reply_subject(msg.subject, number, responder.cfg.ticket_prefix, p.language),
+        subject=redact(reply_subject(msg.subject, number, responder.cfg.ticket_prefix, p.language)),
         ticket=number, secret=responder.secret, in_reply_to=msg.message_id, references=msg.references,
         context={**reply_context(responder, msg, p.verification), **(extra or {}),
                  # The reply that discloses nothing does not even greet the account's holder by name.
@@ -183,7 +180,6 @@ def _record(u: User) -> UserRecord:
 
 def known_domains(session: Session, responder: Responder, max_age: float = 300.0) -> frozenset[str]:
     """Return the domains of addresses on file (cached for ``max_age`` seconds; lookalike check)."""
-    import time
 
     now = time.monotonic()
     if now - responder._domains_at > max_age:
@@ -193,27 +189,72 @@ def known_domains(session: Session, responder: Responder, max_age: float = 300.0
     return responder._domains
 
 
-def load_directory(session: Session, senders: Iterable[str], identifiers: Iterable[dict[str, Any] | None],
+def directory_index(session: Session, responder: Responder) -> DirectoryIndex:
+    """Return the index of every UserID and identifier on file, rebuilt only when the users table changed."""
+    key = tuple(session.execute(select(func.count(), func.max(User.updated_at)).select_from(User)).one())
+    if key != responder._index_key:
+        responder._index = DirectoryIndex.build(((r[0], r[1]) for r in session.execute(select(User.user_id, User.identifier))))
+        responder._index_key = key
+    return responder._index
+
+
+def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str], index: DirectoryIndex,
                    domains: frozenset[str]) -> Directory:
-    """Return the users that concern these senders and the identifiers they quote (one query)."""
+    """Return the users that concern these senders and what their messages mention (two queries).
+
+    The senders' own records and the users they own first; then their
+    colleagues (the same Account Owner or identifier), and every user on file
+    that a message mentions by UserID or identifier (found through ``index``).
+    """
     senders = {s.lower() for s in senders if s}
-    user_ids: set[str] = set()
-    others: set[str] = set()
-    for ids in identifiers:
-        uids, other = quoted_identifiers(ids)
-        user_ids.update(v for u in uids for v in (u, u.lower(), u.upper()))
-        others.update(o.upper() for o in other)
-    conds = []
+    mentioned: set[str] = set()
+    for text in texts:
+        mentioned.update(mentioned_user_ids(text, index))
+        for key in mentioned_identifiers(text, index):
+            mentioned.update(index.user_ids[u] for u in index.identifiers.get(key, ()) if u in index.user_ids)
+    users: dict[str, User] = {}
     if senders:
-        conds += [User.email.in_(senders), User.account_owner_email.in_(senders)]
-    if user_ids:
-        conds.append(User.user_id.in_(user_ids))
-    if others:
-        conds.append(User.identifier.in_(others))
-    if not conds:
-        return Directory((), domains)
-    users = session.scalars(select(User).where(or_(*conds)))
-    return Directory(tuple(_record(u) for u in users), domains)
+        for u in session.scalars(select(User).where(or_(User.email.in_(senders),
+                                                        User.account_owner_email.in_(senders)))):
+            users[u.user_id] = u
+    owners = {u.account_owner_email for u in users.values() if u.account_owner_email}
+    identifiers = {u.identifier for u in users.values() if u.identifier}
+    conds = []
+    if mentioned:
+        conds.append(User.user_id.in_(mentioned))
+    if owners:
+        conds.append(User.account_owner_email.in_(owners))
+    if identifiers:
+        conds.append(User.identifier.in_(identifiers))
+    if conds:
+        for u in session.scalars(select(User).where(or_(*conds))):
+            users[u.user_id] = u
+    return Directory(tuple(_record(u) for u in users.values()), domains, index)
+
+
+def duplicates(session: Session, rows: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]) -> dict[int, str]:
+    """Return, per row id, the earlier message it repeats: same Message-ID, sender and desk.
+
+    A message that arrives again (another path, a resend with only its line
+    endings changed) is stored, and recorded as a duplicate, not handled twice.
+    """
+    keys = {(row.desk, m.message_id, m.sender.lower()): row.id for row, m in zip(rows, parsed) if m.message_id}
+    if not keys:
+        return {}
+    earlier: dict[tuple[str, str, str], int] = {}
+    query = (select(InboundMessage.id, InboundMessage.desk, InboundMessage.message_id, InboundMessage.parsed)
+             .where(InboundMessage.message_id.in_({k[1] for k in keys}))
+             .where(InboundMessage.state.not_in((QUARANTINED, FAILED))))
+    for other_id, desk, message_id, other_parsed in session.execute(query):
+        key = (desk, message_id, str((other_parsed or {}).get("sender", "")).lower())
+        if key in keys and other_id < keys[key] and other_id < earlier.get(key, other_id + 1):
+            earlier[key] = other_id
+    found: dict[int, str] = {}
+    for row, m in zip(rows, parsed):
+        key = (row.desk, m.message_id or "", m.sender.lower())
+        if key in earlier and earlier[key] < row.id:
+            found[row.id] = f"message {earlier[key]}"
+    return found
 
 
 def recent_counts(session: Session, recipients: Iterable[str], window: float, now: dt.datetime) -> dict[str, int]:
@@ -276,51 +317,53 @@ class BatchStats:
 
 
 def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundMessage],
-                 raw_of: Callable[[InboundMessage], bytes] | None = None) -> BatchStats:
+                 raw_of: Callable[[InboundMessage], bytes] | None = None,
+                 on_error: Callable[[InboundMessage, str, str], None] | None = None,
+                 message_seconds: float | None = None) -> BatchStats:
     """Screen, verify, decide and act on classified ``rows``; set each ``done`` (same transaction).
 
     Lookups are made for the whole batch first and writes are flushed three
     times a batch (tickets, then replies, then their links), not per message.
+    Each message's plan is guarded: when it raises, ``on_error(row, reason,
+    detail)`` sets that row aside (the daemon quarantines it) and the batch
+    goes on; without ``on_error`` the exception propagates.
     """
     now = responder.clock()
     stats = BatchStats()
     parsed = [ParsedMessage.from_dict(row.parsed or {}) for row in rows]
-    idents = [with_userid_candidates(row.identifiers if row.identifiers is not None
-                                     else extract_identifiers(m.classifier_text), m.classifier_text)
-              for row, m in zip(rows, parsed)]
-    directory = load_directory(session, [m.sender for m in parsed], idents, known_domains(session, responder))
+    index = directory_index(session, responder)
+    directory = load_directory(session, [m.sender for m in parsed], [m.classifier_text for m in parsed], index,
+                               known_domains(session, responder))
     held = load_held(session, [m.sender for m in parsed], [u.user_id for u in directory.users])
     library = load_library(session)
     counts = recent_counts(session, [m.sender for m in parsed] + [u.email for u in directory.users],
                            responder.cfg.autoreply_window, now)
+    repeats = duplicates(session, rows, parsed)
     probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
                               responder.cfg.autoreply_max)
-    threads: list[Ticket | None] = []
-    for msg in parsed:
-        probe = screen(msg, probe_ctx)
-        threads.append(None if probe.verdict == "drop" else find_thread(session, responder, msg, probe.our_ticket))
 
     writes = Writes()
     pending: list[tuple[InboundMessage, ParsedMessage, Plan, Ticket | None, dict[str, Any]]] = []
     outage: list[tuple[InboundMessage, ParsedMessage, Plan]] = []
     with session.no_autoflush:
-        for row, msg, ids, thread in zip(rows, parsed, idents, threads):
-            dkim_ok = None
-            if responder.cfg.verify_dkim and responder.dkim_check and raw_of \
-                    and not msg.headers.get("authentication-results"):
-                dkim_ok = responder.dkim_check(raw_of(row), msg.sender.rpartition("@")[2])
-            language = choose_language(msg, row.language, row.desk, responder.desk)
-            label = row.label or "other"
-            confidence = float(row.confidence or 0.0)
-            # The cap counts answers to wherever the reply would go: the sender or the address on file.
-            recent = counts.get(msg.sender.lower(), 0)
-            p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
-                     identifiers=ids, directory=directory, recent_autoreplies=recent,
-                     followup=thread is not None, dkim_ok=dkim_ok, held=held)
-            if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
-                p = plan(responder, msg, label=label, confidence=confidence, auto=row.auto, language=language,
-                         identifiers=ids, directory=directory, recent_autoreplies=responder.cfg.autoreply_max,
-                         followup=thread is not None, dkim_ok=dkim_ok, held=held)
+        for row, msg in zip(rows, parsed):
+            started = time.monotonic()
+            try:
+                probe = screen(msg, probe_ctx)
+                thread = None if probe.verdict == "drop" else find_thread(session, responder, msg,
+                                                                           probe.our_ticket)
+                p = plan_row(responder, row, msg, directory, counts, thread is not None, repeats.get(row.id),
+                             raw_of, held)
+            except Exception as exc:  # noqa: BLE001 - one message never stops the batch
+                if on_error is None:
+                    raise
+                on_error(row, "respond_error", f"{type(exc).__name__}: {exc}"[:2000])
+                continue
+            elapsed = time.monotonic() - started
+            if on_error is not None and message_seconds is not None and elapsed > message_seconds:
+                on_error(row, "over_time_budget", f"screen, verify and decide took {elapsed:.2f} s "
+                                                  f"(budget {message_seconds:g} s)")
+                continue
             if p.decision.template and p.decision.to:
                 counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
             row.state = DONE
@@ -355,6 +398,23 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
     return stats
 
 
+def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, directory: Directory,
+             counts: dict[str, int], followup: bool, duplicate_of: str | None,
+             raw_of: Callable[[InboundMessage], bytes] | None, held: Sequence[Any] = ()) -> Plan:
+    """Return the plan of one classified row (the cap counts answers to wherever the reply would go)."""
+    dkim_ok = None
+    if responder.cfg.verify_dkim and responder.dkim_check and raw_of:
+        dkim_ok = responder.dkim_check(raw_of(row), msg.sender.rpartition("@")[2])
+    language = choose_language(msg, row.language, row.desk, responder.desk)
+    facts = dict(label=row.label or "other", confidence=float(row.confidence or 0.0), auto=row.auto,
+                 language=language, directory=directory, followup=followup, dkim_ok=dkim_ok,
+                 duplicate_of=duplicate_of, held=held)
+    p = plan(responder, msg, recent_autoreplies=counts.get(msg.sender.lower(), 0), **facts)  # type: ignore[arg-type]
+    if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
+        p = plan(responder, msg, recent_autoreplies=responder.cfg.autoreply_max, **facts)  # type: ignore[arg-type]
+    return p
+
+
 def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
                 thread: Ticket | None, now: dt.datetime, stats: BatchStats,
                 writes: Writes) -> tuple[Ticket | None, dict[str, Any]]:
@@ -381,7 +441,7 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
         return thread, record
     ticket = Ticket(status=TICKET_OPEN, priority=p.priority, label=p.label, language=p.language,
                     requester=msg.sender.lower(), user_id=p.verification.user_id,
-                    verification=p.verification.status, subject=(msg.subject or "")[:998],
+                    verification=p.verification.status, subject=redacted_record(msg.subject or "", 998),
                     security=d.security, created_at=now,
                     due_at=responder.hours.due(row.received_at or now, responder.cfg.target_hours),
                     updated_at=now)
@@ -398,10 +458,10 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
     if ticket.number is None:
         ticket.number = ticket_number(responder.cfg.ticket_prefix, now.year, ticket.id)
     record["ticket_id"] = ticket.id
-    excerpt = (msg.new_text or msg.text or "")[:4000]
+    excerpt = redacted_record(msg.new_text or msg.text or "", 4000)
     writes.history.append(dict(ticket_id=ticket.id, direction="in", inbound_message_id=row.id, outbox_id=None,
                                message_id=msg.message_id, author=msg.sender.lower(), text=excerpt, created_at=now))
-    followup = "follow-up on an existing ticket" in d.reasons
+    followup = d.followup
     if d.kind == TRIAGE:
         reason = "followup" if followup else ("security" if d.security else "policy")
         writes.triage.append(dict(ticket_id=ticket.id, inbound_message_id=row.id, reason=reason, security=d.security,
@@ -414,7 +474,7 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
     try:
         reply = render(responder, msg, p, ticket.number or "",
                        duty_context(responder, library or Library(), d.template, p.label, p.language, now))
-    except RenderError as exc:
+    except Exception as exc:  # noqa: BLE001 - RenderError, or anything a hostile message provokes: no reply
         record["reasons"] = list(record["reasons"] or []) + [f"no reply: {exc}"]
         record["recipient"] = None
         log.warning("message %s: reply not built: %s", row.id, exc)
@@ -456,11 +516,9 @@ def enqueue(session: Session, reply: Reply, ticket: Ticket, inbound_id: int | No
 
 
 def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *, label: str, confidence: float,
-            auto: bool | None, language: str | None, identifiers: dict[str, Any] | None,
-            desk_address: str) -> dict[str, Any]:
+            auto: bool | None, language: str | None, desk_address: str,
+            dkim_ok: bool | None = None) -> dict[str, Any]:
     """Return what the daemon would do with ``msg``, writing nothing (the triage JSON fields)."""
-    ids = with_userid_candidates(identifiers if identifiers is not None
-                                 else extract_identifiers(msg.classifier_text), msg.classifier_text)
     directory = Directory()
     thread = None
     recent = 0
@@ -468,7 +526,8 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
     library = Library()
     incident = None
     if session is not None:
-        directory = load_directory(session, [msg.sender], [ids], known_domains(session, responder))
+        directory = load_directory(session, [msg.sender], [msg.classifier_text],
+                                   directory_index(session, responder), known_domains(session, responder))
         held = load_held(session, [msg.sender], [u.user_id for u in directory.users])
         library = load_library(session)
         incident = incidents.open_incident_for(session, responder.incidents.label)
@@ -478,8 +537,9 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
         if probe.verdict != "drop":
             thread = find_thread(session, responder, msg, probe.our_ticket)
     lang = choose_language(msg, language, desk_address, responder.desk)
-    p = plan(responder, msg, label=label, confidence=confidence, auto=auto, language=lang, identifiers=ids,
-             directory=directory, recent_autoreplies=recent, followup=thread is not None, held=held)
+    p = plan(responder, msg, label=label, confidence=confidence, auto=auto, language=lang,
+             directory=directory, recent_autoreplies=recent, followup=thread is not None, dkim_ok=dkim_ok,
+             held=held)
     now = responder.clock()
     number = f"{responder.cfg.ticket_prefix}-{now.year}-DRYRUN"
     extra = duty_context(responder, library, p.decision.template, p.label, lang, now)
@@ -492,8 +552,7 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
     out: dict[str, Any] = {
         "screen": p.screen.reason,
         "screen_reasons": list(p.screen.reasons),
-        "verification": {"status": p.verification.status, "user_id": p.verification.user_id,
-                         "reasons": list(p.verification.reasons), "impersonation": p.verification.impersonation},
+        "verification": p.verification.to_dict(),
         "action": {"kind": d.kind, "template": d.template, "to": d.to, "security": d.security,
                    "reasons": list(d.reasons)},
         "priority": p.priority,
@@ -507,6 +566,11 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
         try:
             reply = render(responder, msg, p, number, extra)
             out["reply"] = {"to": reply.to, "subject": reply.subject, "text": reply.text}
-        except RenderError as exc:
+        except Exception as exc:  # noqa: BLE001 - as the daemon: no reply, with the reason
             out["action"]["reasons"].append(f"no reply: {exc}")
     return out
+
+
+def redacted_record(text: str, limit: int) -> str:
+    """Return a sender's words as the desk stores them: SSN-shaped numbers redacted, capped."""
+    return redact(text)[:limit]

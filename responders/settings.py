@@ -100,7 +100,10 @@ def default_rules() -> list[PolicyRule]:
 class ResponderConfig:
     #: ``authserv-id``s of our own receiving servers; only their Authentication-Results count.
     trusted_authserv_ids: list[str] = field(default_factory=lambda: ["mx.ace-support.example"])
-    #: Verify DKIM ourselves (dkimpy) when no trusted Authentication-Results header exists.
+    #: Our border MTAs: an Authentication-Results counts only above the topmost ``Received:`` line
+    #: one of these added (``by`` host).  Below it, a trusted-id header is a forgery (RFC 8601 section 5).
+    border_hosts: list[str] = field(default_factory=lambda: ["mx.ace-support.example"])
+    #: Verify DKIM ourselves (dkimpy, every signature) when no usable Authentication-Results exists.
     verify_dkim: bool = False
     #: Per-recipient cap on automatic answers: at most ``autoreply_max`` in ``autoreply_window`` seconds.
     autoreply_max: int = 5

@@ -7,7 +7,6 @@ signature, its verification record and identifiers (SSN-shaped ones masked).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,25 +16,21 @@ from sqlalchemy.orm import Session, undefer
 from models.core import InboundMessage
 from models.parsed import Attachment, ParsedMessage
 from models.responders import ResponseRecord, Ticket, TicketMessage, TriageItem
+from responders.redact import redact
 
-_SSN = re.compile(r"^\D*(\d{3})\D?(\d{2})\D?(\d{4})\D*$")
 #: The headers an analyst needs to judge a message.
 SHOWN_HEADERS = ("from", "reply-to", "to", "cc", "date", "subject", "message-id", "authentication-results",
                  "auto-submitted", "list-id", "x-mailer")
 
 
 def mask(value: str) -> str:
-    """An SSN-shaped number shown as ``***-**-1234``; anything else as it is."""
-    m = _SSN.match(value)
-    return f"***-**-{m.group(3)}" if m and len(re.sub(r"\D", "", value)) == 9 else value
-
-
-_SSN_IN_TEXT = re.compile(r"(?<![\d-])\d{3}-\d{2}-(\d{4})(?![\d-])")
+    """An SSN-shaped number shown as ``***-**-1234``; anything else as it is (``responders.redact``)."""
+    return redact(value, keep_last4=True)
 
 
 def mask_text(text: str) -> str:
-    """Free text with SSN-shaped numbers (``NNN-NN-NNNN``) shown as ``***-**-1234``."""
-    return _SSN_IN_TEXT.sub(lambda m: f"***-**-{m.group(1)}", text)
+    """Free text with SSN-shaped numbers shown as ``***-**-1234`` (the one pattern, ``responders.redact``)."""
+    return redact(text, keep_last4=True)
 
 
 def masked_identifiers(identifiers: dict[str, Any] | None) -> list[tuple[str, str]]:

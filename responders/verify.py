@@ -1,47 +1,50 @@
-"""Sender verification: is the sender the user on file they claim to be?
+"""Sender verification: is the sender the user on file the message is about?
 
-Only the ``Authentication-Results`` header (RFC 8601) added by our own
-receiving server counts.  Our server adds its header on top of the ones
-already there (RFC 8601 section 5: trace headers are prepended), so only the
-*topmost* ``Authentication-Results`` is considered, and only when its
-``authserv-id`` is in ``trusted_authserv_ids``; every copy below it, even one
-that names our authserv-id, was written by someone else and is ignored.
-Optionally (``verify_dkim``) the daemon checks DKIM itself with dkimpy when no
-trusted header exists, and hands the result in.
+Authentication comes from :mod:`responders.trust` (only our border's
+``Authentication-Results``, by position; or, optionally, a local DKIM check
+of every signature).  Then the chain :data:`VERIFY` runs: small named checks
+over the message and the users on file, each recording its finding as data.
+A finding's effect is
 
-Authentication passes only when it is aligned with the ``From`` domain (as in
-DMARC, RFC 7489 section 3.1): ``dmarc=pass``, or ``dkim=pass`` with ``header.d``
-aligned, or ``spf=pass`` with ``smtp.mailfrom`` aligned.
+* ``impersonation`` -- dressed up as somebody else (a forged trusted AR, an
+  address in the display name, a lookalike domain, two senders): never
+  verified, flagged for security;
+* ``mismatch`` -- about somebody else: another user's UserID, an identifier
+  on file only for other companies, a request on another person's behalf,
+  an Account Owner asking for one of their users (seed 001: ACE Support
+  resets passwords and locks only for the individual on file for that
+  UserID; owners reactivate their users in the portal);
+* ``note`` -- recorded, changes nothing (Reply-To is never used for replies).
 
-Outcomes (design.md step 5):
-
-* ``verified`` -- authenticated, and the address is on file for the user concerned;
-* ``mismatch`` -- a UserID or identifier quoted in the body belongs to another
-  user (or the address is on file, but for another user);
-* ``unauthenticated`` -- on file, but DMARC/SPF/DKIM failed or are absent;
-* ``unknown`` -- no user on file for the address.
-
-Display names, ``Reply-To`` and lookalike domains never verify anyone; they
-are recorded as reasons and raise the impersonation flag.
+Outcomes (design.md step 5): ``mismatch`` if any mismatch finding;
+``unknown`` when no user is on file for the address; ``unauthenticated``
+without an aligned pass, or with an impersonation finding; else ``verified``.
 """
 
 from __future__ import annotations
 
-import functools
-import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import authres
-
 from models.parsed import ParsedMessage
+from responders.checks import Check, Finding, run, with_effect
+from responders.identity import (
+    DirectoryIndex,
+    mentioned_identifiers,
+    mentioned_user_ids,
+    on_behalf,
+)
+from responders.lookalike import lookalike_of
+from responders.trust import FAIL, PASS, Trust, authenticate
 
 VERIFIED = "verified"
 MISMATCH = "mismatch"
 UNAUTHENTICATED = "unauthenticated"
 UNKNOWN = "unknown"
+
+IMPERSONATION = "impersonation"
+NOTE = "note"
 
 #: Identifier kinds from ``classifiers.identifiers.extract_identifiers`` compared with ``User.identifier``.
 IDENTIFIER_KEYS = ("scac", "ior", "filer_codes", "ein", "surety_codes")
@@ -60,11 +63,17 @@ class UserRecord:
 
 @dataclass(frozen=True)
 class Directory:
-    """The users relevant to one message (plain data; the caller queries the table)."""
+    """The users relevant to one batch (plain data; the caller queries the table) and the index of all."""
 
     users: tuple[UserRecord, ...] = ()
     #: Domains of addresses on file, for the lookalike check.
     domains: frozenset[str] = frozenset()
+    #: Every UserID and identifier on file; None = just ``users`` (tests, a dry run without a database).
+    index: DirectoryIndex | None = None
+
+    def full_index(self) -> DirectoryIndex:
+        return self.index if self.index is not None else DirectoryIndex.build(
+            (u.user_id, u.identifier) for u in self.users)
 
     def by_email(self, email: str) -> list[UserRecord]:
         email = email.lower()
@@ -73,10 +82,6 @@ class Directory:
     def by_user_id(self, user_id: str) -> UserRecord | None:
         key = user_id.lower()
         return next((u for u in self.users if u.user_id.lower() == key), None)
-
-    def by_identifier(self, value: str) -> list[UserRecord]:
-        key = value.upper()
-        return [u for u in self.users if u.identifier and u.identifier.upper() == key]
 
 
 @dataclass(frozen=True)
@@ -92,216 +97,170 @@ class Verification:
     impersonation: bool = False
     #: ``pass``, ``fail`` or ``none``: the aligned authentication result used.
     authentication: str = "none"
+    findings: tuple[Finding, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "user_id": self.user_id, "reasons": list(self.reasons),
-                "impersonation": self.impersonation, "authentication": self.authentication}
+                "impersonation": self.impersonation, "authentication": self.authentication,
+                "findings": [f.to_dict() for f in self.findings]}
 
 
-_USERID_SHAPED = re.compile(r"(?<![\w@.-])([A-Za-z][A-Za-z0-9_-]{1,28}[0-9][A-Za-z0-9_-]*)(?![\w@-])")
+@dataclass(frozen=True)
+class Subject:
+    """What the checks look at: the message, its authentication, and the users it concerns."""
+
+    msg: ParsedMessage
+    trust: Trust
+    directory: Directory
+    index: DirectoryIndex
+    sender: str
+    #: The sender's own records, and the UserIDs (lower-case) of the sender's company.
+    own: tuple[UserRecord, ...]
+    company: frozenset[str]
+    #: UserIDs the sender is Account Owner of (lower-case).
+    owned: frozenset[str]
+    mentioned_users: tuple[str, ...] = ()
+    mentioned_identifiers: tuple[str, ...] = ()
 
 
-def with_userid_candidates(identifiers: dict[str, Any] | None, text: str) -> dict[str, Any]:
-    """Return ``identifiers`` plus UserID-shaped tokens of ``text`` (letters then digits, e.g. ``JSMITH01``).
-
-    The classifier takes a UserID only after words like "UserID is"; a bare
-    ``ALICE01`` in "please unlock ALICE01" must still be checked against the
-    users on file, or quoting someone else's UserID would go unnoticed.
-    """
-    merged = dict(identifiers or {})
-    found = list(merged.get("user_ids", []) or [])
-    for token in _USERID_SHAPED.findall(text[:5000]):
-        if token not in found and len(found) < 50:
-            found.append(token)
-    if found:
-        merged["user_ids"] = found
-    return merged
+# --- the checks ------------------------------------------------------------------------------
 
 
-def quoted_identifiers(identifiers: dict[str, Any] | None) -> tuple[list[str], list[str]]:
-    """Return ``(user_ids, other identifiers)`` from the classifier's identifier record."""
-    identifiers = identifiers or {}
-    user_ids = [str(v) for v in identifiers.get("user_ids", []) or []]
-    others: list[str] = []
-    for key in IDENTIFIER_KEYS:
-        others.extend(str(v) for v in identifiers.get(key, []) or [])
-    return user_ids, others
+def forged_ar(s: Subject) -> str | None:
+    return f"{s.trust.forged} trusted-id Authentication-Results below our border line" if s.trust.forged else None
 
 
-def _aligned(domain: str, from_domain: str) -> bool:
-    # Relaxed alignment: the same domain, or one a subdomain of the other's organisational domain.
-    domain, from_domain = domain.lower().strip("."), from_domain.lower().strip(".")
-    if not domain or not from_domain:
-        return False
-    return domain == from_domain or from_domain.endswith("." + domain) or domain.endswith("." + from_domain)
+def display_name_address(s: Subject) -> str | None:
+    name = (s.msg.sender_name or "").lower()
+    return "the display name carries another address" if "@" in name and s.sender not in name else None
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_header(value: str) -> tuple[str, tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]]:
-    """Parse one Authentication-Results value with authres; memoised (the same sender's headers repeat).
-
-    Returns ``(authserv_id, ((method, result, ((ptype.property, value), ...)), ...))`` as plain tuples.
-    """
-    header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
-    results = tuple(
-        ((r.method or "").lower(), (r.result or "").lower(),
-         tuple((f"{p.type}.{p.name}".lower(), p.value or "") for p in r.properties))
-        for r in header.results)
-    return (header.authserv_id or ""), results
+def reply_to_differs(s: Subject) -> str | None:
+    others = [r for r in s.msg.reply_to if r.lower() != s.sender]
+    return "Reply-To differs from From (never used for replies)" if others else None
 
 
-def trusted_results(msg: ParsedMessage, trusted: Iterable[str]) -> tuple[list[Any] | None, list[str]]:
-    """Return the results of the one header that counts (or None), and why."""
-    values = msg.headers.get("authentication-results", [])
-    if not values:
-        return None, ["no Authentication-Results header"]
-    trusted_ids = {t.lower() for t in trusted}
-    reasons: list[str] = []
-    try:
-        authserv_id, results = _parse_header(values[0])
-    except Exception as exc:  # noqa: BLE001 - authres raises several kinds on garbage
-        return None, [f"topmost Authentication-Results unparseable: {type(exc).__name__}"]
-    if authserv_id.lower() not in trusted_ids:
-        reasons.append(f"topmost Authentication-Results is from untrusted authserv-id {authserv_id!r}")
-        return None, reasons
-    if len(values) > 1:
-        ignored = sum(1 for v in values[1:] if any(t in v.lower() for t in trusted_ids))
-        if ignored:
-            reasons.append(f"ignored {ignored} lower Authentication-Results claiming a trusted authserv-id")
-    return list(results), reasons
+def lookalike_domain(s: Subject) -> str | None:
+    imitated = lookalike_of(s.sender.rpartition("@")[2], s.directory.domains)
+    return f"imitates {imitated}" if imitated else None
 
 
-def authentication(msg: ParsedMessage, trusted: Iterable[str], dkim_ok: bool | None = None) -> tuple[str, list[str]]:
-    """Return ``pass``/``fail``/``none`` for the From domain, and the reasons."""
-    from_domain = msg.sender.rpartition("@")[2]
-    results, reasons = trusted_results(msg, trusted)
-    if results is None:
-        if dkim_ok is True:
-            return "pass", reasons + ["DKIM signature verified locally for the From domain"]
-        if dkim_ok is False:
-            return "fail", reasons + ["local DKIM check failed"]
-        return "none", reasons
-    failed = False
-    for method, result, properties in results:
-        props = dict(properties)
-        if result == "pass":
-            if method == "dmarc" and _aligned(props.get("header.from", from_domain), from_domain):
-                return "pass", reasons + ["dmarc=pass"]
-            if method == "dkim" and _aligned(props.get("header.d", "") or props.get("header.i", "").lstrip("@").rpartition("@")[2], from_domain):
-                return "pass", reasons + ["dkim=pass aligned with From"]
-            if method == "spf" and _aligned(props.get("smtp.mailfrom", "").rpartition("@")[2], from_domain):
-                return "pass", reasons + ["spf=pass aligned with From"]
-        if result in ("fail", "softfail", "permerror") and method in ("dmarc", "dkim", "spf"):
-            failed = True
-            reasons.append(f"{method}={result}")
-    if failed:
-        return "fail", reasons
-    return "none", reasons + ["no aligned pass in the trusted Authentication-Results"]
+def several_senders(s: Subject) -> str | None:
+    codes = [d for d in s.msg.defects if d in ("multiple_from_headers", "multiple_from_mailboxes")]
+    return codes[0] if codes else None
 
 
-_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "@": "a", "|": "l", "i": "l"})
+def other_users_userid(s: Subject) -> str | None:
+    own = {u.user_id.lower() for u in s.own}
+    outside = [u for u in s.mentioned_users if u.lower() not in own and u.lower() not in s.company]
+    return ", ".join(outside[:5]) if outside else None
 
 
-def _skeleton(domain: str) -> str:
-    text = unicodedata.normalize("NFKD", domain.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    return text.replace("rn", "m").replace("vv", "w").translate(_CONFUSABLE).replace("-", "")
+def colleague_userid(s: Subject) -> str | None:
+    own = {u.user_id.lower() for u in s.own}
+    inside = [u for u in s.mentioned_users if u.lower() not in own and u.lower() in s.company
+              and u.lower() not in s.owned]
+    return ", ".join(inside[:5]) if inside else None
 
 
-def _distance(a: str, b: str) -> int:
-    if abs(len(a) - len(b)) > 2:
-        return 3
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+def owner_for_user(s: Subject) -> str | None:
+    own = {u.user_id.lower() for u in s.own}
+    users = [u for u in s.mentioned_users if u.lower() in s.owned and u.lower() not in own]
+    return ", ".join(users[:5]) if users else None
 
 
-def lookalike_of(domain: str, known: Iterable[str]) -> str | None:
-    """Return a domain on file that ``domain`` imitates (not equal to it), or None."""
-    domain = domain.lower()
-    if not domain:
-        return None
-    for good in known:
-        if good == domain:
-            return None
-    skel = _skeleton(domain.encode("ascii", "ignore").decode() if domain.startswith("xn--") else domain)
-    for good in known:
-        if len(good) < 6:
-            continue
-        if _skeleton(good) == skel or _distance(good, domain) <= 1:
-            return good
-    return None
+def other_company_identifier(s: Subject) -> str | None:
+    foreign = [key for key in s.mentioned_identifiers if not (s.index.identifiers.get(key, frozenset()) & s.company)]
+    # Never echo the identifier itself (an IOR may be an SSN): its kind is enough.
+    return f"{len(foreign)} identifier(s) on file only for other companies" if foreign else None
 
 
-def verify(msg: ParsedMessage, identifiers: dict[str, Any] | None, directory: Directory,
-           trusted_authserv_ids: Iterable[str], dkim_ok: bool | None = None) -> Verification:
-    """Return the verification outcome for ``msg``'s sender, with every reason."""
+def request_for_another(s: Subject) -> str | None:
+    phrase = on_behalf(s.msg.classifier_text)
+    return f"asks on another person's behalf ({phrase[:40]!r})" if phrase else None
+
+
+#: The verification chain, in order.
+VERIFY: tuple[Check[Subject], ...] = (
+    Check("forged_authentication_results", IMPERSONATION, forged_ar,
+          "a trusted-id AR below our border's Received line came with the message"),
+    Check("display_name_address", IMPERSONATION, display_name_address,
+          "an address in the display name other than the sender's"),
+    Check("lookalike_domain", IMPERSONATION, lookalike_domain,
+          "the From domain imitates a domain on file (punycode decoded, Unicode confusables)"),
+    Check("several_senders", IMPERSONATION, several_senders, "two From headers or mailboxes"),
+    Check("reply_to_differs", NOTE, reply_to_differs, "Reply-To is recorded, never used"),
+    Check("other_users_userid", MISMATCH, other_users_userid,
+          "a UserID on file for someone outside the sender's company"),
+    Check("colleague_userid", MISMATCH, colleague_userid, "a colleague's UserID: only the individual gets help"),
+    Check("owner_for_user", MISMATCH, owner_for_user,
+          "an Account Owner asking for their user (owners reactivate users in the portal)"),
+    Check("other_company_identifier", MISMATCH, other_company_identifier,
+          "an identifier (IOR, EIN, filer code, SCAC, surety) on file only for other companies"),
+    Check("request_for_another", MISMATCH, request_for_another, "a request on another person's behalf"),
+)
+
+
+# --- the outcome --------------------------------------------------------------------------------
+
+
+def company_of(own: Iterable[UserRecord], directory: Directory, sender: str) -> frozenset[str]:
+    """Return the UserIDs (lower-case) sharing an Account Owner or identifier with the sender's records."""
+    own = list(own)
+    owners = {u.account_owner_email.lower() for u in own if u.account_owner_email} | {sender}
+    identifiers = {u.identifier.upper() for u in own if u.identifier}
+    return frozenset(u.user_id.lower() for u in directory.users
+                     if (u.account_owner_email and u.account_owner_email.lower() in owners)
+                     or u.email == sender or (u.identifier and u.identifier.upper() in identifiers))
+
+
+def subject_of(msg: ParsedMessage, directory: Directory, trust: Trust) -> Subject:
+    """Return what the checks need about ``msg`` (one pass over its text and the directory)."""
     sender = msg.sender.lower()
-    reasons: list[str] = []
-    impersonation = False
-    auth, auth_reasons = authentication(msg, trusted_authserv_ids, dkim_ok)
-    reasons.extend(auth_reasons)
+    index = directory.full_index()
+    own = tuple(directory.by_email(sender))
+    owned = frozenset(u.user_id.lower() for u in directory.users if u.account_owner_email.lower() == sender)
+    text = msg.classifier_text
+    return Subject(msg=msg, trust=trust, directory=directory, index=index, sender=sender, own=own,
+                   company=company_of(own, directory, sender) if own or owned else frozenset(),
+                   owned=owned, mentioned_users=tuple(mentioned_user_ids(text, index)),
+                   mentioned_identifiers=tuple(mentioned_identifiers(text, index)))
 
-    # Display names and Reply-To never verify anyone; an address hidden in a
-    # display name that differs from the real one is a classic spoof.
-    name = msg.sender_name or ""
-    if "@" in name and sender not in name.lower():
-        reasons.append("display name carries another address")
-        impersonation = True
-    if msg.reply_to and any(r.lower() != sender for r in msg.reply_to):
-        reasons.append("Reply-To differs from From (never used for replies)")
-    domain = sender.rpartition("@")[2]
-    imitated = lookalike_of(domain, directory.domains)
-    if imitated:
-        reasons.append(f"lookalike of a domain on file ({imitated})")
-        impersonation = True
 
-    own = directory.by_email(sender)
-    own_ids = {u.user_id.lower() for u in own}
-    owned = {u.user_id.lower() for u in directory.users if u.account_owner_email.lower() == sender}
-    own_identifiers = {u.identifier.upper() for u in own if u.identifier}
-    user_ids, others = quoted_identifiers(identifiers)
-    foreign: list[str] = []
-    chosen: UserRecord | None = None
-    for uid in user_ids:
-        user = directory.by_user_id(uid)
-        if user is None:
-            continue
-        if user.user_id.lower() in own_ids:
-            chosen = chosen or user
-        elif user.user_id.lower() in owned:
-            reasons.append("quoted UserID belongs to a user this sender is Account Owner of")
-        else:
-            foreign.append("a quoted UserID belongs to another user")
-    for value in others:
-        holders = directory.by_identifier(value)
-        if not holders or value.upper() in own_identifiers:
-            continue
-        if all(u.account_owner_email.lower() == sender for u in holders):
-            continue
-        foreign.append("a quoted identifier belongs to another user")
+def local_trust(dkim_ok: bool | None, trust: Trust) -> Trust:
+    """Return ``trust``, or the local DKIM result when no border AR gave a verdict."""
+    if trust.result != "none" or dkim_ok is None:
+        return trust
+    if dkim_ok:
+        return Trust(PASS, trust.reasons + ("dkim_local_pass: a DKIM signature aligned with From verified",),
+                     trust.forged)
+    return Trust(FAIL, trust.reasons + ("dkim_local_fail: no aligned DKIM signature verified",), trust.forged)
 
-    if foreign:
-        return Verification(MISMATCH, None, None, "", None, tuple(reasons + sorted(set(foreign))),
-                            impersonation=True, authentication=auth)
-    if not own:
+
+def verify(msg: ParsedMessage, directory: Directory, trusted_authserv_ids: Iterable[str],
+           border_hosts: Iterable[str] = (), dkim_ok: bool | None = None) -> Verification:
+    """Return the verification outcome for ``msg``'s sender, with every finding."""
+    trust = local_trust(dkim_ok, authenticate(msg.trace, msg.sender.rpartition("@")[2],
+                                              trusted_authserv_ids, border_hosts))
+    s = subject_of(msg, directory, trust)
+    findings = run(VERIFY, s)
+    reasons = list(trust.reasons) + [str(f) for f in findings]
+    impersonation = bool(with_effect(findings, IMPERSONATION)) or trust.result == FAIL
+    if with_effect(findings, MISMATCH):
+        impersonation = impersonation or any(f.check == "other_users_userid" for f in findings)
+        return Verification(MISMATCH, None, None, "", None, tuple(reasons), impersonation, trust.result, findings)
+    if not s.own:
         return Verification(UNKNOWN, None, None, "", None, tuple(reasons + ["no user on file for this address"]),
-                            impersonation=impersonation, authentication=auth)
-    if auth != "pass":
-        if auth == "fail":
-            impersonation = True
+                            impersonation, trust.result, findings)
+    if trust.result != PASS:
         return Verification(UNAUTHENTICATED, None, None, "", None,
-                            tuple(reasons + ["address on file but not authenticated"]),
-                            impersonation=impersonation, authentication=auth)
+                            tuple(reasons + ["address on file but not authenticated"]), impersonation,
+                            trust.result, findings)
     if impersonation:
-        # Authenticated but dressed up as someone else: never verified.
         return Verification(UNAUTHENTICATED, None, None, "", None,
                             tuple(reasons + ["authenticated, but the message imitates another identity"]),
-                            impersonation=True, authentication=auth)
-    user = chosen or own[0]
+                            True, trust.result, findings)
+    mentioned = {u.lower() for u in s.mentioned_users}
+    user = next((u for u in s.own if u.user_id.lower() in mentioned), s.own[0])
     return Verification(VERIFIED, user.user_id, user.email, user.name, user.language or None,
-                        tuple(reasons + ["authenticated and on file"]), impersonation=False, authentication=auth)
+                        tuple(reasons + ["authenticated and on file"]), False, trust.result, findings)

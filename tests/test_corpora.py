@@ -47,7 +47,9 @@ def test_every_corpus_file_is_processed_or_quarantined(sessions, engine, config_
                                     envelope_from=None, envelope_to=(path.name, str(i))))
     with transaction(sessions) as s:
         stored = insert_messages(s, items)
-    assert stored > 4 * 140 * 0.7  # identical variants are stored once, by design
+    # A message whose line endings alone changed is the same message (stored once, by design): each
+    # file is stored whole and cut in half.
+    assert stored >= 2 * 140
     stages = build_stages(ctx)
     started = time.monotonic()
     drain(sessions, stages, ctx.config.pipeline)

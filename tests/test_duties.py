@@ -192,7 +192,7 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
             assert articles, f"no shipped article for {label}"
             assert all(a.language == language for a in articles)
             msg = parse_message(mail(subject="x", sender="alice@broker.example"))
-            p = plan(responder, msg, label=label, confidence=0.99, auto=True, language=language, identifiers=None,
+            p = plan(responder, msg, label=label, confidence=0.99, auto=True, language=language,
                      directory=DIRECTORY, recent_autoreplies=0, followup=False)
             reply = render(responder, msg, p, "ACE-2026-000001",
                            duty_context(responder, library, p.decision.template, label, language, now))
@@ -332,7 +332,7 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     with sessions() as s:
         outbox_before = s.scalar(select(func.count()).select_from(OutboxMessage))
         dry = dry_run(s, make_responder(config), parse_message(mail(subject="ACE down", ar=None, sender="g@h.example")),
-                      label="system_status", confidence=0.95, auto=True, language="en", identifiers=None,
+                      label="system_status", confidence=0.95, auto=True, language="en",
                       desk_address="helpdesk@ace-support.example")
         s.rollback()
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == outbox_before

@@ -9,6 +9,7 @@ Helpers here are shared by ``test_responders_e2e.py`` and ``test_outbox.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -24,7 +25,7 @@ from daemon.stages.parse import make_stage as make_parse_stage
 from daemon.stages.respond import make_stage as make_respond_stage
 from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import Stage, drain
-from models.core import CLASSIFIED, DONE, PARSED, InboundMessage
+from models.core import CLASSIFIED, DONE, PARSED, SCREENED, InboundMessage
 from models.outbox import OutboxMessage
 from models.responders import AutoReplyLog, ResponseRecord, Ticket, TicketMessage, TriageItem, User
 from models.session import make_sessionmaker, transaction
@@ -61,11 +62,14 @@ LABELS = {
 def mail(subject: str = "Forgot my password", body: str = "I forgot my ACE password, please help.",
          sender: str = "alice@broker.example", name: str = "Alice Broker", ar: str | None = "pass",
          authserv: str = TRUSTED, extra: str = "", msgid: str | None = None, to: str = DESK) -> bytes:
-    """Return a help-desk message; ``ar`` adds a topmost Authentication-Results (pass/fail/None)."""
+    """Return a help-desk message as our border left it: ``ar`` adds its Authentication-Results
+    (pass/fail/None) above the border's Received line; ``extra`` headers come below it, with the message."""
     domain = sender.rpartition("@")[2]
     head = ""
     if ar:
         head += f"Authentication-Results: {authserv}; dmarc={ar} header.from={domain}; spf={ar} smtp.mailfrom={sender}\r\n"
+    head += (f"Received: from relay.{domain} (relay.{domain} [192.0.2.25])\r\n\tby {TRUSTED} (Postfix) with ESMTPS "
+             "id 4Q1; Sun, 22 Nov 2026 08:00:01 +0000\r\n")
     head += extra
     msgid = msgid or f"<{abs(hash((subject, body, sender, extra, ar, authserv)))}@{domain}>"
     head += (f"From: {name} <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
@@ -89,7 +93,10 @@ def stub_classify(session, rows) -> None:
 
 
 def stages(ctx: AppContext) -> list[Stage]:
-    return [make_parse_stage(ctx), Stage("classify-stub", PARSED, stub_classify), make_respond_stage(ctx)]
+    """The pipeline table's stages, with the stub classifier in place of the model."""
+    respond = make_respond_stage(ctx)
+    return [make_parse_stage(ctx), Stage("classify-stub", PARSED, stub_classify), respond,
+            dataclasses.replace(respond, consumes=SCREENED)]
 
 
 def import_users(sessions, text: str = USERS_CSV) -> None:
@@ -139,7 +146,7 @@ def _dry(r: Responder, msg, label, confidence, directory, language) -> dict:
     from responders.service import plan, render
 
     p = plan(r, msg, label=label, confidence=confidence, auto=confidence >= 0.6, language=language or "en",
-             identifiers=None, directory=directory, recent_autoreplies=0, followup=False)
+             directory=directory, recent_autoreplies=0, followup=False)
     out = {"screen": p.screen.reason, "verification": p.verification.to_dict(), "action": p.decision.to_dict()}
     if p.decision.template and p.decision.to:
         reply = render(r, msg, p, "ACE-2026-000001")
@@ -217,15 +224,15 @@ def test_verified_sender_gets_the_account_answer_at_the_address_on_file():
 
 
 @pytest.mark.parametrize("raw, why", [
-    (mail(ar=None), "no Authentication-Results header"),
-    (mail(authserv="mx.evil.example"), "untrusted authserv-id"),
-    # A forged trusted-looking header *below* an untrusted one: ignored.
+    (mail(ar=None), "no_usable_authentication_results"),
+    (mail(authserv="mx.evil.example"), "no_usable_authentication_results"),
+    # A trusted-looking header that came with the message (below our border's line): a forgery.
     (mail(ar=None, extra="Authentication-Results: mx.relay.example; none\r\n"
                           f"Authentication-Results: {TRUSTED}; dmarc=pass header.from=broker.example\r\n"),
-     "untrusted authserv-id"),
-    # Ours (topmost) says fail; a forged pass below ours claiming our id: ignored.
+     "forged_authentication_results"),
+    # Ours says fail; a forged pass below our border's line claiming our id: ignored.
     (mail(ar="fail", extra=f"Authentication-Results: {TRUSTED}; dmarc=pass header.from=broker.example\r\n"),
-     "ignored 1 lower"),
+     "forged_authentication_results"),
 ])
 def test_forged_authentication_results_never_verify(raw, why):
     out = triage(raw)

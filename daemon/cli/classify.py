@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from classifiers.classify import Classification, MessageText
     from classifiers.model import TextClassifier
     from daemon.cli.main import Lazy
+    from daemon.config import PipelineConfig
 
 #: Messages classified per batch by the commands.
 BATCH = 1000
@@ -109,12 +110,15 @@ def load_model(args: argparse.Namespace, cfg: ClassifierConfig, base_dir: str) -
         raise CommandError(f"model refused: {exc}") from None
 
 
-def read_messages(files: Sequence[str], spanish: frozenset[str]
+def read_messages(files: Sequence[str], spanish: frozenset[str], budget: "PipelineConfig | None" = None
                   ) -> Iterator[tuple[str, "MessageText | None", str | None]]:
-    """Yield ``(file, message text, None)`` or ``(file, None, error)`` per file."""
-    from classifiers.classify import MessageText
-    from daemon.intake.parse import Unparseable, parse_message
+    """Yield ``(file, message text, None)`` or ``(file, None, error)`` per file: the parse stage's
+    guarded parse, then the classify stage's text (the desk is the first Spanish desk named, else English)."""
+    from daemon.config import PipelineConfig
+    from daemon.intake.parse import Unparseable, parse_within_budget
+    from daemon.stages.classify import text_of
 
+    budget = budget or PipelineConfig()
     for name in files:
         try:
             raw = Path(name).read_bytes()
@@ -122,30 +126,30 @@ def read_messages(files: Sequence[str], spanish: frozenset[str]
             yield name, None, f"cannot read: {exc.strerror or exc}"
             continue
         try:
-            parsed = parse_message(raw)
+            parsed = parse_within_budget(raw, seconds=budget.message_seconds, memory=budget.message_memory)
         except Unparseable as exc:
             yield name, None, f"unparseable: {exc.reason}: {exc.detail}"
             continue
-        except Exception as exc:  # noqa: BLE001 - one bad file never stops the command
-            yield name, None, f"unparseable: {type(exc).__name__}: {exc}"
-            continue
         hint = "es" if any(a.lower() in spanish for a in parsed.to + parsed.cc) else "en"
-        yield name, MessageText(subject=parsed.subject, new_text=parsed.new_text, signature=parsed.signature,
-                                quoted=parsed.quoted_text[:4000], language_hint=hint), None
+        yield name, text_of(parsed, hint), None
 
 
 def classify_files(model: "TextClassifier", cfg: ClassifierConfig, files: Sequence[str],
                    spanish: frozenset[str]) -> Iterator[tuple[str, "Classification | None", str | None]]:
     """Yield ``(file, classification or None, error or None)`` in file order, classifying in batches."""
-    from classifiers.classify import classify
+    from daemon.stages.classify import classify_texts
 
     pending: list[tuple[str, Any, str | None]] = []
 
     def flush() -> Iterator[tuple[str, "Classification | None", str | None]]:
         texts = [m for _f, m, _e in pending if m is not None]
-        results = iter(classify(model, texts, cfg.thresholds or None, cfg.max_chars or None)) if texts else iter(())
+        results = iter(classify_texts(model, cfg, texts)) if texts else iter(())
         for name, message, error in pending:
-            yield name, (next(results) if message is not None else None), error
+            result = next(results) if message is not None else None
+            if isinstance(result, Exception):
+                yield name, None, f"classify_error: {type(result).__name__}: {result}"
+            else:
+                yield name, result, error
         pending.clear()
 
     for item in read_messages(files, spanish):

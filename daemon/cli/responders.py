@@ -442,23 +442,23 @@ def _dry_secret(config: Any) -> bytes:
 
 
 def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
-    from classifiers.classify import MessageText, classify
-    from daemon.intake.parse import Unparseable, parse_message
-    from daemon.stages.respond import desk_info
+    from daemon.cli.dry_run import dumps, triage
+    from daemon.stages.respond import desk_info, ingress_border
+    from models.responders import User
     from responders.render import Renderer
-    from responders.service import Responder, dry_run
+    from responders.service import Responder
 
     config = lazy.config
     cfg = config.responders
     responder = Responder(cfg=cfg, desk=desk_info(config), secret=_dry_secret(config),
-                          renderer=Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None))
-    desk = (args.desk or config.desk.helpdesk_addresses[0]).lower()
+                          renderer=Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None),
+                          extra_border_hosts=ingress_border(config))
     model, model_note = _load_model(lazy)
     session = None
     db_note = None
     try:
         session = lazy.ctx.sessions()
-        session.execute(select(1).select_from(__import__("models.responders", fromlist=["User"]).User).limit(1))
+        session.execute(select(1).select_from(User).limit(1))
     except SQLAlchemyError as exc:
         if session is not None:
             session.rollback()
@@ -466,44 +466,12 @@ def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
         session = None
         db_note = f"users on file unavailable ({str(exc).splitlines()[0][:120]}); verification sees no users"
     status = 0
+    notes = [n for n in (model_note, db_note) if n]
     try:
-        for name in args.files:
-            out: dict[str, Any] = {"file": name}
-            try:
-                raw = Path(name).read_bytes()
-            except OSError as exc:
-                out.update(label=None, confidence=None, language=None, screen=None,
-                           verification={"status": "unknown", "user_id": None, "reasons": []},
-                           action={"kind": "quarantine", "template": None, "to": None,
-                                   "reason": f"unreadable: {exc.strerror}"})
-                print(json.dumps(out, ensure_ascii=False), flush=True)
+        for record in triage(args.files, config, responder, model, session, args.desk, notes):
+            if record["action"].get("reason") == "unreadable":
                 status = 1
-                continue
-            try:
-                msg = parse_message(raw)
-            except Unparseable as exc:
-                out.update(label=None, confidence=None, language=None, screen=None,
-                           verification={"status": "unknown", "user_id": None, "reasons": []},
-                           action={"kind": "quarantine", "template": None, "to": None,
-                                   "reason": exc.reason, "detail": exc.detail})
-                print(json.dumps(out, ensure_ascii=False), flush=True)
-                continue
-            notes = [n for n in (model_note, db_note) if n]
-            hint = "es" if desk in config.desk.spanish_addresses else "en"
-            label, confidence, auto, language, identifiers = "other", 0.0, False, None, None
-            if model is not None:
-                result = classify(model, [MessageText(subject=msg.subject, new_text=msg.new_text,
-                                                      signature=msg.signature, quoted=msg.quoted_text[:4000],
-                                                      language_hint=hint)],
-                                  config.classifier.thresholds or None)[0]
-                label, confidence, auto = result.label, result.confidence, result.auto
-                language, identifiers = result.language, result.identifiers
-            result_dict = dry_run(session, responder, msg, label=label, confidence=confidence, auto=auto,
-                                  language=language, identifiers=identifiers, desk_address=desk)
-            out.update(label=label, confidence=round(confidence, 4), auto=auto, **result_dict)
-            if notes:
-                out["notes"] = notes
-            print(json.dumps(out, ensure_ascii=False), flush=True)
+            print(dumps(record), flush=True)
     finally:
         if session is not None:
             session.rollback()

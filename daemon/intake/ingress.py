@@ -2,7 +2,9 @@
 only, and answers ``250`` only after the message is committed.
 
 The handler is the tiny aiosmtpd protocol (``handle_RCPT``, ``handle_DATA``);
-the listener's life cycle is :class:`Ingress`.  Storage runs in a thread so
+the listener's life cycle is :class:`Ingress`.  Like every MTA it prepends
+its own ``Received:`` line before it commits; with ``[ingress] border`` that
+line is where trust ends (see ``responders.trust``).  Storage runs in a thread so
 the event loop never blocks on the database; if the database cannot be
 reached the client gets ``451`` and retries later, so nothing is lost.
 """
@@ -10,7 +12,11 @@ reached the client gets ``451`` and retries later, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email.utils
 import logging
+import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import DeskConfig, IngressConfig
 from daemon.context import AppContext
-from daemon.intake.store import NewMessage, insert_messages
+from daemon.intake.store import NewMessage, fingerprint, insert_messages
 from models.session import transaction
 
 log = logging.getLogger("acedesk.ingress")
@@ -35,11 +41,28 @@ TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, please try agai
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 
 
+def received_line(hostname: str, protocol: str, session: SmtpSession, envelope: Envelope) -> bytes:
+    """Return the ``Received:`` field this server prepends, as every MTA does (RFC 5321 section 4.4).
+
+    It marks where the message entered acedesk: with ``[ingress] border`` it
+    is the border line, and nothing below it is trusted (RFC 8601 section 5).
+    """
+    peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else str(session.peer or "unknown")
+    helo = re.sub(r"[^A-Za-z0-9.:\[\]_-]", "", str(session.host_name or "unknown"))[:100] or "unknown"
+    with_ = "LMTP" if protocol == "lmtp" else ("ESMTP" if session.extended_smtp else "SMTP")
+    recipients = envelope.rcpt_tos
+    target = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
+    return (f"Received: from {helo} ([{peer}])\r\n\tby {hostname} (acedesk) with {with_} "
+            f"id {secrets.token_hex(6)}{target};\r\n\t{date}\r\n").encode("ascii", "replace")
+
+
 class IngressHandler:
     """aiosmtpd handler: RCPT checks, DATA commits and then answers."""
 
     def __init__(self, desk: DeskConfig, sessions: sessionmaker[Session], source: str,
-                 on_stored: Callable[[], None] = lambda: None) -> None:
+                 on_stored: Callable[[], None] = lambda: None, hostname: str = "acedesk") -> None:
+        self.hostname = hostname
         self.desk = desk
         self.sessions = sessions
         self.source = source
@@ -63,9 +86,11 @@ class IngressHandler:
         desks = sorted({r.lower() for r in envelope.rcpt_tos})
         if not desks:
             return NO_RECIPIENTS
+        key = fingerprint(raw)
+        raw = received_line(self.hostname, self.source, session, envelope) + raw
         items = [
             NewMessage(desk=desk, source=self.source, raw=raw, envelope_from=envelope.mail_from or "",
-                       envelope_to=tuple(envelope.rcpt_tos))
+                       envelope_to=tuple(envelope.rcpt_tos), key=key)
             for desk in desks
         ]
         try:
@@ -129,5 +154,5 @@ def make_components(ctx: AppContext) -> list[Ingress]:
     if not cfg.enabled:
         return []
     handler = IngressHandler(ctx.config.desk, ctx.sessions, source=cfg.protocol,
-                             on_stored=lambda: ctx.wake("pipeline"))
+                             on_stored=lambda: ctx.wake("pipeline"), hostname=cfg.hostname)
     return [Ingress(cfg, handler)]

@@ -39,6 +39,9 @@ class NewMessage:
     mailbox_id: int | None = None
     uidvalidity: int | None = None
     uid: int | None = None
+    #: The duplicate key when it is not that of ``raw`` (the ingress keys a message by what the client
+    #: sent, not by the Received line it prepended itself).
+    key: str | None = None
 
 
 def header_message_id(raw: bytes) -> str | None:
@@ -55,6 +58,15 @@ def header_message_id(raw: bytes) -> str | None:
     return value.decode("ascii", "replace")[:998] or None
 
 
+def fingerprint(raw: bytes) -> str:
+    """Return the duplicate key of ``raw``: its SHA-256 with every line ending made CRLF, so that the
+    same message arriving again with only CRLF/LF changed is the same message (and a message in
+    canonical CRLF form keys as its plain SHA-256)."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return hashlib.sha256(raw).hexdigest()
+
+
 #: The columns an intake row sets, in the order of :func:`row_tuple`.
 COLUMNS = ("desk", "source", "mailbox_id", "uidvalidity", "uid", "envelope_from", "envelope_to", "raw", "size",
            "sha256", "message_id", "received_at", "state", "attempts", "updated_at")
@@ -68,7 +80,7 @@ def row_values(item: NewMessage, now: dt.datetime | None = None) -> dict[str, ob
 def row_tuple(item: NewMessage, now: dt.datetime) -> tuple[object, ...]:
     """Return the values of :data:`COLUMNS` for ``item``, as Python objects."""
     return (item.desk.lower(), item.source, item.mailbox_id, item.uidvalidity, item.uid, item.envelope_from,
-            list(item.envelope_to), item.raw, len(item.raw), hashlib.sha256(item.raw).hexdigest(),
+            list(item.envelope_to), item.raw, len(item.raw), item.key or fingerprint(item.raw),
             header_message_id(item.raw), now, NEW, 0, now)
 
 

@@ -1,4 +1,4 @@
-"""The classify stage (parsed -> classified).
+"""The classify stage (parsed -> classified | quarantined).
 
 Reads each message's subject and new text, classifies a whole batch at once
 (label, calibrated confidence, whether it clears the label's threshold for
@@ -12,16 +12,18 @@ use and says why in the log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from classifiers.classify import MessageText, classify
+from classifiers.classify import Classification, MessageText, classify
 from classifiers.labels import LABELS
-from classifiers.model import ModelLoadError
+from classifiers.model import ModelLoadError, TextClassifier
 from classifiers.settings import ClassifierConfig
 from classifiers.store import ModelHolder, model_dir
 from daemon.context import AppContext
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CLASSIFIED, PARSED, InboundMessage
 from models.parsed import ParsedMessage
@@ -29,14 +31,44 @@ from models.parsed import ParsedMessage
 log = logging.getLogger("acedesk.classify")
 
 
-def message_text(row: InboundMessage, spanish_desks: frozenset[str]) -> MessageText:
-    """Return what the classifier reads of ``row`` (its parsed record)."""
-    hint = "es" if row.desk.lower() in spanish_desks else "en"
-    if not row.parsed:
+def language_hint(desk: str, spanish_desks: frozenset[str]) -> str:
+    """Return the language a desk address suggests (ayuda@ is Spanish)."""
+    return "es" if desk.lower() in spanish_desks else "en"
+
+
+def text_of(parsed: ParsedMessage | None, hint: str) -> MessageText:
+    """Return what the classifier reads of a parsed message: subject, new text, signature, some history."""
+    if parsed is None:
         return MessageText(subject="", new_text="", language_hint=hint)
-    parsed = ParsedMessage.from_dict(row.parsed)
     return MessageText(subject=parsed.subject, new_text=parsed.new_text, signature=parsed.signature,
                        quoted=parsed.quoted_text[:4000], language_hint=hint)
+
+
+def message_text(row: InboundMessage, spanish_desks: frozenset[str]) -> MessageText:
+    """Return what the classifier reads of ``row`` (its parsed record)."""
+    parsed = ParsedMessage.from_dict(row.parsed) if row.parsed else None
+    return text_of(parsed, language_hint(row.desk, spanish_desks))
+
+
+def classify_texts(model: TextClassifier, cfg: ClassifierConfig,
+                   texts: Sequence[MessageText]) -> list[Classification | Exception]:
+    """Classify ``texts`` as the daemon does (``[classifier]`` thresholds and ``max_chars``).
+
+    One call for the batch; when it raises, each message alone, so that the
+    one that fails gets its exception back (and a quarantine record) and the
+    others their labels.  ``acedesk classify`` and ``triage`` call this too.
+    """
+    try:
+        return list(classify(model, texts, cfg.thresholds or None, cfg.max_chars or None))
+    except Exception:  # noqa: BLE001 - find the poison message below
+        log.warning("classifying a batch of %d raised; classifying one by one", len(texts))
+    results: list[Classification | Exception] = []
+    for text in texts:
+        try:
+            results.append(classify(model, [text], cfg.thresholds or None, cfg.max_chars or None)[0])
+        except Exception as exc:  # noqa: BLE001 - returned to the caller, who quarantines it
+            results.append(exc)
+    return results
 
 
 def classify_rows(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: frozenset[str],
@@ -47,9 +79,13 @@ def classify_rows(holder: ModelHolder, cfg: ClassifierConfig, spanish_desks: fro
         raise RuntimeError("no classifier model loaded")
     for start in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[start:start + max(1, cfg.batch_size)]
-        results = classify(model, [message_text(r, spanish_desks) for r in chunk], cfg.thresholds or None,
-                           cfg.max_chars or None)
+        results = classify_texts(model, cfg, [message_text(r, spanish_desks) for r in chunk])
         for row, result in zip(chunk, results, strict=True):
+            if isinstance(result, Exception):
+                quarantine(session, row, "classify_error", f"{type(result).__name__}: {str(result)[:500]}")
+                log.warning("message %s (Message-ID %s) quarantined: the classifier raised %s",
+                            row.id, row.message_id, type(result).__name__)
+                continue
             row.label = result.label
             row.confidence = result.confidence
             row.auto = result.auto

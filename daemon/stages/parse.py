@@ -1,8 +1,13 @@
-"""The parse stage (new -> parsed | csms | quarantined).
+"""The parse stage (new -> parsed | screened | csms | quarantined).
 
 Parses the raw bytes into the normalised record, routes CSMS traffic
 (commands to the request address, bounces to a VERP return path) to the csms
-stage, and quarantines what cannot be parsed with its reason, raw bytes kept.
+stage, screens the rest for automatic mail (``responders.screen.AUTOMATIC``:
+auto-replies, lists, bounces, our own mail) so that it is never classified
+(``screened``: the respond stage records and drops it), and quarantines what cannot be parsed with its reason, raw bytes kept:
+not mail, a parser crash (``RecursionError`` and friends), or a message over
+the per-message time or memory budget (``[pipeline] message_seconds`` and
+``message_memory``).
 One poison message never holds up the ones behind it: the worker retries a
 failing batch one row at a time.
 """
@@ -13,27 +18,41 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from daemon.config import DeskConfig
+from daemon.config import DeskConfig, PipelineConfig
 from daemon.context import AppContext
-from daemon.intake.parse import Unparseable, parse_message
+from daemon.intake.parse import Unparseable, parse_within_budget
 from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
-from models.core import CSMS, NEW, PARSED, InboundMessage
+from models.core import CSMS, NEW, PARSED, SCREENED, InboundMessage
+from models.parsed import ParsedMessage
+from responders.screen import ScreenContext, automatic_reasons
 
 log = logging.getLogger("acedesk.parse")
 
 
-def next_state(desk: DeskConfig, row: InboundMessage) -> str:
-    """Return where a parsed message goes: the csms stage for CSMS addresses, else classification."""
+def screen_context(desk: DeskConfig) -> ScreenContext:
+    """Return what screening for automatic mail needs (no secret: that part needs none)."""
+    return ScreenContext(own_addresses=frozenset(desk.all_own_addresses()),
+                         domain=desk.reply_from_address.rpartition("@")[2].lower(), secret=b"")
+
+
+def next_state(desk: DeskConfig, row: InboundMessage, parsed: ParsedMessage | None = None,
+               ctx: ScreenContext | None = None) -> str:
+    """Return where a parsed message goes: the csms stage for CSMS addresses, ``screened`` for
+    automatic mail (screened before classify: it is never classified), else classification."""
     if row.desk == desk.csms_request_address.lower() or desk.is_bounce_address(row.desk):
         return CSMS
+    if parsed is not None and ctx is not None and automatic_reasons(parsed, ctx):
+        return SCREENED
     return PARSED
 
 
-def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -> None:
+def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows: list[InboundMessage]) -> None:
+    ctx = screen_context(desk)
     for row in rows:
         try:
-            parsed = parse_message(row.raw, row.envelope_from)
+            parsed = parse_within_budget(row.raw, row.envelope_from, seconds=budget.message_seconds,
+                                         memory=budget.message_memory)
         except Unparseable as exc:
             quarantine(session, row, exc.reason, exc.detail)
             log.warning("message %s (%d bytes, Message-ID %s) quarantined: %s: %s",
@@ -41,11 +60,11 @@ def parse_rows(desk: DeskConfig, session: Session, rows: list[InboundMessage]) -
             continue
         row.parsed = parsed.to_dict()
         row.message_id = row.message_id or parsed.message_id
-        row.state = next_state(desk, row)
+        row.state = next_state(desk, row, parsed, ctx)
         row.error = None
 
 
 def make_stage(ctx: AppContext) -> Stage:
-    desk = ctx.config.desk
+    desk, budget = ctx.config.desk, ctx.config.pipeline
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
-                 process=lambda session, rows: parse_rows(desk, session, rows), batch_size=100)
+                 process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=100)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 
+from typing import Any
+
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from daemon.config import Config, ConfigError, signing_secret
 from daemon.context import AppContext
+from daemon.intake.quarantine import quarantine
 from daemon.worker import Stage
 from models.core import CLASSIFIED, InboundMessage
 from models.session import transaction
@@ -44,21 +47,31 @@ def desk_info(config: Config) -> DeskInfo:
                     csms_address=desk.csms_request_address)
 
 
-def dkim_check(raw: bytes, from_domain: str) -> bool | None:
-    """Verify the message's first DKIM signature with dkimpy; pass only when aligned with From."""
-    try:
-        import dkim
-    except ImportError:  # pragma: no cover - dkimpy is a dependency
-        return None
+def dkim_check(raw: bytes, from_domain: str, dnsfunc: Any = None) -> bool | None:
+    """Verify every DKIM signature with dkimpy: True when one aligned with From verifies,
+    False when aligned ones exist and none verifies, None when no signature is aligned."""
+    import dkim
+
+    from responders.trust import aligned
+
     try:
         verifier = dkim.DKIM(raw)
-        ok = verifier.verify()
-    except Exception:  # noqa: BLE001 - DNS and parse errors are "no result", not a crash
+        count = sum(1 for name, _value in verifier.headers if name.lower() == b"dkim-signature")
+    except Exception:  # noqa: BLE001 - unparseable: no result, not a crash
         return None
-    if not ok:
-        return False
-    domain = (verifier.domain or b"").decode("ascii", "replace").lower()
-    return domain == from_domain.lower() or from_domain.lower().endswith("." + domain)
+    result: bool | None = None
+    for idx in range(min(count, 10)):
+        try:
+            ok = verifier.verify(idx=idx, **({"dnsfunc": dnsfunc} if dnsfunc else {}))
+        except Exception:  # noqa: BLE001 - DNS and signature errors: this signature does not verify
+            ok = False
+        domain = (verifier.domain or b"").decode("ascii", "replace").lower()
+        if not aligned(domain, from_domain):
+            continue
+        if ok:
+            return True
+        result = False
+    return result
 
 
 def check_rules(config: Config, renderer: Renderer) -> None:
@@ -77,7 +90,19 @@ def make_responder(config: Config) -> Responder:
     check_rules(config, renderer)
     return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
                      dkim_check=dkim_check if cfg.verify_dkim else None, hours=DeskHours(config.hours),
-                     incidents=config.incidents, escalation=config.escalation)
+                     incidents=config.incidents, escalation=config.escalation,
+                     extra_border_hosts=ingress_border(config))
+
+
+def ingress_border(config: Config) -> tuple[str, ...]:
+    """Return the ingress's own name when it is the border (``[ingress] border``): nothing below its line counts."""
+    return (config.ingress.hostname.lower(),) if config.ingress.enabled and config.ingress.border else ()
+
+
+def session_of(row: InboundMessage) -> Session:
+    session = object_session(row)
+    assert session is not None
+    return session
 
 
 def make_stage(ctx: AppContext) -> Stage:
@@ -87,8 +112,13 @@ def make_stage(ctx: AppContext) -> Stage:
         # The shipped knowledge articles, once (a retired one is never brought back).
         seed_shipped(session)
 
+    def set_aside(row: InboundMessage, reason: str, detail: str) -> None:
+        quarantine(session_of(row), row, reason, detail)
+        log.warning("message %s (Message-ID %s) quarantined: %s: %s", row.id, row.message_id, reason, detail)
+
     def process(session: Session, rows: list[InboundMessage]) -> None:
-        stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw)
+        stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw, on_error=set_aside,
+                             message_seconds=ctx.config.pipeline.message_seconds)
         if stats.replies or stats.tickets or stats.triage:
             # Wake the sender only once the outbox rows are committed.
             event.listen(session, "after_commit", wake_outbox, once=True)

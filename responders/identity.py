@@ -1,0 +1,129 @@
+"""Who a message is about: UserIDs and identifiers on file that it mentions,
+and requests made on somebody else's behalf.
+
+The directory is matched through an index built once from the users table
+(:class:`DirectoryIndex`: a dict of every UserID on file, lower-cased, and of
+every identifier on file, normalised), never one regular expression per user:
+a message's tokens are looked up, so the cost is the length of the message,
+not the number of users (100,000 on the desk).
+
+* A **UserID** counts in any shape and any case, wherever it appears as a
+  token of the subject or new text: in prose, in parentheses, after "user",
+  "usuario", "UserID", "ID de usuario", in an HTML table cell.
+* An **identifier** (IOR in all its shapes, including SSN-shaped, EIN,
+  CBP-assigned number, filer code, SCAC, surety code) is compared without
+  its punctuation (``123-45-6789``, ``123 45 6789`` and ``123456789`` are one
+  number).  Codes of five characters or more count anywhere; shorter codes
+  (SCAC, filer, surety) only next to the word that names them, or a desk
+  with 100,000 users would read every "THE" as somebody's SCAC.
+* A request **on behalf of** another person ("for my boss", "para mi jefe",
+  "for my user", "on behalf of") is recognised by phrase.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+#: Tokens a UserID can be made of (``users import`` accepts ``[A-Za-z0-9][A-Za-z0-9._@-]*``).
+_TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@-]*[A-Za-z0-9])?")
+#: Digit groups separated by spaces or hyphens (an SSN-shaped IOR written ``123 45 6789``), with a suffix.
+_NUMBER = re.compile(r"(?<![\w-])\d[\d -]{4,14}\d(?:-?[A-Za-z0-9]{2})?(?![\w-])")
+_CODE_CONTEXT = re.compile(
+    r"\b(?:scac|filer|surety|c[oó]digo|code|clave|fianza|afianzadora|carrier|transportista)\b[^\n]{0,25}$",
+    re.IGNORECASE)
+#: Tokens scanned per message: enough for any real request, bounded for any hostile one.
+MAX_TOKENS = 5000
+SHORT_CODE = 5
+
+_ON_BEHALF = re.compile(
+    r"\b(?:on\s+behalf\s+of|in\s+the\s+name\s+of|"
+    r"(?:for|of)\s+(?:my|our|a|one\s+of\s+(?:my|our))\s+(?:boss|manager|supervisor|colleague|co-?worker|employee|"
+    r"staff|user|users|client|customer|team\s*mate|associate|partner|wife|husband|son|daughter|friend|"
+    r"assistant|director|owner)s?|"
+    r"(?:my|our)\s+(?:boss|manager|supervisor|colleague|co-?worker|employee|user|client|customer|assistant)"
+    r"(?:'s)?\s+(?:account|password|user\s*id|userid|login)|"
+    r"en\s+nombre\s+de|de\s+parte\s+de|"
+    r"(?:para|por)\s+(?:mi|mis|nuestro|nuestra|nuestros|un|una)\s+(?:jefe|jefa|gerente|supervisor|supervisora|"
+    r"colega|compa[nñ]ero|compa[nñ]era|empleado|empleada|usuario|usuaria|usuarios|cliente|clienta|"
+    r"asistente|director|directora|esposo|esposa|hijo|hija|amigo|amiga|socio|socia)s?|"
+    r"(?:la\s+cuenta|el\s+usuario|la\s+contrase[nñ]a)\s+de\s+mi\s+(?:jefe|jefa|gerente|colega|compa[nñ]ero|"
+    r"compa[nñ]era|empleado|empleada|cliente|usuario))\b",
+    re.IGNORECASE)
+
+
+def normalise_identifier(value: str) -> str:
+    """Return ``value`` without punctuation or spaces, upper-case: the index key of an identifier."""
+    return re.sub(r"[^A-Za-z0-9]", "", value).upper()
+
+
+@dataclass(frozen=True)
+class DirectoryIndex:
+    """Every UserID and identifier on file, for lookups by token."""
+
+    #: lower-cased UserID -> the UserID as on file.
+    user_ids: dict[str, str] = field(default_factory=dict)
+    #: normalised identifier -> lower-cased UserIDs holding it.
+    identifiers: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, users: Iterable[tuple[str, str]]) -> DirectoryIndex:
+        """Return the index of ``(user_id, identifier)`` pairs."""
+        user_ids: dict[str, str] = {}
+        holders: dict[str, set[str]] = {}
+        for user_id, identifier in users:
+            user_ids[user_id.lower()] = user_id
+            key = normalise_identifier(identifier or "")
+            if key:
+                holders.setdefault(key, set()).add(user_id.lower())
+        return cls(user_ids, {k: frozenset(v) for k, v in holders.items()})
+
+
+def _tokens(text: str) -> Iterable[re.Match[str]]:
+    for count, match in enumerate(_TOKEN.finditer(text)):
+        if count >= MAX_TOKENS:
+            return
+        yield match
+
+
+def mentioned_user_ids(text: str, index: DirectoryIndex) -> list[str]:
+    """Return the UserIDs on file (as on file) that appear as tokens of ``text``, in order."""
+    found: list[str] = []
+    for match in _tokens(text):
+        token = match.group(0).lower()
+        candidates = [token]
+        if "@" not in token:
+            candidates += [token.rstrip("._-")]
+        for candidate in candidates:
+            user_id = index.user_ids.get(candidate)
+            if user_id and user_id not in found:
+                found.append(user_id)
+    return found
+
+
+def mentioned_identifiers(text: str, index: DirectoryIndex) -> list[str]:
+    """Return the normalised identifiers on file that ``text`` quotes, in order."""
+    if not index.identifiers:
+        return []
+    found: list[str] = []
+
+    def take(key: str, start: int) -> None:
+        if key in index.identifiers and key not in found:
+            if len(key) < SHORT_CODE and not _CODE_CONTEXT.search(text[max(0, start - 60):start]):
+                return
+            found.append(key)
+
+    for match in _NUMBER.finditer(text[:50_000]):
+        take(normalise_identifier(match.group(0)), match.start())
+        digits = re.sub(r"\D", "", match.group(0))
+        take(digits, match.start())
+    for match in _tokens(text):
+        take(normalise_identifier(match.group(0)), match.start())
+    return found
+
+
+def on_behalf(text: str) -> str | None:
+    """Return the phrase by which ``text`` asks on somebody else's behalf, or None."""
+    found = _ON_BEHALF.search(text[:20_000])
+    return found.group(0) if found else None
