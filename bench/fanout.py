@@ -3,7 +3,10 @@ and accepted by an SMTP server (Postfix's ``smtp-sink``).
 
 Run by hand (not by pytest), from the repository root:
 
-    .venv/bin/python bench/fanout.py [--subscribers 100000] [--database-url URL]
+    .venv/bin/python bench/fanout.py [--subscribers 100000] [--database-url URL] [--dkim]
+
+``--dkim`` signs every copy (RFC 6376) with a fresh 2048-bit RSA key, as
+``[csms] dkim_key_file`` does in production.
 
 It creates a database (a fresh SQLite file; with ``--database-url`` a fresh
 schema in that PostgreSQL database, dropped afterwards), 100,000 subscribers
@@ -32,6 +35,7 @@ import os
 import re
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -122,6 +126,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s limit (default: none)")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--dkim", action="store_true", help="DKIM-sign every copy (a 2048-bit RSA key)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -139,6 +144,11 @@ def main() -> int:
     # Its message counter confirms what the sink took.
     sink = start_smtp_sink(sink_bin, sink_port, counter=sink_out)
     ctx = None
+    secret_file = root / "csms.secret"
+    secret_file.write_text(os.urandom(16).hex() + "\n")
+    key_file = root / "dkim.pem"
+    if args.dkim:
+        subprocess.run(["openssl", "genrsa", "-out", str(key_file), "2048"], check=True, capture_output=True)
     try:
         config = config_from_dict({
             "database": {"url": db_url},
@@ -146,7 +156,8 @@ def main() -> int:
             "ingress": {"enabled": False, "port": free_port()},
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "timeout": 30.0},
             "csms": {"connections": args.connections, "chunk_size": args.chunk_size,
-                     "rate_per_second": args.rate, "base_url": "https://csms.ace-support.example"},
+                     "rate_per_second": args.rate, "base_url": "https://csms.ace-support.example",
+                     "secret_file": str(secret_file), "dkim_key_file": str(key_file) if args.dkim else ""},
         }, base_dir=str(root))
         ctx = make_context(config)
         upgrade(ctx.engine)
@@ -200,6 +211,7 @@ def main() -> int:
             "rss_mb_before_planning": round(rss_before_plan, 1), "peak_rss_mb_process": round(peak_rss_mb(), 1),
             "message_bytes": _message_size(ctx, notice_id), "connections": args.connections, "chunk_size": args.chunk_size,
             "database": backend, "smtp_server": "postfix smtp-sink", "cores": os.cpu_count(),
+            "dkim": "rsa-sha256 2048" if args.dkim else "off",
         }
         progress(f"published {result.sent} in {seconds:.2f} s: {figures['msgs_per_s']} msgs/s; "
                  f"RSS {rss_before:.0f} MB -> peak {sampler.peak:.0f} MB during the fan-out")
@@ -222,7 +234,10 @@ def _message_size(ctx, notice_id: int) -> int:
 
     with ctx.sessions() as s:
         view = service.view(s, s.get(Notice, notice_id))
-    template = MessageTemplate(view, sender_of(ctx.config), load_signer(ctx.config), 86400.0)
+    from daemon.notices.keys import dkim_key
+
+    template = MessageTemplate(view, sender_of(ctx.config), load_signer(ctx.config), 86400.0,
+                               dkim=dkim_key(ctx.config))
     return len(template.build("subscriber1@importer1.example", 1, "ACE")[1])
 
 

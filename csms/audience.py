@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.csms import ACTIVE, CANCELLED, Notice, Subscriber, Subscription, Topic
+from models.csms import ACTIVE, Notice, Subscriber, Subscription, Topic
 
 
 @dataclass(frozen=True)
@@ -24,23 +24,17 @@ class Audience:
 
 
 def audience(session: Session, notice: Notice) -> Audience:
-    """How many active subscribers publishing ``notice`` now would send it to."""
-    topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics)))
-    has_es = bool(session.scalar(select(exists().where(Notice.translation_of_id == notice.id,
-                                                        Notice.status != CANCELLED))))
-    who = select(func.count()).select_from(Subscriber).where(
-        Subscriber.status == ACTIVE,
-        exists().where(Subscription.subscriber_id == Subscriber.id, Subscription.topic_id.in_(topic_ids)))
-    if notice.language == "es":
-        who = who.where(Subscriber.language == "es")
-    elif has_es:
-        who = who.where(Subscriber.language != "es")
+    """How many active subscribers publishing ``notice`` now would send it to: the rule of
+    :func:`csms.service.start_publish` (one version per subscriber of the language group)."""
+    from csms import service
+
+    total = service.audience_count(session, notice)
+    has_es = any(t.language == "es" for t in service.translations(session, service.original_of(session, notice)))
     per_topic = {name: int(n) for name, n in session.execute(
         select(Topic.name, func.count()).join(Subscription, Subscription.topic_id == Topic.id)
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
         .where(Topic.name.in_(list(notice.topics)), Subscriber.status == ACTIVE).group_by(Topic.name)).all()}
-    return Audience(int(session.scalar(who) or 0), {t: per_topic.get(t, 0) for t in notice.topics},
-                    notice.language, has_es)
+    return Audience(total, {t: per_topic.get(t, 0) for t in notice.topics}, notice.language, has_es)
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,88 @@ def is_dsn(raw: bytes) -> bool:
     """Return whether ``raw`` is a delivery-status report."""
     head = raw[:8192].lower()
     return b"multipart/report" in head and b"delivery-status" in raw.lower()
+
+
+# --- bounces in other formats (flufl.bounce, what Mailman uses) ------------------------------
+
+
+def parse_other(raw: bytes) -> BounceReport | None:
+    """Read a bounce that is not an RFC 3464 DSN (qmail, Exim, Postfix's old format, Microsoft's,
+    Yahoo's, ...) with flufl.bounce's detectors; None when none of them recognises it.
+
+    A permanent failure is hard, a temporary one soft, as with DSNs.
+    """
+    from flufl.bounce import all_failures
+
+    msg = email.message_from_bytes(raw, policy=policy.compat32)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # noqa: BLE001 - a detector choking on odd mail means "not recognised"
+        return None
+    if permanent:
+        address = sorted(permanent)[0]
+        return BounceReport(_decode(address), "failed", "5.0.0", "non-DSN bounce (permanent)", HARD)
+    if temporary:
+        address = sorted(temporary)[0]
+        return BounceReport(_decode(address), "delayed", "4.0.0", "non-DSN bounce (temporary)", SOFT)
+    return None
+
+
+def _decode(address: bytes | str) -> str:
+    return (address.decode("utf-8", "replace") if isinstance(address, bytes) else address).lower()
+
+
+# --- complaints: ARF feedback reports (RFC 5965) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """A mailbox provider's report that a recipient marked our mail as spam."""
+
+    feedback_type: str
+    user_agent: str
+    #: Where the reported message was delivered (often redacted by the provider).
+    original_rcpt: str
+    #: Headers of the reported message (those we need to know whose copy it was).
+    list_unsubscribe: str
+    return_path: str
+    message_id: str
+
+
+def is_arf(raw: bytes) -> bool:
+    head = raw[:8192].lower()
+    return b"multipart/report" in head and b"feedback-report" in head
+
+
+def parse_arf(raw: bytes) -> Complaint | None:
+    """Return the complaint in an ARF report (``multipart/report; report-type=feedback-report``),
+    or None when ``raw`` is not one."""
+    msg = email.message_from_bytes(raw, policy=policy.compat32)
+    if msg.get_content_type() != "multipart/report" or \
+            (msg.get_param("report-type") or "").lower() != "feedback-report":
+        return None
+    fields: Message | None = None
+    original: Message | None = None
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind == "message/feedback-report":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                fields = payload[0]
+            elif isinstance(payload, str):
+                fields = email.message_from_string(payload)
+        elif kind in ("message/rfc822", "text/rfc822-headers") and original is None:
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                original = payload[0]
+            elif isinstance(payload, str):
+                original = email.message_from_string(payload)
+    if fields is None:
+        return None
+    original = original or Message()
+    return Complaint(
+        feedback_type=_field(fields, "Feedback-Type").lower(), user_agent=_field(fields, "User-Agent"),
+        original_rcpt=_address(_field(fields, "Original-Rcpt-To")),
+        list_unsubscribe=_field(original, "List-Unsubscribe"),
+        return_path=_field(original, "Return-Path").strip("<>") or _field(fields, "Original-Mail-From").strip("<>"),
+        message_id=_field(original, "Message-ID"))

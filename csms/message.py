@@ -22,6 +22,7 @@ from email import policy
 from email.message import EmailMessage
 
 from csms import headers, render
+from csms.dkim import DkimKey, NoticeSigner
 from csms.tokens import UNSUBSCRIBE, Signer
 
 _MARKER_RE = re.compile("\x00([0-9])\x00")
@@ -64,7 +65,7 @@ class MessageTemplate:
     """One notice, ready to be personalised for any number of recipients."""
 
     def __init__(self, notice: render.NoticeView, sender: Sender, signer: Signer,
-                 unsubscribe_ttl: float, boundary_seed: str = "") -> None:
+                 unsubscribe_ttl: float, boundary_seed: str = "", dkim: DkimKey | None = None) -> None:
         if notice.number is None:
             raise ValueError("a notice is sent only once it has a number")
         self.notice = notice
@@ -96,6 +97,8 @@ class MessageTemplate:
                            "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii")
         self._tail = f"--{boundary}--\r\n".encode("ascii")
         self._preamble = b"This is a multi-part message in MIME format.\r\n"
+        #: Signs each copy (RFC 6376) when a DKIM key is configured.
+        self.dkim = NoticeSigner(dkim, self._head) if dkim is not None else None
 
     def return_path(self, subscriber_id: int) -> str:
         """The per-recipient VERP return path: a DSN names the subscriber without guessing."""
@@ -120,11 +123,30 @@ class MessageTemplate:
             values.append(html.escape(value).encode("utf-8"))
         text = b"".join(seg if isinstance(seg, bytes) else values[seg] for seg in self._text)
         body_html = b"".join(seg if isinstance(seg, bytes) else values[seg] for seg in self._html)
-        per_recipient = (
-            f"To: <{email_address}>\r\n"
-            f"Message-ID: <csms.{self.notice.number}.{subscriber_id:x}@{self.sender.domain}>\r\n"
-            f"List-Unsubscribe: {headers.list_unsubscribe(self.sender.request_address, self.sender.base_url, token)}\r\n"
-        ).encode("utf-8")
-        data = b"".join((self._head, per_recipient, b"\r\n", self._preamble, self._text_head, _b64(text),
-                         self._html_head, _b64(body_html), self._tail))
+        to = f"<{email_address}>"
+        message_id = f"<csms.{self.notice.number}.{subscriber_id:x}@{self.sender.domain}>"
+        list_unsubscribe = headers.list_unsubscribe(self.sender.request_address, self.sender.base_url, token)
+        per_recipient = f"To: {to}\r\nMessage-ID: {message_id}\r\nList-Unsubscribe: {list_unsubscribe}\r\n"
+        body = b"".join((self._preamble, self._text_head, _b64(text), self._html_head, _b64(body_html),
+                         self._tail))
+        data = b"".join((self._head, per_recipient.encode("utf-8"), b"\r\n", body))
+        if self.dkim is not None:
+            data = self.dkim.sign(data, ((b"to", f" {to}".encode()), (b"message-id", f" {message_id}".encode()),
+                                         (b"list-unsubscribe", f" {list_unsubscribe}".encode())), body)
         return self.return_path(subscriber_id), data
+
+
+class TemplateSet:
+    """The language versions of one notice, each ready to be personalised; a subscriber gets the
+    version in their language, else the notice's own."""
+
+    def __init__(self, templates: dict[str, MessageTemplate], default: str) -> None:
+        self.templates = templates
+        self.default = default
+
+    def language_for(self, language: str) -> str:
+        return language if language in self.templates else self.default
+
+    def build(self, email_address: str, subscriber_id: int, topics: str, language: str = "") -> tuple[str, bytes]:
+        """Return ``(return_path, message bytes)`` of the version for ``language``."""
+        return self.templates[self.language_for(language)].build(email_address, subscriber_id, topics)

@@ -10,47 +10,20 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import (
-    Table,
-    bindparam,
-    exists,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from csms.render import NoticeView
 from models.csms import (
-    ACTIVE,
-    CANCELLED,
-    DONE,
-    DRAFT,
-    FAILED,
-    PENDING,
-    PUBLISHING,
-    SCHEDULED,
-    SENT,
-    BounceEvent,
-    CsmsCounter,
-    Delivery,
-    Notice,
-    Subscriber,
-    Subscription,
+    ACTIVE, CANCELLED, DONE, DRAFT, FAILED, PENDING, PUBLISHING, SCHEDULED, SENT, BounceEvent, CsmsCounter, Delivery, Notice, Subscriber, Subscription,
     Topic,
 )
 
 log = logging.getLogger("acedesk.csms")
 
 NUMBER_COUNTER = "notice"
-#: The deliveries table for Core bulk updates (executemany with bound parameters).
-DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 
 
 class CsmsError(Exception):
@@ -142,8 +115,12 @@ def find_notice(session: Session, ref: str | int) -> Notice:
 def create_notice(session: Session, *, title: str, type: str, body: str, topics: Sequence[str],
                   tags: Sequence[str] = (), related: Sequence[int] = (), language: str = "en",
                   author: str = "", translation_of: Notice | None = None, parent: Notice | None = None,
-                  scheduled_at: dt.datetime | None = None, event: dict[str, Any] | None = None) -> Notice:
-    """Create a draft notice (scheduled when ``scheduled_at`` is given); topics must exist."""
+                  scheduled_at: dt.datetime | None = None, event: dict | None = None,
+                  hold_for_translation: bool = False) -> Notice:
+    """Create a draft notice (scheduled when ``scheduled_at`` is given); topics must exist.
+
+    ``hold_for_translation``: it is not published until a translation of it exists.
+    """
     if not title.strip():
         raise CsmsError("a notice needs a title")
     if not topics:
@@ -157,7 +134,9 @@ def create_notice(session: Session, *, title: str, type: str, body: str, topics:
                     translation_of_id=translation_of.id if translation_of else None,
                     parent_id=parent.id if parent else None, event=event,
                     status=SCHEDULED if scheduled_at else DRAFT, scheduled_at=scheduled_at,
-                    late=False, total=0)
+                    late=False, total=0, hold_for_translation=hold_for_translation)
+    if translation_of is not None and translation_of.translation_of_id is not None:
+        raise CsmsError(f"notice {translation_of.id} is itself a translation: name the original")
     session.add(notice)
     session.flush()
     return notice
@@ -181,32 +160,150 @@ def cancel(session: Session, notice: Notice) -> None:
 
 
 def view(session: Session, notice: Notice) -> NoticeView:
-    """Return the plain data that rendering needs."""
+    """Return the plain data that rendering needs.
+
+    A notice not published yet carries the date it is scheduled for (a preview of next week's
+    reminder shows next week's date); a draft, today's.
+    """
     def number_of(notice_id: int | None) -> int | None:
         return session.scalar(select(Notice.number).where(Notice.id == notice_id)) if notice_id else None
 
     return NoticeView(number=notice.number, title=notice.title, type=notice.type, body=notice.body,
                       topics=list(notice.topics), tags=list(notice.tags), related=list(notice.related),
-                      language=notice.language, published_at=notice.published_at,
+                      language=notice.language, published_at=notice.published_at or notice.scheduled_at,
                       translation_of=number_of(notice.translation_of_id), parent=number_of(notice.parent_id),
                       author=notice.author)
 
 
 def due_notices(session: Session, now: dt.datetime) -> list[int]:
-    """Ids of scheduled notices whose time has come (oldest first)."""
+    """Ids of scheduled notices whose time has come (oldest first); not those held for a
+    translation that does not exist yet."""
+    translation = aliased(Notice)
+    has_translation = exists().where(translation.translation_of_id == Notice.id, translation.status != CANCELLED)
     return list(session.scalars(select(Notice.id).where(Notice.status == SCHEDULED, Notice.scheduled_at <= now)
+                                .where(or_(~Notice.hold_for_translation, has_translation))
                                 .order_by(Notice.scheduled_at, Notice.id)))
 
 
-def _audience(notice: Notice, has_spanish_version: bool):  # type: ignore[no-untyped-def]
-    # A Spanish notice goes to Spanish-language subscribers; an English one to
-    # everyone else, and to Spanish-language subscribers too when no Spanish
-    # version of it exists.
-    if notice.language == "es":
-        return Subscriber.language == "es"
-    if has_spanish_version:
-        return Subscriber.language != "es"
-    return literal(True)
+def waiting_for_translation(session: Session, notice: Notice | None) -> bool:
+    """Whether ``notice`` is held (``--with-translation``) and no translation of it exists yet."""
+    if notice is None or not notice.hold_for_translation:
+        return False
+    return not translations(session, notice)
+
+
+# --- language versions ------------------------------------------------------------------
+#
+# An original notice and its translations are one group: each subscriber of its topics gets
+# exactly one version of it.  Publishing the original takes its unpublished translations along
+# (they get their numbers in the same transaction); the delivery rows are the original's, and
+# which version a subscriber gets is decided when their turn comes, by their language then.
+# A translation published on its own (after the original, or before it) goes only to
+# subscribers of its language who got no version yet; an original published after a
+# translation, to everyone who got none.
+
+
+def original_of(session: Session, notice: Notice) -> Notice:
+    if notice.translation_of_id is None:
+        return notice
+    return session.get(Notice, notice.translation_of_id) or notice
+
+
+def translations(session: Session, notice: Notice) -> list[Notice]:
+    """The non-cancelled translations of ``notice`` (an original)."""
+    return list(session.scalars(select(Notice).where(Notice.translation_of_id == notice.id,
+                                                     Notice.status != CANCELLED).order_by(Notice.id)))
+
+
+def group_ids(session: Session, notice: Notice) -> list[int]:
+    """Ids of every notice in ``notice``'s language group (original first)."""
+    original = original_of(session, notice)
+    return [original.id, *(t.id for t in translations(session, original))]
+
+
+def companions(session: Session, notice: Notice) -> list[Notice]:
+    """The translations that go out together with ``notice``: an original's unpublished ones."""
+    if notice.translation_of_id is not None:
+        return []
+    return [t for t in translations(session, notice) if t.status in (DRAFT, SCHEDULED)]
+
+
+def versions(session: Session, notice: Notice) -> list[Notice]:
+    """The published versions of ``notice``'s group (those with a number), the notice's own first."""
+    group = [session.get(Notice, i) for i in group_ids(session, notice)]
+    found = [n for n in group if n is not None and n.number is not None and n.status in (PUBLISHING, DONE)]
+    return sorted(found, key=lambda n: n.id != notice.id)
+
+
+def _audience_filter(session: Session, notice: Notice):  # type: ignore[no-untyped-def]
+    """Who ``notice`` goes to: active subscribers of its topics who got no version of it yet (a
+    translation: only those of its language)."""
+    topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics)))
+    group = group_ids(session, notice)
+    conditions = [
+        Subscriber.status == ACTIVE,
+        exists().where(Subscription.subscriber_id == Subscriber.id, Subscription.topic_id.in_(topic_ids)),
+        ~exists().where(Delivery.notice_id.in_(group), Delivery.subscriber_id == Subscriber.id),
+    ]
+    if notice.translation_of_id is not None:
+        conditions.append(Subscriber.language == notice.language)
+    return conditions
+
+
+def audience_count(session: Session, notice: Notice) -> int:
+    """How many subscribers publishing ``notice`` now would write a delivery for."""
+    return int(session.scalar(select(func.count()).select_from(Subscriber)
+                              .where(*_audience_filter(session, notice))) or 0)
+
+
+def next_number(session: Session, start: int) -> int:
+    """The number the next publication would take (a preview: another publisher may take it first)."""
+    value = session.scalar(select(CsmsCounter.value).where(CsmsCounter.name == NUMBER_COUNTER))
+    if value is not None:
+        return int(value) + 1
+    return max(start, int(session.scalar(select(func.max(Notice.number))) or 0) + 1)
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """What publishing a notice would do, for a person to confirm before it happens."""
+
+    notice_id: int
+    #: (notice id, language, number it takes, title) of each version going out, the notice's first.
+    versions: list[tuple[int, str, int, str]]
+    topics: list[str]
+    #: Recipients per language version, as the subscribers' languages are now.
+    recipients: dict[str, int]
+    #: Held for a translation that does not exist yet (``--with-translation``).
+    waiting_for_translation: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.recipients.values())
+
+
+def publish_plan(session: Session, notice: Notice, *, number_start: int) -> PublishPlan:
+    """Return what :func:`start_publish` would do now: numbers, topics, recipients per language."""
+    if notice.status not in (DRAFT, SCHEDULED):
+        raise CsmsError(f"notice {notice.id} is {notice.status}; only drafts and scheduled notices are published")
+    going = [notice, *companions(session, notice)]
+    number = next_number(session, number_start)
+    listed: list[tuple[int, str, int, str]] = []
+    for version in going:
+        if version.number is not None:
+            listed.append((version.id, version.language, version.number, version.title))
+        else:
+            listed.append((version.id, version.language, number, version.title))
+            number += 1
+    languages = {v.language for v in going} | {v.language for v in versions(session, notice)}
+    chosen = case(*[(Subscriber.language == lang, lang) for lang in sorted(languages)],
+                  else_=notice.language) if languages else literal(notice.language)
+    recipients = {lang: 0 for lang in sorted(languages)}
+    for lang, n in session.execute(select(chosen, func.count()).select_from(Subscriber)
+                                   .where(*_audience_filter(session, notice)).group_by(chosen)):
+        recipients[str(lang)] = int(n)
+    return PublishPlan(notice.id, listed, list(notice.topics), recipients,
+                       waiting_for_translation(session, notice))
 
 
 def start_publish(session: Session, notice: Notice, now: dt.datetime, *, number_start: int,
@@ -214,32 +311,44 @@ def start_publish(session: Session, notice: Notice, now: dt.datetime, *, number_
     """Allocate the number and write one delivery row per subscriber, in the caller's transaction.
 
     Returns the number of deliveries.  Idempotent: a notice already
-    publishing or done is left alone (returns its total).
+    publishing or done is left alone (returns its total).  The original's
+    unpublished translations are published with it (numbers, no rows of
+    their own: each subscriber's version is chosen at fan-out).
+
+    Raises:
+        CsmsError: cancelled; held for a translation that does not exist; or nobody would
+            receive it (then no number is used: the caller's transaction rolls back).
     """
     session.refresh(notice, with_for_update=True)
     if notice.status in (PUBLISHING, DONE):
         return notice.total
     if notice.status == CANCELLED:
         raise CsmsError(f"notice {notice.id} was cancelled")
-    if notice.number is None:
-        notice.number = allocate_number(session, number_start)
-    notice.published_at = now
-    if notice.scheduled_at and (now - notice.scheduled_at).total_seconds() > late_after:
-        notice.late = True
-    has_es = session.scalar(select(exists().where(Notice.translation_of_id == notice.id,
-                                                  Notice.status != CANCELLED))) or False
-    topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics)))
+    if waiting_for_translation(session, notice):
+        raise CsmsError(f"notice {notice.id} is held until its translation exists (created with "
+                        f"--with-translation; create one with --translation-of {notice.id})")
+    going = [notice, *companions(session, notice)]
     audience = (
         select(literal(notice.id), Subscriber.id, literal(PENDING), literal(0))
-        .where(Subscriber.status == ACTIVE, _audience(notice, bool(has_es)))
-        .where(exists().where(Subscription.subscriber_id == Subscriber.id, Subscription.topic_id.in_(topic_ids)))
-        .where(~exists().where(Delivery.notice_id == notice.id, Delivery.subscriber_id == Subscriber.id))
+        .where(*_audience_filter(session, notice))
     )
     session.execute(insert(Delivery).from_select(["notice_id", "subscriber_id", "status", "attempts"], audience))
     notice.total = session.scalar(select(func.count()).where(Delivery.notice_id == notice.id)) or 0
-    notice.status = PUBLISHING
-    log.info("CSMS #%s (notice %s) publishing to %d subscribers%s", notice.number, notice.id, notice.total,
-             " (late)" if notice.late else "")
+    if notice.total == 0:
+        raise CsmsError(f"nobody would receive notice {notice.id}: no active subscriber of "
+                        f"{', '.join(notice.topics)}"
+                        + (f" in language {notice.language!r}" if notice.translation_of_id else "")
+                        + " (no number was used)")
+    for version in going:
+        if version.number is None:
+            version.number = allocate_number(session, number_start)
+        version.published_at = now
+        if version.scheduled_at and (now - version.scheduled_at).total_seconds() > late_after:
+            version.late = True
+        version.status = PUBLISHING
+    log.info("CSMS #%s (notice %s) publishing to %d subscribers%s%s", notice.number, notice.id, notice.total,
+             " (late)" if notice.late else "",
+             "".join(f", with its {v.language} version CSMS #{v.number}" for v in going[1:]))
     return notice.total
 
 
@@ -253,7 +362,10 @@ def counts(session: Session, notice_id: int) -> dict[str, int]:
 
 
 def finish_if_done(session: Session, notice_id: int, now: dt.datetime) -> bool:
-    """Mark the notice ``done`` when no delivery is pending; return whether it is done."""
+    """Mark the notice ``done`` when no delivery is pending; return whether it is done.
+
+    The translations that went out with it (no rows of their own) are done with it.
+    """
     pending = session.scalar(select(exists().where(Delivery.notice_id == notice_id, Delivery.status == PENDING)))
     if pending:
         return False
@@ -265,7 +377,18 @@ def finish_if_done(session: Session, notice_id: int, now: dt.datetime) -> bool:
         notice.lease_until = None
         c = counts(session, notice_id)
         log.info("CSMS #%s done: %d sent, %d failed", notice.number, c[SENT], c[FAILED])
+        for companion in session.scalars(select(Notice).where(Notice.translation_of_id == notice_id,
+                                                              Notice.status == PUBLISHING, Notice.total == 0)):
+            companion.status = DONE
+            companion.finished_at = now
     return True
+
+
+def counts_by_language(session: Session, notice_id: int) -> dict[str, int]:
+    """Sent deliveries of a notice per language version."""
+    return {str(lang): int(n) for lang, n in session.execute(
+        select(Delivery.language, func.count()).where(Delivery.notice_id == notice_id, Delivery.status == SENT,
+                                                     Delivery.language.is_not(None)).group_by(Delivery.language))}
 
 
 def take_lease(session: Session, notice_id: int, owner: str, now: dt.datetime, seconds: float) -> bool:
@@ -274,7 +397,7 @@ def take_lease(session: Session, notice_id: int, owner: str, now: dt.datetime, s
         update(Notice).where(Notice.id == notice_id, Notice.status == PUBLISHING)
         .where(or_(Notice.lease_owner.is_(None), Notice.lease_owner == owner, Notice.lease_until < now))
         .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds)))
-    return bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult
+    return bool(result.rowcount)
 
 
 def release_lease(session: Session, notice_id: int, owner: str) -> None:
@@ -283,7 +406,10 @@ def release_lease(session: Session, notice_id: int, owner: str) -> None:
 
 
 def publishing_notices(session: Session) -> list[int]:
-    return list(session.scalars(select(Notice.id).where(Notice.status == PUBLISHING).order_by(Notice.id)))
+    """Notices being sent; not the translations that went out with their original (it sends them)."""
+    companion = Notice.translation_of_id.is_not(None) & (Notice.total == 0)
+    return list(session.scalars(select(Notice.id).where(Notice.status == PUBLISHING, ~companion)
+                                .order_by(Notice.id)))
 
 
 @dataclass(frozen=True)
@@ -298,6 +424,8 @@ class DueDelivery:
     topics: str
     #: False when the subscriber unsubscribed or was disabled (bounces) after publishing started.
     active: bool = True
+    #: The subscriber's language now: which version of the notice they get.
+    language: str = "en"
 
     @property
     def still_wanted(self) -> bool:
@@ -305,7 +433,7 @@ class DueDelivery:
         return self.active and bool(self.topics)
 
 
-def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list[Any]:
+def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: dt.datetime) -> list:
     """The rows behind :func:`fetch_due`: one query, one row per (due delivery, matching topic)."""
     due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
            .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
@@ -316,7 +444,7 @@ def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: 
     topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics))).scalar_subquery()
     return list(session.execute(
         select(due.c.id, due.c.subscriber_id, Subscriber.email, due.c.attempts, due.c.first_attempt_at,
-               Subscriber.status, Topic.name)
+               Subscriber.status, Topic.name, Subscriber.language)
         .join(Subscriber, Subscriber.id == due.c.subscriber_id)
         .outerjoin(Subscription, (Subscription.subscriber_id == due.c.subscriber_id)
                    & Subscription.topic_id.in_(topic_ids))
@@ -324,7 +452,7 @@ def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: 
         .order_by(due.c.id)).all())
 
 
-def _due_deliveries(notice: Notice, rows: Sequence[Any]) -> list[DueDelivery]:
+def _due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
     """Turn :func:`_due_rows` into deliveries, the matched topics in the notice's order."""
     order = {name: i for i, name in enumerate(notice.topics)}
     out: list[DueDelivery] = []
@@ -338,7 +466,7 @@ def _due_deliveries(notice: Notice, rows: Sequence[Any]) -> list[DueDelivery]:
             i += 1
         names.sort(key=lambda n: order.get(n, 0))
         out.append(DueDelivery(first[0], first[1], first[2], first[3], first[4], ", ".join(names),
-                               first[5] == ACTIVE))
+                               first[5] == ACTIVE, first[7] or "en"))
     return out
 
 
@@ -368,31 +496,36 @@ class Outcome:
     detail: str = ""
     #: For temporary failures: when to try again; None = give up (permanent).
     retry_at: dt.datetime | None = None
+    #: The language version sent.
+    language: str | None = None
 
 
 def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datetime, *,
                     notice_number: int | None = None) -> None:
     """Write a batch of results: sent rows in one statement, failures row by row."""
-    sent = [o.delivery_id for o in outcomes if o.result == "sent"]
-    if sent:
-        session.execute(update(Delivery).where(Delivery.id.in_(sent))
-                        .values(status=SENT, sent_at=now, attempts=Delivery.attempts + 1,
+    sent: dict[str | None, list[int]] = {}
+    for o in outcomes:
+        if o.result == "sent":
+            sent.setdefault(o.language, []).append(o.delivery_id)
+    for language, ids in sent.items():
+        session.execute(update(Delivery).where(Delivery.id.in_(ids))
+                        .values(status=SENT, sent_at=now, attempts=Delivery.attempts + 1, language=language,
                                 first_attempt_at=func.coalesce(Delivery.first_attempt_at, now)))
     temps = [o for o in outcomes if o.result == "temporary" and o.retry_at is not None]
     if temps:
         session.connection().execute(
-            update(DELIVERIES).where(DELIVERIES.c.id == bindparam("b_id"))
-            .values(attempts=DELIVERIES.c.attempts + 1, next_attempt_at=bindparam("b_next"),
+            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
+            .values(attempts=Delivery.__table__.c.attempts + 1, next_attempt_at=bindparam("b_next"),
                     last_error=bindparam("b_err"),
-                    first_attempt_at=func.coalesce(DELIVERIES.c.first_attempt_at, now)),
+                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_next": o.retry_at, "b_err": o.detail[:2000]} for o in temps])
     perms = [o for o in outcomes
              if o.result in ("permanent", "skipped") or (o.result == "temporary" and o.retry_at is None)]
     if perms:
         session.connection().execute(
-            update(DELIVERIES).where(DELIVERIES.c.id == bindparam("b_id"))
-            .values(status=FAILED, attempts=DELIVERIES.c.attempts + 1, last_error=bindparam("b_err"),
-                    first_attempt_at=func.coalesce(DELIVERIES.c.first_attempt_at, now)),
+            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
+            .values(status=FAILED, attempts=Delivery.__table__.c.attempts + 1, last_error=bindparam("b_err"),
+                    first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_err": o.detail[:2000]} for o in perms])
         for o in perms:
             if o.result == "permanent":

@@ -13,10 +13,18 @@ class CsmsConfig:
     #: Kept so that older config files still load.
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    #: Secret for the signed tokens: an environment variable or a file naming it;
-    #: when both are empty a per-install secret is generated in the state dir.
+    #: Secrets of the signed links and VERP addresses: an environment variable (secrets separated
+    #: by spaces or commas) or a file (one a line); the first signs, the others (rotated out) are
+    #: still accepted.  Both empty: one generated in the state dir -- refused with PostgreSQL,
+    #: where several instances must sign alike.  ``acedesk secrets rotate`` rotates the file.
     secret_env: str = ""
     secret_file: str = ""
+    #: DKIM (RFC 6376): a PEM RSA private key that signs notices and control mail; empty: unsigned.
+    dkim_key_file: str = ""
+    #: The ``s=`` selector: the public key is published at ``<selector>._domainkey.<dkim_domain>``.
+    dkim_selector: str = "csms"
+    #: The ``d=`` domain; empty: ``[desk] domain``.
+    dkim_domain: str = ""
     #: The first notice number this install allocates (numbers are never reused).
     number_start: int = 67800001
     #: Days a one-click unsubscribe link in a notice stays valid.

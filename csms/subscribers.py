@@ -162,9 +162,9 @@ def subscriber_topics(session: Session, subscriber_id: int) -> list[str]:
 
 def record_bounce(session: Session, subscriber_id: int, *, kind: str, notice_number: int | None, action: str,
                   status_code: str, diagnostic: str, inbound_message_id: int | None, threshold: int,
-                  window_days: int, now: dt.datetime) -> bool:
+                  window_days: int, now: dt.datetime, source: str = "dsn") -> bool:
     """Record a bounce; return True when it disabled the subscriber (hard bounces at the threshold)."""
-    session.add(BounceEvent(subscriber_id=subscriber_id, notice_number=notice_number, kind=kind, source="dsn",
+    session.add(BounceEvent(subscriber_id=subscriber_id, notice_number=notice_number, kind=kind, source=source,
                             action=action, status_code=status_code, diagnostic=diagnostic,
                             inbound_message_id=inbound_message_id, received_at=now))
     session.flush()
@@ -178,6 +178,15 @@ def record_bounce(session: Session, subscriber_id: int, *, kind: str, notice_num
         subscriber.status = DISABLED
         return True
     return False
+
+
+def record_complaint(session: Session, subscriber_id: int, *, feedback_type: str, user_agent: str,
+                     inbound_message_id: int | None, now: dt.datetime) -> None:
+    """Record an ARF complaint (RFC 5965) about a subscriber with the bounces (never counted as one)."""
+    session.add(BounceEvent(subscriber_id=subscriber_id, notice_number=None, kind="complaint", source="arf",
+                            action=feedback_type[:32], status_code="", diagnostic=user_agent[:1000],
+                            inbound_message_id=inbound_message_id, received_at=now))
+    session.flush()
 
 
 # --- confirmations and control mail ------------------------------------------------

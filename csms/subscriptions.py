@@ -49,6 +49,17 @@ def set_topics(session: Session, subscriber_id: int, wanted: list[str]) -> Subsc
     return subscriber_state(session, subscriber_id)
 
 
+def set_preferences(session: Session, subscriber_id: int, wanted: list[str],
+                    language: str | None) -> SubscriberState | None:
+    """The preferences page's save: ``wanted`` topics and, when given, the notices' language."""
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return None
+    if language is not None:
+        subscriber.language = language
+    return set_topics(session, subscriber_id, wanted)
+
+
 def one_click(session: Session, subscriber_id: int) -> Subscriber | None:
     """Unsubscribe from everything (RFC 8058); None when there was nothing to do."""
     subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)

@@ -1,10 +1,16 @@
-"""Signed, expiring tokens (HMAC-SHA256) for one-click unsubscribe, subscription
-confirmations and VERP return paths.
+"""Signed, expiring tokens (HMAC-SHA256) for one-click unsubscribe, the
+preferences page, subscription confirmations and VERP return paths, under a
+key ring that several instances share and that can be rotated.
 
 A token is ``<payload>.<mac>`` in base64url without padding, where the payload
-is ``purpose:subject:expires``: the purpose is part of what is signed, so a
-confirmation token can never be used as an unsubscribe token.  Nothing is
-stored per token: a forged one fails the MAC, an old one its expiry.
+is ``purpose:subject:expires:kid``: the purpose is part of what is signed, so a
+confirmation token can never be used as an unsubscribe token, and ``kid`` (the
+first 6 hex digits of the key's SHA-256) names the key that signed it.  The
+ring signs with its first (current) key and accepts every key it holds, so
+after ``acedesk secrets rotate`` the links already sent keep working for as
+long as the previous secret stays in the ring.  Nothing is stored per token: a
+forged one fails the MAC, an old one its expiry.  Tokens made before key ids
+existed (three fields) are checked against every key.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Sequence
 
 #: Purposes.
 UNSUBSCRIBE = "u"
@@ -21,6 +28,9 @@ CONFIRM = "c"
 
 #: What a token looks like in text (subjects, bodies, URLs).
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{6,80}\.[A-Za-z0-9_-]{16,64}")
+
+#: The shortest secret accepted (bytes).
+MIN_SECRET = 16
 
 
 class BadToken(Exception):
@@ -35,41 +45,67 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def key_id(secret: bytes) -> str:
+    """The public name of a secret: 6 hex digits of its SHA-256 (reveals nothing usable)."""
+    return hashlib.sha256(secret).hexdigest()[:6]
+
+
 class Signer:
-    """Makes and checks tokens with one secret."""
+    """Makes tokens with the current secret and checks them against every secret in the ring.
 
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("token secret must be at least 16 bytes")
+    Args:
+        secret: the current secret (at least 16 bytes).
+        previous: secrets rotated out that are still accepted for verification.
+    """
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        keys = [secret, *[p for p in previous if p and p != secret]]
+        for key in keys:
+            if len(key) < MIN_SECRET:
+                raise ValueError(f"token secret must be at least {MIN_SECRET} bytes")
         self._key = secret
+        self._keys = {key_id(k): k for k in keys}
+        self.kid = key_id(secret)
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
+    @property
+    def key_ids(self) -> list[str]:
+        """The ids of the keys accepted, the current one first."""
+        return list(self._keys)
+
+    @staticmethod
+    def _mac_with(key: bytes, payload: bytes) -> bytes:
+        return hmac.new(key, payload, hashlib.sha256).digest()[:16]
 
     def make(self, purpose: str, subject: int, ttl_seconds: float, now: float | None = None) -> str:
-        """Return a token for ``subject`` (an id) valid for ``ttl_seconds``."""
+        """Return a token for ``subject`` (an id) valid for ``ttl_seconds``, signed with the current key."""
         expires = int((time.time() if now is None else now) + ttl_seconds)
-        payload = f"{purpose}:{subject:x}:{expires:x}".encode("ascii")
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        payload = f"{purpose}:{subject:x}:{expires:x}:{self.kid}".encode("ascii")
+        return f"{_b64(payload)}.{_b64(self._mac_with(self._key, payload))}"
 
     def check(self, purpose: str, token: str, now: float | None = None) -> int:
         """Return the subject of a valid ``token``.
 
         Raises:
-            BadToken: malformed, forged, another purpose, or expired.
+            BadToken: malformed, forged (no key of the ring signed it), another purpose, or expired.
         """
         try:
             payload_b64, mac_b64 = token.strip().split(".", 1)
             payload = _unb64(payload_b64)
             mac = _unb64(mac_b64)
+            fields = payload.decode("ascii").split(":")
         except (ValueError, UnicodeError):
             raise BadToken("malformed token") from None
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        if len(fields) == 4:
+            key = self._keys.get(fields[3])
+            candidates = [key] if key is not None else []
+        else:
+            candidates = list(self._keys.values())
+        if not any(hmac.compare_digest(mac, self._mac_with(k, payload)) for k in candidates):
             raise BadToken("forged token")
         try:
-            got_purpose, subject, expires = payload.decode("ascii").split(":")
+            got_purpose, subject, expires = fields[:3]
             subject_id, expires_at = int(subject, 16), int(expires, 16)
-        except (ValueError, UnicodeError):
+        except ValueError:
             raise BadToken("malformed token") from None
         if got_purpose != purpose:
             raise BadToken("token for another purpose")
@@ -79,26 +115,40 @@ class Signer:
 
     # VERP: the return path names the subscriber and the notice, signed so that a
     # forged DSN cannot disable someone else (RFC 3464 reports are easy to fake).
+    @staticmethod
+    def _verp_mac(key: bytes, core: str) -> str:
+        return hmac.new(key, b"verp:" + core.encode(), hashlib.sha256).hexdigest()[:12]
+
     def verp_local(self, bounce_local: str, subscriber_id: int, notice_number: int) -> str:
         """Return ``<bounce_local>+<sid>-<number>-<mac>`` (lower-case: MTAs may fold case)."""
         core = f"{subscriber_id:x}-{notice_number:x}"
-        mac = hmac.new(self._key, b"verp:" + core.encode(), hashlib.sha256).hexdigest()[:12]
-        return f"{bounce_local}+{core}-{mac}"
+        return f"{bounce_local}+{core}-{self._verp_mac(self._key, core)}"
 
     def parse_verp(self, address: str) -> tuple[int, int] | None:
-        """Return ``(subscriber_id, notice_number)`` from a VERP address, or None if not ours/forged."""
+        """Return ``(subscriber_id, notice_number)`` from a VERP address, or None if not ours/forged.
+
+        Any key of the ring is accepted: bounces of notices sent before a rotation still count.
+        """
         local = address.rpartition("@")[0].lower()
         if "+" not in local:
             return None
-        tag = local.split("+", 1)[1]
-        parts = tag.split("-")
+        parts = local.split("+", 1)[1].split("-")
         if len(parts) != 3:
             return None
         core = f"{parts[0]}-{parts[1]}"
-        mac = hmac.new(self._key, b"verp:" + core.encode(), hashlib.sha256).hexdigest()[:12]
-        if not hmac.compare_digest(mac, parts[2]):
+        if not any(hmac.compare_digest(self._verp_mac(k, core), parts[2]) for k in self._keys.values()):
             return None
         try:
             return int(parts[0], 16), int(parts[1], 16)
         except ValueError:
             return None
+
+    # The preferences form's anti-forgery field: bound to the link's token, so a form posted from
+    # another site (which cannot read the page) does not carry it.
+    def form_key(self, token: str) -> str:
+        """Return the CSRF field for forms on the page behind ``token``."""
+        return _b64(hmac.new(self._key, b"form:" + token.encode(), hashlib.sha256).digest()[:12])
+
+    def check_form_key(self, token: str, value: str) -> bool:
+        return any(hmac.compare_digest(_b64(hmac.new(k, b"form:" + token.encode(), hashlib.sha256).digest()[:12]),
+                                       value) for k in self._keys.values())

@@ -92,6 +92,8 @@ class Notice(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     #: Published after its time because the daemon was down.
     late: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Held until a translation of it exists (``--with-translation``): not published before.
+    hold_for_translation: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Deliveries written when publishing started.
     total: Mapped[int] = mapped_column(Integer, default=0)
     #: The instance fanning it out, until ``lease_until`` (a crash frees it).
@@ -168,6 +170,8 @@ class Delivery(Base):
     first_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: The language version sent (chosen per subscriber when their turn comes).
+    language: Mapped[str | None] = mapped_column(String(8))
 
 
 class BounceEvent(Base):
@@ -179,9 +183,10 @@ class BounceEvent(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("csms_subscribers.id", ondelete="CASCADE"),
                                                index=True)
     notice_number: Mapped[int | None] = mapped_column(BigInteger)
-    #: ``hard`` (counted) or ``soft`` (delayed, 4.x.x: recorded, never counted).
-    kind: Mapped[str] = mapped_column(String(8))
-    #: ``dsn`` or ``smtp``.
+    #: ``hard`` (counted) or ``soft`` (delayed, 4.x.x: recorded, never counted), or ``complaint``
+    #: (an ARF feedback report, RFC 5965: the subscriber marked a notice as spam).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: ``dsn`` (RFC 3464), ``nondsn`` (another bounce format), ``arf`` or ``smtp``.
     source: Mapped[str] = mapped_column(String(8))
     action: Mapped[str] = mapped_column(String(32), default="")
     status_code: Mapped[str] = mapped_column(String(16), default="")

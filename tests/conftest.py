@@ -103,7 +103,12 @@ def smtp_capture() -> Iterator[SmtpCapture]:
 
 def make_config(tmp_path: Path, db_url: str, **sections: dict) -> Config:
     """Return a Config for tests: the given database, state in tmp, ingress and web on free ports."""
+    # One configured CSMS signing secret, as PostgreSQL requires (instances must sign alike).
+    secret = tmp_path / "csms.secret"
+    if not secret.exists():
+        secret.write_text("test-secret-" + uuid.uuid4().hex + "\n")
     raw: dict = {
+        "csms": {"secret_file": str(secret)},
         "database": {"url": db_url},
         "daemon": {"state_dir": str(tmp_path / "var"), "shutdown_timeout": 5.0,
                    "restart_backoff_min": 0.1, "restart_backoff_max": 1.0},

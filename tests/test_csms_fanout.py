@@ -327,7 +327,9 @@ def settled_count(capture: Any, quiet: float = 1.0, timeout: float = 20.0) -> in
 def test_kill_9_mid_publish_then_restart_everyone_gets_it_duplicates_at_most_in_flight(
         engine, sessions, config_factory, smtp_capture, tmp_path):
     db_url = engine.url.render_as_string(hide_password=False)
-    csms = {**FAST, "rate_per_second": 60.0, "connections": 2, "lease_seconds": 1.0}
+    (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
+    csms = {**FAST, "rate_per_second": 60.0, "connections": 2, "lease_seconds": 1.0,
+            "secret_file": str(tmp_path / "csms.secret")}
     raw = {"database": {"url": db_url}, "daemon": {"state_dir": str(tmp_path / "var")},
            "outbound": {"relay_host": "127.0.0.1", "relay_port": smtp_capture.port, "timeout": 5.0}, "csms": csms}
     config = config_from_dict(raw, base_dir=str(tmp_path))

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               "--topic 'ACE Portal' --body call.md --at '2026-02-11 09:00'")
     _notice_fields(p)
     p.add_argument("--at", metavar="TIME", help="publish at this time (ET); without it the notice is a draft")
+    p.add_argument("--late-ok", action="store_true",
+                   help="accept an --at in the past (the notice goes out at once, flagged late)")
+    p.add_argument("--with-translation", action="store_true",
+                   help="hold it until its translation exists (then each subscriber gets one version)")
     p.add_argument("--support-call", metavar="TIME",
                    help="also derive a REMINDER sent the morning of a support call at TIME (ET)")
     p.add_argument("--deadline", metavar="TIME",
@@ -65,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --deadline: days before it to remind (default: 7,1)")
     p.set_defaults(handler=cmd_reminder)
 
-    p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it")
-    p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it",
+                       description="Render a notice (a draft by its id, a published one by its number) with the "
+                                   "date it will carry, and say what the HTML sanitiser removes from its body.")
+    p.add_argument("notice", metavar="NOTICE", help="number, or the id of a draft")
     p.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
     p.add_argument("--email", default="subscriber@example.com", help="the sample recipient's address")
     p.set_defaults(handler=cmd_preview)
@@ -74,13 +80,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("schedule", help="set (or move) the time a notice is published", epilog=EPILOG_TIMES)
     p.add_argument("notice", metavar="NOTICE", help="number or id")
     p.add_argument("--at", metavar="TIME", required=True, help="publication time (ET)")
+    p.add_argument("--late-ok", action="store_true", help="accept a time in the past (goes out at once, late)")
+    p.add_argument("--with-translation", action="store_true", help="hold it until its translation exists")
     p.set_defaults(handler=cmd_schedule)
 
     p = sub.add_parser("publish", help="publish a notice now, with a progress bar",
-                       description="Allocate the notice's number, plan one delivery per subscriber of its "
-                                   "topics, and send them now, showing progress. Interrupting (Ctrl-C) stops "
-                                   "cleanly; the daemon (or publish again) finishes what is left.")
+                       description="Show the number the notice will take, its topics and its recipients per "
+                                   "language, ask for confirmation, then allocate the number, plan one delivery "
+                                   "per subscriber of its topics (with its translation, each subscriber gets the "
+                                   "version in their language) and send them now, showing progress. A notice "
+                                   "nobody would receive is refused. Interrupting (Ctrl-C) stops cleanly; the "
+                                   "daemon (or publish again) finishes what is left.")
     p.add_argument("notice", metavar="NOTICE", help="number or id")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (scripts)")
     p.add_argument("--no-wait", action="store_true", help="only start it: the daemon sends it")
     p.set_defaults(handler=cmd_publish)
 
@@ -110,6 +122,50 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                     "reported with their line numbers and skipped (exit status 1).")
     p.add_argument("file", metavar="FILE.csv")
     p.set_defaults(handler=cmd_subscribers_import)
+    states = ["pending", "active", "bouncing", "disabled", "unsubscribed"]
+    p = ssub.add_parser("list", help="subscribers with their topics, language and state",
+                        description="List subscribers: pending (asked by mail, not confirmed), active, bouncing "
+                                    "(hard bounces below the threshold), disabled (bounces), unsubscribed.")
+    p.add_argument("--state", choices=states)
+    p.add_argument("--topic", help="only subscribers of this topic")
+    p.add_argument("--search", default="", help="only addresses containing this")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=cmd_subscribers_list)
+    p = ssub.add_parser("show", help="one subscriber: topics, language, state and history")
+    p.add_argument("email")
+    p.set_defaults(handler=cmd_subscribers_show)
+    p = ssub.add_parser("remove", help="delete a subscriber and their records (erasure)",
+                        description="Delete a subscriber with their subscriptions, delivery and bounce records "
+                                    "and pending requests. To stop mail but keep the record, use the "
+                                    "unsubscribe link or 'unsubscribe' by mail instead.")
+    p.add_argument("email")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_subscribers_remove)
+    p = ssub.add_parser("export", help="write subscribers as CSV (email,topics,language,state,created_at,"
+                                      "hard_bounces); re-importable")
+    p.add_argument("--state", choices=states)
+    p.add_argument("--topic")
+    p.add_argument("--out", metavar="FILE", default="-", help="the CSV file (default: stdout)")
+    p.set_defaults(handler=cmd_subscribers_export)
+
+    p = subparsers.add_parser(
+        "secrets", help="the CSMS signing secrets: rotate them",
+        description="The secrets that sign the links in notices (unsubscribe, preferences, confirmations) and "
+                    "the VERP return paths. 'rotate' puts a new secret on top of [csms] secret_file (or the "
+                    "generated state-dir file) and keeps the previous ones, which still verify the links "
+                    "already sent; every running instance picks the new file up within seconds.")
+    ssec = p.add_subparsers(dest="secrets_command", metavar="ACTION")
+    ssec.required = True
+    p = ssec.add_parser("rotate", help="sign with a new secret; keep accepting the previous ones")
+    p.add_argument("--keep", type=int, default=2, help="previous secrets still accepted (default: 2)")
+    p.set_defaults(handler=cmd_secrets_rotate)
+    p = ssec.add_parser("show", help="the key ids in the ring (never the secrets)")
+    p.set_defaults(handler=cmd_secrets_show)
+
+    p = sub.add_parser("dkim-record", help="the DNS TXT record of the DKIM key ([csms] dkim_key_file)",
+                       description="Print the name and value of the TXT record that publishes the public half of "
+                                   "[csms] dkim_key_file, for the mailbox providers to verify notices with.")
+    p.set_defaults(handler=cmd_dkim_record)
 
     p = sub.add_parser("topics", help="list topics with their active subscribers (or add topics)")
     p.add_argument("--add", metavar="NAME", action="append", default=[], help="create a topic (repeatable)")
@@ -184,6 +240,17 @@ def _find(session: Any, ref: str) -> Any:
         raise CommandError(str(exc)) from None
 
 
+def _check_time(at: dt.datetime, late_ok: bool) -> None:
+    from csms.guards import check_schedule_time
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    try:
+        check_schedule_time(at, utcnow(), late_ok=late_ok)
+    except CsmsError as exc:
+        raise CommandError(f"--at {exc}") from None
+
+
 def _label(notice: Any) -> str:
     return f"CSMS #{notice.number}" if notice.number else f"notice {notice.id}"
 
@@ -219,6 +286,8 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
     if not body.strip():
         raise CommandError("the body is empty")
     at = parse_et(args.at) if args.at else None
+    if at is not None:
+        _check_time(at, args.late_ok)
     call = parse_et(args.support_call, "--support-call") if args.support_call else None
     deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
     days = _days(args.days_before) if deadline else []
@@ -229,11 +298,12 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
             notice = service.create_notice(
                 session, title=args.title, type=args.type, body=body, topics=_resolve_topics(session, _split(args.topic)),
                 tags=_split(args.tag), related=args.related, language=args.language, author=args.author,
-                translation_of=original, scheduled_at=at)
+                translation_of=original, scheduled_at=at, hold_for_translation=args.with_translation)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
         reminders = _derive(session, lazy.config, notice, call, deadline, days)
-        print(f"notice {notice.id} created: {notice.status}"
+        held = " (held until its translation exists)" if args.with_translation else ""
+        print(f"notice {notice.id} created: {notice.status}{held}"
               + (f", to be published {fmt_et(at)}" if at else " (schedule it with 'acedesk csms schedule "
                  f"{notice.id} --at ...' or publish it with 'acedesk csms publish {notice.id}')"))
         for r in reminders:
@@ -257,6 +327,14 @@ def _derive(session: Any, config: Any, parent: Any, call: dt.datetime | None, de
                                               language=parent.language, now=utcnow())
         if not plans:
             raise CommandError("every reminder day before that deadline is already past")
+    from csms.guards import check_schedule_time
+
+    for plan in plans:
+        try:
+            check_schedule_time(plan.send_at, utcnow(), late_ok=False)
+        except service.CsmsError:
+            raise CommandError(f"the reminder {plan.title!r} would be due {fmt_et(plan.send_at)}, which is past: "
+                               "check the event's time") from None
     created = []
     for plan in plans:
         created.append(service.create_notice(
@@ -284,24 +362,27 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, lazy: Any) -> int:
-    from csms import headers, render, service
+    from csms import guards, headers
     from csms.tokens import UNSUBSCRIBE
     from daemon.notices.fanout import load_signer
+    from models.base import utcnow
 
-    with lazy.ctx.sessions() as session:
-        notice = _find(session, args.notice)
-        view = service.view(session, notice)
     signer = load_signer(lazy.config)
     # A token for no one (subscriber 0): the links look real and unsubscribe nobody.
     token = signer.make(UNSUBSCRIBE, 0, 3600)
     base = lazy.config.csms.base_url
-    rendered = render.render_for(view, args.email, ", ".join(view.topics), headers.unsubscribe_url(base, token),
-                                 headers.manage_url(base, token))
+    with lazy.ctx.sessions() as session:
+        notice = _find(session, args.notice)
+        shown = guards.preview(session, notice, email=args.email, unsubscribe_url=headers.unsubscribe_url(base, token),
+                               manage_url=headers.manage_url(base, token), now=utcnow())
+    print(f"[{shown.label}, dated {shown.date}]", file=sys.stderr)
+    for what in shown.removed:
+        print(f"[the sanitiser removes from the body: {what}]", file=sys.stderr)
     if args.html:
-        print(rendered.html)
+        print(shown.rendered.html)
     else:
-        print(f"Subject: {rendered.subject}\n")
-        print(rendered.text)
+        print(f"Subject: {shown.rendered.subject}\n")
+        print(shown.rendered.text)
     return 0
 
 
@@ -311,12 +392,15 @@ def cmd_schedule(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
 
     at = parse_et(args.at)
+    _check_time(at, args.late_ok)
     with transaction(lazy.ctx.sessions) as session:
         notice = _find(session, args.notice)
         try:
             service.schedule(session, notice, at)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        if args.with_translation:
+            notice.hold_for_translation = True
     soon = " (already due: the daemon publishes it at its next sweep)" if at <= utcnow() else ""
     print(f"{_label(notice)} scheduled for {fmt_et(at)}{soon}")
     return 0
@@ -336,10 +420,20 @@ def cmd_cancel(args: argparse.Namespace, lazy: Any) -> int:
     return 0
 
 
+def _confirmed() -> bool:
+    """Ask on the terminal; without one, refuse (a script must say --yes)."""
+    if not sys.stdin.isatty():
+        raise CommandError("publishing asks for confirmation: add --yes to publish without asking")
+    try:
+        return input("Publish it now? [y/N] ").strip().lower() in ("y", "yes", "s", "si", "sí")
+    except EOFError:
+        return False
+
+
 def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
-    from csms import service
+    from csms import guards, service
     from models.base import utcnow
-    from models.csms import DONE
+    from models.csms import DONE, PUBLISHING
     from models.session import transaction
 
     cfg = lazy.config.csms
@@ -349,6 +443,16 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
             c = service.counts(session, notice.id)
             print(f"{_label(notice)} was already published: {c['sent']} sent, {c['failed']} failed")
             return 0
+        if notice.status != PUBLISHING:
+            try:
+                plan = guards.plan(session, notice, number_start=cfg.number_start)
+            except service.CsmsError as exc:
+                raise CommandError(str(exc)) from None
+            for line in guards.describe_plan(plan):
+                print(line)
+            if not args.yes and not _confirmed():
+                print("not published")
+                return 1
         try:
             total = service.start_publish(session, notice, utcnow(), number_start=cfg.number_start,
                                           late_after=cfg.late_after)
@@ -591,4 +695,127 @@ def cmd_archive(args: argparse.Namespace, lazy: Any) -> int:
 
     root, count = write_archive(lazy.ctx)
     print(f"archive of {count} published notice(s) written to {root} (index.html, atom.xml)")
+    return 0
+
+
+# --- subscribers and secrets ----------------------------------------------------------------
+
+
+def _roster_error(exc: Exception) -> CommandError:
+    return CommandError(str(exc))
+
+
+def cmd_subscribers_list(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        try:
+            rows = roster.entries(session, now=utcnow(), window_days=lazy.config.csms.bounce_window_days,
+                                  state=args.state, topic=args.topic, search=args.search, limit=args.limit or None)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    if not rows:
+        print("no subscribers")
+        return 0
+    width = max(len(r.email) for r in rows)
+    print(f"{'email':<{width}}  {'state':<12} lang  topics")
+    for r in rows:
+        print(f"{r.email:<{width}}  {r.state:<12} {r.language:<4}  {'; '.join(r.topics) or '-'}")
+    print(f"{len(rows)} subscriber(s)")
+    return 0
+
+
+def cmd_subscribers_show(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        try:
+            d = roster.detail(session, args.email, now=utcnow(), window_days=lazy.config.csms.bounce_window_days)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    e = d.entry
+    print(f"{e.email} (subscriber {e.id})")
+    print(f"  state:     {e.state}" + (f" ({e.hard_bounces} hard bounce(s) in "
+                                       f"{lazy.config.csms.bounce_window_days} days)" if e.hard_bounces else ""))
+    print(f"  language:  {e.language}")
+    print(f"  topics:    {'; '.join(e.topics) or '-'}")
+    print(f"  notices sent: {d.notices_sent}")
+    print("  history:")
+    for event in d.history:
+        print(f"    {fmt_et(event.at)}  {event.what}")
+    return 0
+
+
+def cmd_subscribers_remove(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from csms.service import CsmsError
+    from models.session import transaction
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("removing asks for confirmation: add --yes to remove without asking")
+        if input(f"Remove {args.email} and all their records? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not removed")
+            return 1
+    with transaction(lazy.ctx.sessions) as session:
+        try:
+            sid = roster.remove(session, args.email)
+        except CsmsError as exc:
+            raise _roster_error(exc) from None
+    print(f"subscriber {sid} ({args.email.strip().lower()}) removed")
+    return 0
+
+
+def cmd_subscribers_export(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import roster
+    from models.base import utcnow
+
+    with lazy.ctx.sessions() as session:
+        rows = roster.entries(session, now=utcnow(), window_days=lazy.config.csms.bounce_window_days,
+                              state=args.state, topic=args.topic)
+    text = roster.export_csv(rows)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            with open(args.out, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise CommandError(f"{args.out}: {exc.strerror}") from None
+        print(f"{len(rows)} subscriber(s) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_secrets_rotate(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    path, new, kept = keys.rotate(lazy.config, args.keep)
+    print(f"new signing secret {new} in {path}; still accepted: {', '.join(kept) or 'none'}")
+    print("running instances sign with it within seconds; copy the file to every instance that does not share it")
+    return 0
+
+
+def cmd_secrets_show(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    signer = keys.load_signer(lazy.config)
+    where = keys.secret_path(lazy.config) or f"${lazy.config.csms.secret_env}"
+    print(f"signing with {signer.kid}; accepted: {', '.join(signer.key_ids)} ({where})")
+    return 0
+
+
+def cmd_dkim_record(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.notices import keys
+
+    key = keys.dkim_key(lazy.config)
+    if key is None:
+        raise CommandError("[csms] dkim_key_file is not set: notices go out unsigned")
+    record = key.public_record().decode()
+    # A DNS character-string holds at most 255 octets: a 2048-bit key spans two.
+    chunks = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
+    print(f"{key.selector}._domainkey.{key.domain}. IN TXT {chunks}")
     return 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -50,11 +51,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from csms import service
-from csms.message import MessageTemplate, Sender
+from csms.message import MessageTemplate, Sender, TemplateSet
 from csms.render import NoticeView
 from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
-from daemon.config import Config, signing_secret
+from daemon.config import Config
+from daemon.notices import keys
 from daemon.context import AppContext
 from daemon.delivery.sender import Sender as MailSender, make_sender, retry_delay
 from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, SendResult
@@ -64,7 +66,6 @@ from models.session import transaction
 
 log = logging.getLogger("acedesk.csms.fanout")
 
-SECRET_FILE = "csms.secret"
 #: Seconds of history behind :attr:`Progress.rate`.
 RATE_WINDOW = 5.0
 
@@ -87,13 +88,9 @@ class Progress:
 
 
 def load_signer(config: Config) -> Signer:
-    """The signer of unsubscribe tokens and VERP addresses: ``[csms] secret_env``/``secret_file``,
-    else a per-install secret generated once as ``<state_dir>/csms.secret`` (mode 0600).
-
-    The one-click unsubscribe endpoint must verify with this same signer.
-    """
-    cfg = config.csms
-    return Signer(signing_secret(config, "csms", cfg.secret_env, cfg.secret_file, SECRET_FILE))
+    """The signer of unsubscribe tokens and VERP addresses (:mod:`daemon.notices.keys`); the
+    one-click unsubscribe endpoint verifies with the same ring."""
+    return keys.load_signer(config)
 
 
 def sender_of(config: Config) -> Sender:
@@ -122,7 +119,7 @@ class _Start:
     number: int
     total: int
     counts: dict[str, int]
-    view: NoticeView | None
+    view: list[NoticeView] | None
 
 
 class _Fanout:
@@ -168,15 +165,19 @@ class _Fanout:
             view = None
             if held:
                 s.refresh(notice)
-                view = service.view(s, notice)
+                # Every published language version: each subscriber's is chosen when their turn comes.
+                view = [service.view(s, v) for v in service.versions(s, notice)]
                 s.expunge(notice)
                 self.notice = notice
             return _Start(held, notice.number or 0, notice.total, counts, view)
 
-    def _template(self, view: NoticeView) -> MessageTemplate:
-        """The notice rendered once, ready to be personalised."""
-        return MessageTemplate(view, sender_of(self.config), load_signer(self.config),
-                               self.cfg.unsubscribe_token_days * 86400.0, boundary_seed=secrets.token_hex(6))
+    def _template(self, views: list[NoticeView]) -> TemplateSet:
+        """The notice's language versions rendered once (and DKIM-prepared), ready to be personalised."""
+        signer, key, seed = load_signer(self.config), keys.dkim_key(self.config), secrets.token_hex(6)
+        ttl = self.cfg.unsubscribe_token_days * 86400.0
+        return TemplateSet({v.language: MessageTemplate(v, sender_of(self.config), signer, ttl, boundary_seed=seed,
+                                                        dkim=key) for v in reversed(views)},
+                           default=views[0].language)
 
     def _fetch(self, after_id: int) -> list[DueDelivery]:
         assert self.notice is not None
@@ -306,7 +307,7 @@ class _Fanout:
     # -- sending --
 
     async def worker(self, queue: asyncio.Queue[DueDelivery | None], sender: MailSender,
-                     template: MessageTemplate) -> None:
+                     template: TemplateSet) -> None:
         while (delivery := await queue.get()) is not None:
             if not await self.lease_ok():
                 continue   # stopping: what is queued stays pending for the next run
@@ -316,7 +317,8 @@ class _Fanout:
                                             "not sent: unsubscribed or disabled before delivery"))
                 continue
             try:
-                mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics)
+                mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics,
+                                                 delivery.language)
             except ValueError as exc:
                 self.failed += 1
                 self.results.append(Outcome(delivery.id, delivery.subscriber_id, "permanent", f"554 {exc}"))
@@ -327,9 +329,10 @@ class _Fanout:
             except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
                 log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
                 result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
-            self.results.append(self.outcome(delivery, result))
+            self.results.append(dataclasses.replace(self.outcome(delivery, result),
+                                                    language=template.language_for(delivery.language)))
 
-    async def sweep(self, sender: MailSender, template: MessageTemplate) -> None:
+    async def sweep(self, sender: MailSender, template: TemplateSet) -> None:
         """Send every delivery due now, in id order, and commit every result."""
         queue: asyncio.Queue[DueDelivery | None] = asyncio.Queue(maxsize=2 * self.cfg.chunk_size)
         workers = [asyncio.create_task(self.worker(queue, sender, template))

@@ -40,7 +40,9 @@ from daemon.runner import run_loop
 from models.base import utcnow
 from models.csms import (
     DONE,
+    DRAFT,
     PUBLISHING,
+    SCHEDULED,
     Notice,
 )
 from models.session import transaction
@@ -106,8 +108,19 @@ def start_due(ctx: AppContext, now: dt.datetime | None = None) -> list[int]:
                             f"{to_et(scheduled):%Y-%m-%d %H:%M} ET", _duration(now - scheduled))
             started.append(notice_id)
         except service.CsmsError as exc:
-            log.warning("notice %s not started: %s", notice_id, exc)
+            _not_started(ctx, notice_id, now, exc)
     return started
+
+
+def _not_started(ctx: AppContext, notice_id: int, now: dt.datetime, exc: service.CsmsError) -> None:
+    """A due notice nobody would receive goes back to draft, so that it never goes out by surprise
+    when someone subscribes months later.  (One held for its translation is not due until it exists.)"""
+    with transaction(ctx.sessions) as session:
+        notice = session.get(Notice, notice_id)
+        if notice is None or notice.status != SCHEDULED:
+            return
+        notice.status = DRAFT
+    log.warning("notice %s not published; back to draft: %s", notice_id, exc)
 
 
 def _duration(delta: dt.timedelta) -> str:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from csms import audience, service, subscribers
+from csms import audience, guards, service, subscribers
 from csms.commands import match_topics
 from csms.render import ET, NoticeView, render_for, to_et
 from daemon.web.app import web_of
@@ -104,6 +104,9 @@ async def compose(request: Request) -> Response:
         fields = _fields(form, topics)
         try:
             at = parse_et(str(form.get("at", "")))
+            if at is not None:
+                # The guard rail the CLI has too: a mistyped year must not send a notice within seconds.
+                guards.check_schedule_time(at, utcnow(), late_ok=form.get("late_ok") == "1")
 
             def create(session: Session) -> int:
                 notice = service.create_notice(session, title=fields["title"], type=fields["type"],
@@ -128,20 +131,27 @@ async def preview(request: Request) -> Response:
     return JSONResponse(preview_of(_fields(await request.form(), topics)))
 
 
-def _notice_view(session: Session, notice_id: int) -> dict[str, Any]:
+def _notice_view(session: Session, notice_id: int, number_start: int) -> dict[str, Any]:
     notice = session.get(Notice, notice_id)
     if notice is None:
         raise HTTPException(404, f"no notice {notice_id}")
     view = service.view(session, notice)
     rendered = render_for(view, "subscriber@example.com", ", ".join(view.topics), "#unsubscribe", "#preferences")
+    plan, refusal = [], ""
+    if notice.status in (DRAFT, SCHEDULED):
+        # The shared guard rails: the number it will take, recipients per language; or why not.
+        try:
+            plan = guards.describe_plan(guards.plan(session, notice, number_start=number_start))
+        except service.CsmsError as exc:
+            refusal = str(exc)
     return {"notice": notice, "rendered": rendered, "audience": audience.audience(session, notice),
-            "counts": service.counts(session, notice.id)}
+            "counts": service.counts(session, notice.id), "plan": plan, "refusal": refusal}
 
 
 async def notice_page(request: Request) -> Response:
     await require(request)
     web = web_of(request)
-    view = await web.read(lambda s: _notice_view(s, request.path_params["notice_id"]))
+    view = await web.read(lambda s: _notice_view(s, request.path_params["notice_id"], web.config.csms.number_start))
     return web.page(request, "csms_notice.html", et=to_et, editable=view["notice"].status in (DRAFT, SCHEDULED),
                     **view)
 
@@ -149,7 +159,7 @@ async def notice_page(request: Request) -> Response:
 async def confirm_publish(request: Request) -> Response:
     await require(request, PUBLISHER)
     web = web_of(request)
-    view = await web.read(lambda s: _notice_view(s, request.path_params["notice_id"]))
+    view = await web.read(lambda s: _notice_view(s, request.path_params["notice_id"], web.config.csms.number_start))
     return web.page(request, "csms_confirm.html", et=to_et, **view)
 
 
@@ -204,6 +214,8 @@ async def schedule_or_cancel(request: Request) -> Response:
         at = parse_et(str(form.get("at", ""))) if action == "schedule" else None
         if action == "schedule" and at is None:
             raise FormError("give a date and time (Eastern) to schedule it")
+        if at is not None:
+            guards.check_schedule_time(at, utcnow(), late_ok=form.get("late_ok") == "1")
 
         def change(session: Session) -> str:
             notice = session.get(Notice, notice_id)

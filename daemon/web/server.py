@@ -128,5 +128,6 @@ def make_components(ctx: AppContext) -> list[Any]:
     """The web server, when ``[web] enabled``."""
     if not ctx.config.web.enabled:
         return []
-    from daemon.notices.fanout import load_signer
-    return [WebServer(ctx, load_signer(ctx.config))]
+    from daemon.notices.keys import KeyRing
+    # The ring follows a rotation of the secret file (acedesk secrets rotate) without a restart.
+    return [WebServer(ctx, KeyRing(ctx.config))]  # type: ignore[arg-type]
