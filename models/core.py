@@ -41,7 +41,9 @@ DONE = "done"
 CSMS = "csms"
 QUARANTINED = "quarantined"
 FAILED = "failed"
-STATES = (NEW, PARSED, CLASSIFIED, CSMS, DONE, QUARANTINED, FAILED)
+STATES = (NEW, PARSED, SCREENED, CLASSIFIED, CSMS, DONE, QUARANTINED, FAILED)
+#: States in which a message waits for a stage (the backlog).
+WAITING = (NEW, PARSED, SCREENED, CLASSIFIED, CSMS)
 
 
 class Mailbox(Base):

@@ -18,7 +18,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from models.classification import LabelCorrection
-from models.core import CLASSIFIED, CSMS, NEW, PARSED, InboundMessage
+from models.core import WAITING, InboundMessage
 from models.responders import TRIAGE_OPEN, ResponseRecord, Ticket, TriageItem
 
 #: Seed 002: at least this share of first responses within the target.
@@ -145,6 +145,6 @@ def sla(session: Session, since: dt.datetime, until: dt.datetime, target_hours: 
         "triage_open": session.scalar(select(func.count()).select_from(TriageItem)
                                       .where(TriageItem.status == TRIAGE_OPEN)) or 0,
         "waiting_for_pipeline": session.scalar(select(func.count()).select_from(InboundMessage)
-                                               .where(InboundMessage.state.in_((NEW, PARSED, CLASSIFIED, CSMS)))) or 0,
+                                               .where(InboundMessage.state.in_(WAITING))) or 0,
     }
     return figures

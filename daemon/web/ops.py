@@ -24,12 +24,13 @@ from starlette.routing import Route
 from daemon.metrics import REGISTRY
 from daemon.web.app import web_of
 from models.base import utcnow
-from models.core import CLASSIFIED, CSMS, NEW, PARSED, InboundMessage
+from models.core import WAITING as WAITING_STATES
+from models.core import InboundMessage
 from models.csms import Delivery
 from models.outbox import PENDING, SENDING, OutboxMessage
 from models.responders import TRIAGE_OPEN, TriageItem
 
-WAITING = (NEW, PARSED, CLASSIFIED, CSMS)
+WAITING = WAITING_STATES
 
 
 @dataclass(frozen=True)
