@@ -4,15 +4,14 @@ restoration of ACE Portal accounts for cybersecurity).
 A user is ``active``, ``inactive`` or ``suspended`` (by security), with who
 changed it, when and why; every change is written to the audit log.  The
 check :func:`held_status` is pure: a message from (or about) an account that
-is not active never gets self-service account help -- :func:`hold` sends it
-to the queue flagged for security, and any reply becomes the one that
-discloses nothing.
+is not active never gets self-service account help -- the policy step
+``account_status`` (``responders.policy.DECIDE``) sends it to the queue
+flagged for security, and any reply becomes the one that discloses nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,10 +19,9 @@ from sqlalchemy.orm import Session
 from models.base import utcnow
 from models.core import AuditEntry
 from models.responders import USER_ACTIVE, USER_INACTIVE, USER_STATUSES, USER_SUSPENDED, User
-from responders.policy import DROP_ACTION, SECURITY_NEUTRAL, TRIAGE, Decision
 
 __all__ = ["USER_ACTIVE", "USER_INACTIVE", "USER_SUSPENDED", "USER_STATUSES", "AccountError", "held_status",
-           "hold", "load_held", "set_status"]
+           "load_held", "set_status"]
 
 
 class AccountError(Exception):
@@ -56,16 +54,6 @@ def load_held(session: Session, senders: Iterable[str], user_ids: Iterable[str])
         return []
     return list(session.scalars(select(User).where(User.status != USER_ACTIVE,
                                                    User.email.in_(senders) | User.user_id.in_(ids))))
-
-
-def hold(decision: Decision, status: str | None) -> Decision:
-    """Return ``decision`` for an account that is ``status``: security triage, a reply that says nothing."""
-    if status is None or decision.kind == DROP_ACTION:
-        return decision
-    template = SECURITY_NEUTRAL if decision.template else None
-    return replace(decision, kind=TRIAGE, template=template, to=decision.to if template else None, security=True,
-                   reasons=decision.reasons + (f"account_status: the account is {status}: no self-service "
-                                               "account help, flagged for security",))
 
 
 def set_status(session: Session, user_id: str, status: str, reason: str, by: str) -> tuple[User, str]:

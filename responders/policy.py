@@ -82,6 +82,9 @@ class Draft:
     to_on_file: bool = False
     reasons: list[str] = field(default_factory=list)
     final: bool = False
+    #: The status of the account the message is from or about when it is not active
+    #: (``inactive``, ``suspended``; ``responders.accounts.held_status``), else None.
+    held: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,8 @@ def screened_drop(d: Draft) -> str | None:
 def followup_to_triage(d: Draft) -> str | None:
     if not d.followup:
         return None
-    d.kind, d.template, d.to, d.security, d.final = TRIAGE, None, None, d.verification.impersonation, True
+    d.kind, d.template, d.to, d.final = TRIAGE, None, None, True
+    d.security = d.verification.impersonation or d.held is not None
     return "follow-up on an existing ticket"
 
 
@@ -143,6 +147,16 @@ def impersonation(d: Draft) -> str | None:
     return "looks like impersonation: flagged for security"
 
 
+def account_status(d: Draft) -> str | None:
+    # Seed 002: accounts inactivated for cybersecurity get no self-service account help.
+    if d.held is None:
+        return None
+    d.kind, d.security = TRIAGE, True
+    if d.template:
+        d.template = SECURITY_NEUTRAL
+    return f"the account is {d.held}: no self-service account help, flagged for security"
+
+
 def policy_drop(d: Draft) -> str | None:
     if d.kind != DROP_ACTION:
         return None
@@ -168,14 +182,16 @@ DECIDE: tuple[Step, ...] = (
          "account answers only to a verified user, only to the address on file"),
     Step("impersonation", impersonation, "impersonation goes to security triage; account templates neutral"),
     Step("policy_drop", policy_drop, "the table said drop"),
+    Step("account_status", account_status,
+         "an inactive or suspended account: security triage, and a reply (if any) that discloses nothing"),
     Step("no_automatic_answer", no_automatic_answer, "a reply to our auto-reply, or the cap: no answer"),
 )
 
 
 def decide(label: str, confidence: float, auto: bool | None, verification: Verification, screen: Screen,
-           sender: str, rules: list[PolicyRule], followup: bool = False) -> Decision:
+           sender: str, rules: list[PolicyRule], followup: bool = False, held: str | None = None) -> Decision:
     """Return what to do with one message: :data:`DECIDE` run over the facts (pure)."""
-    d = Draft(label, confidence, auto, verification, screen, sender, rules, followup)
+    d = Draft(label, confidence, auto, verification, screen, sender, rules, followup, held=held)
     for step in DECIDE:
         why = step.apply(d)
         if why is not None:

@@ -39,7 +39,7 @@ from models.responders import (
     User,
 )
 from responders import incidents
-from responders.accounts import held_status, hold, load_held
+from responders.accounts import held_status, load_held
 from responders.articles import Library, links_context, load_library
 from responders.escalation import EscalationConfig
 from responders.hours import DeskHours
@@ -129,10 +129,9 @@ def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: fl
                         autoreply_max=cfg.autoreply_max, duplicate_of=duplicate_of)
     screened = screen(msg, ctx)
     verification = verify(msg, directory, cfg.trusted_authserv_ids, responder.border_hosts, dkim_ok)
+    # An inactive or suspended account never gets self-service account help (policy step account_status).
     decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
-                      followup=followup)
-    # An inactive or suspended account never gets self-service account help (responders.accounts).
-    decision = hold(decision, held_status(held, msg.sender, verification.user_id))
+                      followup=followup, held=held_status(held, msg.sender, verification.user_id))
     prio, why = priority(label, msg.classifier_text, verification.status == VERIFIED)
     return Plan(screened, verification, decision, language, prio, tuple(why), label, confidence)
 

@@ -31,7 +31,7 @@ from models.csms import DRAFT, Notice
 from models.duties import Incident, IncidentReport
 from models.outbox import OutboxMessage
 from models.parsed import ParsedMessage
-from models.responders import Ticket, TriageItem
+from models.responders import ResponseRecord, Ticket, TriageItem
 from models.session import transaction
 from responders import report
 from responders.articles import load_library, parse_articles_csv, seed_shipped, shipped_articles
@@ -264,6 +264,8 @@ def test_a_suspended_account_gets_no_account_help_until_restored(sessions, engin
     body = text_of(reply)
     with sessions() as s:
         assert s.scalars(select(OutboxMessage)).one().template == "security_neutral"
+        record = s.scalars(select(ResponseRecord)).one()
+        assert any(r.startswith("account_status: the account is suspended") for r in record.reasons)
     assert "Alice" not in body and "suspend" not in body.lower() and "ALICE01" not in body
     # Nor does an analyst hand it out by approving the item.
     assert cli(tmp_path, engine, "queue", "approve", str(item.id)) == 2

@@ -379,6 +379,7 @@ def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
     from daemon.cli.dry_run import dumps, triage
     from daemon.stages.respond import desk_info, ingress_border
     from models.responders import User
+    from responders.hours import DeskHours
     from responders.render import Renderer
     from responders.service import Responder
 
@@ -386,7 +387,8 @@ def cmd_triage(args: argparse.Namespace, lazy: Any) -> int:
     cfg = config.responders
     responder = Responder(cfg=cfg, desk=desk_info(config), secret=_dry_secret(config),
                           renderer=Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None),
-                          extra_border_hosts=ingress_border(config))
+                          extra_border_hosts=ingress_border(config), hours=DeskHours(config.hours),
+                          incidents=config.incidents, escalation=config.escalation)
     model, model_note = _load_model(lazy)
     session = None
     db_note = None
