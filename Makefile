@@ -1,6 +1,6 @@
 # The two commands (see README):
 #   make run   - set up (venv, database) and run the daemon on the embedded default
-#   make test  - set up (venv, Dovecot) and run the whole test suite
+#   make test  - set up (venv, Dovecot), lint (ruff), type-check (mypy; strict on the domain) and run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -15,6 +15,8 @@ run: setup
 
 test: setup
 	@scripts/setup.sh --test-services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

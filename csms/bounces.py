@@ -58,7 +58,7 @@ def parse_dsn(raw: bytes) -> list[BounceReport]:
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
-        blocks: list[Message] = payload if isinstance(payload, list) else []
+        blocks: list[Message] = [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
         if not blocks and isinstance(payload, str):
             # Some MTAs mislabel the part's encoding; parse the text as header blocks.
             blocks = [email.message_from_string(chunk) for chunk in re.split(r"\r?\n\r?\n", payload) if chunk.strip()]

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import jinja2
+from markupsafe import Markup
 
 from csms import markdown
 
@@ -136,7 +137,7 @@ def render(notice: NoticeView, recipient: dict[str, str] | None = None) -> Rende
     text = _TEXT_ENV.get_template("notice.txt.j2").render(
         body_text=markdown.to_text(notice.body), **context)
     html = _HTML_ENV.get_template("notice.html.j2").render(
-        body_html=jinja2.utils.markupsafe.Markup(markdown.to_html(notice.body)), **context)
+        body_html=Markup(markdown.to_html(notice.body)), **context)
     return Rendered(subject=notice.subject, text=text, html=html)
 
 

@@ -7,20 +7,20 @@ SQLAlchemy only: no sockets, no SMTP (those live in ``daemon/``).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import email.utils
-import io
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from csms.service import CsmsError, ensure_topics
 from models.base import utcnow
+from models.csvfile import read_rows
 from models.csms import (
     ACTIVE,
     DISABLED,
@@ -84,7 +84,7 @@ def import_subscribers(session: Session, rows: Sequence[tuple[str, list[str], st
     for sid, tid in session.execute(select(Subscription.subscriber_id, Subscription.topic_id)
                                     .where(Subscription.subscriber_id.in_(list(ids.values())))):
         current.setdefault(sid, set()).add(tid)
-    add: list[dict] = []
+    add: list[dict[str, Any]] = []
     remove: list[tuple[int, int]] = []
     for email_address, sid in ids.items():
         topics, lang = by_email[email_address]
@@ -268,22 +268,16 @@ def parse_subscribers_csv(text: str) -> tuple[list[tuple[int, str, list[str], st
     ``;``-separated; language ``en`` or ``es``, empty = ``en``).  A bad row is
     reported with its line number and left out; the others go on.
     """
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in reader.fieldnames or []]
-    missing = [c for c in ("email", "topics") if c not in header]
+    table = read_rows(text, ("email", "topics", "language"))
+    if not table.header:
+        return [], [CsvProblem(line, message) for line, message in table.errors]
+    missing = [c for c in ("email", "topics") if c not in table.header]
     if missing:
         return [], [CsvProblem(1, f"the header row must name the columns email,topics,language "
                                   f"(missing: {', '.join(missing)})")]
-    reader.fieldnames = header
     rows: list[tuple[int, str, list[str], str]] = []
-    problems: list[CsvProblem] = []
-    start = 2
-    for record in reader:
-        line = start
-        start = reader.line_num + 1
-        if None in record:
-            problems.append(CsvProblem(line, "more columns than the header names"))
-            continue
+    problems: list[CsvProblem] = [CsvProblem(line, message) for line, message in table.errors]
+    for line, record in table.records:
         address = (record.get("email") or "").strip()
         topics = [t.strip() for t in (record.get("topics") or "").split(";") if t.strip()]
         language = (record.get("language") or "").strip().lower() or "en"

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from daemon import duties
 from daemon.context import AppContext
@@ -187,7 +188,8 @@ class Supervisor:
         timeout = self.ctx.config.daemon.shutdown_timeout
         everything = asyncio.ensure_future(asyncio.gather(*self.tasks, return_exceptions=True))
         force = asyncio.ensure_future(self.force.wait())
-        await asyncio.wait([everything, force], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [everything, force]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         force.cancel()
         pending = [t for t in self.tasks if not t.done()]
         if pending:

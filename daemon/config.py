@@ -388,7 +388,7 @@ def build_section(cls: type, raw: Any, where: str) -> Any:
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_section(tp, value, key)
     if origin is Literal:
         if value not in args:

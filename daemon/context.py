@@ -26,7 +26,7 @@ class AppContext:
     #: Named wake-ups: ``pipeline`` (new inbound rows), ``outbox`` (new outgoing mail), ``csms``.
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     #: Called on SIGHUP (templates, classifier model); each must not raise.
-    reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    reload_hooks: list[Callable[[], object]] = field(default_factory=list)
     #: In a worker process (no event loop): passes a wake-up to the main process (see daemon.processes).
     remote_wake: Callable[[str], None] | None = None
 
@@ -74,11 +74,15 @@ def instance_name(config: Config) -> str:
     return config.daemon.instance_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def make_context(config: Config) -> AppContext:
-    """Return a context with an engine for the configured database."""
+def make_context(config: Config, *, create: bool = True) -> AppContext:
+    """Return a context with an engine for the configured database.
+
+    Raises:
+        DatabaseMissing: ``create`` is false and the SQLite file does not exist.
+    """
     engine = make_engine(
         config.database.url, echo=config.database.echo, pool_size=config.database.pool_size,
-        base_dir=config.base_dir,
+        base_dir=config.base_dir, create=create,
     )
     return AppContext(config=config, engine=engine, sessions=make_sessionmaker(engine),
                       instance=instance_name(config))

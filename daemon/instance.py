@@ -90,7 +90,8 @@ def release_dead_leases(sessions: sessionmaker[Session]) -> int:
                 result = session.execute(update(model).where(model.lease_owner.in_(dead))
                                          .values(lease_owner=None, lease_until=None)
                                          .execution_options(synchronize_session=False))
-                freed += result.rowcount
-                log.info("took over %d %s lease(s) of %s (process gone)", result.rowcount,
-                         model.__tablename__, ", ".join(dead))
+                count = int(result.rowcount)  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+                freed += count
+                log.info("took over %d %s lease(s) of %s (process gone)", count, model.__tablename__,
+                         ", ".join(o for o in dead if o))
     return freed

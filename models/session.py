@@ -30,23 +30,34 @@ from sqlalchemy.orm import Session, sessionmaker
 WRITER = "acedesk_writer"
 
 
-def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, base_dir: str | None = None) -> Engine:
-    """Return an engine for ``url``; a relative SQLite path is taken from ``base_dir``."""
+class DatabaseMissing(Exception):
+    """The SQLite database file does not exist, and this command does not create one."""
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, base_dir: str | None = None,
+                create: bool = True) -> Engine:
+    """Return an engine for ``url``; a relative SQLite path is taken from ``base_dir``.
+
+    With ``create=False`` a missing SQLite file (or its folder) is not created:
+    :class:`DatabaseMissing` is raised instead.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo=echo, base_dir=base_dir)
+        return _sqlite_engine(parsed, echo=echo, base_dir=base_dir, create=create)
     return create_engine(
         parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
         future=True,
     )
 
 
-def _sqlite_engine(parsed: Any, *, echo: bool, base_dir: str | None) -> Engine:
+def _sqlite_engine(parsed: Any, *, echo: bool, base_dir: str | None, create: bool) -> Engine:
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         path = Path(database)
         if not path.is_absolute() and base_dir:
             path = Path(base_dir) / path
+        if not create and not path.exists():
+            raise DatabaseMissing(f"no database at {path}: create it with 'acedesk db upgrade'")
         path.parent.mkdir(parents=True, exist_ok=True)
         parsed = parsed.set(database=str(path))
     engine = create_engine(

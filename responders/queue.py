@@ -4,6 +4,17 @@ web console only call these; each takes the caller's session (one transaction)
 and the analyst's name for the audit log, and refuses what makes no sense
 with :class:`QueueError`.
 
+The state machine: an item is ``open`` until an analyst approves, replies to
+or closes it; only an open item can be claimed (unless another analyst has
+it), assigned, relabelled, approved or replied to; closing closes the ticket
+(also after a reply; refused once it is closed); a resolved item can be
+reopened.  A person's reply is a person's: their words only (no greeting
+added, no "automatic answer" footer, no ``Auto-Submitted``), threaded to the
+latest message of the ticket, from the desk address, its author recorded.  An
+approval sends the answer of the label as the analyst sees it; a label with
+no answer of its own (``other``, whose template only promises a review)
+cannot be approved: relabel it, or reply.
+
 The queue is ordered by the time left to the ticket's first-response target
 (``[responders] target_hours``, 4 hours: seed 002), oldest due first.
 """
@@ -11,9 +22,9 @@ The queue is ordered by the time left to the ticket's first-response target
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-
 
 from sqlalchemy import func, literal, or_, select
 from sqlalchemy.orm import Session
@@ -23,11 +34,15 @@ from models.core import AuditEntry
 from models.responders import (TICKET_ANSWERED, TICKET_CLOSED, TICKET_OPEN, TRIAGE_DONE, TRIAGE_OPEN, Ticket,
                                TicketMessage, TriageItem, User)
 from responders.render import RenderError, Reply, build_reply
-from responders.service import Responder, enqueue
+from responders.accounts import held_status, load_held
+from responders.articles import load_library
+from responders.service import Responder, duty_context, enqueue
 from responders.settings import ACCOUNT_LABELS
 from responders.tickets import reply_subject
 
 VERIFIED = "verified"
+#: Labels whose template promises a review rather than answering: nothing to approve.
+NO_ANSWER = frozenset({"other"})
 
 
 class QueueError(Exception):
@@ -151,14 +166,17 @@ def total(session: Session, f: Filters, now: dt.datetime | None = None) -> int:
 
 
 def item(session: Session, ref: int | str, *, lock: bool = False) -> TriageItem:
-    """The item with this id, or the newest item of the ticket with this number."""
+    """The item with this id, or for a ticket number that ticket's open item (else its newest)."""
     text = str(ref).strip()
     found = None
     if text.isdigit():
         found = session.get(TriageItem, int(text), with_for_update=lock or None)
     else:
+        if session.scalar(select(Ticket.id).where(Ticket.number == text.upper())) is None:
+            raise QueueError(f"no ticket {text!r} (ticket numbers look like ACE-2026-000123)")
         found = session.scalar(select(TriageItem).join(Ticket, Ticket.id == TriageItem.ticket_id)
-                               .where(Ticket.number == text.upper()).order_by(TriageItem.id.desc()).limit(1))
+                               .where(Ticket.number == text.upper())
+                               .order_by((TriageItem.status == TRIAGE_OPEN).desc(), TriageItem.id.desc()).limit(1))
     if found is None:
         raise QueueError(f"no triage item {ref}")
     return found
@@ -184,13 +202,20 @@ def _open(it: TriageItem) -> None:
 
 def _latest_message_id(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
     ids = [m for m in session.scalars(select(TicketMessage.message_id).where(
-        TicketMessage.ticket_id == ticket.id, TicketMessage.message_id.is_not(None)).order_by(TicketMessage.id))]
+        TicketMessage.ticket_id == ticket.id, TicketMessage.message_id.is_not(None)).order_by(TicketMessage.id)) if m]
     return (ids[-1] if ids else None), ids[-10:]
 
 
 def _render(session: Session, responder: Responder, ticket: Ticket, template: str, to: str,
-            context: dict[str, Any], human: bool) -> Reply:
+            context: dict[str, Any], human: bool, articles: Sequence[str] = ()) -> Reply:
     parent, refs = _latest_message_id(session, ticket)
+    library = load_library(session)
+    unknown = [k for k in articles if library.get(k, ticket.language) is None]
+    if unknown:
+        raise QueueError(f"no article {', '.join(unknown)} in force (see 'acedesk articles list')")
+    # The articles of the ticket's label, the analyst's own picks, and the desk's hours.
+    context = {**duty_context(responder, library, template, ticket.label or "other", ticket.language, utcnow(),
+                              articles), **context}
     try:
         return build_reply(
             responder.renderer, template=template, language=ticket.language, to=to,
@@ -206,6 +231,9 @@ def _render(session: Session, responder: Responder, ticket: Ticket, template: st
 def approval_recipient(session: Session, it: TriageItem, ticket: Ticket) -> tuple[str, str]:
     """``(template, to)`` that approving would send; refuses account answers to the unverified."""
     label = it.label or "other"
+    if label in NO_ANSWER:
+        raise QueueError(f"label {label!r} has no answer to send: relabel item {it.id} "
+                         f"('queue relabel {it.id} LABEL') or reply in your own words ('queue reply')")
     if label in ACCOUNT_LABELS:
         if ticket.verification != VERIFIED:
             raise QueueError(f"{label} answers go only to verified users at the address on file; ticket "
@@ -213,6 +241,9 @@ def approval_recipient(session: Session, it: TriageItem, ticket: Ticket) -> tupl
         user = session.scalar(select(User).where(User.user_id == ticket.user_id))
         if user is None:
             raise QueueError(f"user {ticket.user_id} is no longer on file")
+        if user.status != "active":
+            raise QueueError(f"user {user.user_id} is {user.status}: no account help until "
+                             f"'acedesk users restore {user.user_id} --reason ...'")
         return label, user.email
     return label, ticket.requester
 
@@ -248,6 +279,7 @@ def relabel(session: Session, ref: int | str, label: str, by: str) -> str | None
     if label not in LABELS:
         raise QueueError(f"unknown label {label!r}")
     it = item(session, ref, lock=True)
+    _open(it)
     previous = it.label
     if it.inbound_message_id is not None:
         from models.classification import record_correction
@@ -265,7 +297,7 @@ def relabel(session: Session, ref: int | str, label: str, by: str) -> str | None
 
 
 def reply(session: Session, responder: Responder, ref: int | str, by: str, *, template: str = "",
-          text: str = "") -> Reply:
+          text: str = "", articles: Sequence[str] = ()) -> Reply:
     """A person's reply through the outbox: a template, or their own words; resolves the item."""
     it = item(session, ref, lock=True)
     _open(it)
@@ -275,14 +307,21 @@ def reply(session: Session, responder: Responder, ref: int | str, by: str, *, te
         if template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
             raise QueueError(f"the {template} answer goes only to verified users; ticket {ticket.number} is "
                              f"{ticket.verification}")
+        if template in ACCOUNT_LABELS:
+            held = held_status(load_held(session, [ticket.requester], [ticket.user_id or ""]),
+                               ticket.requester, ticket.user_id)
+            if held:
+                raise QueueError(f"the account of ticket {ticket.number} is {held}: no account help "
+                                 "until it is restored (acedesk users restore)")
         if not responder.renderer.has(template, ticket.language):
             raise QueueError(f"no reply template {template!r}")
-        out_reply = _render(session, responder, ticket, template, ticket.requester, {}, human=True)
+        out_reply = _render(session, responder, ticket, template, ticket.requester, {}, human=True,
+                            articles=articles)
     else:
         if not text.strip():
             raise QueueError("write a reply, or choose a template")
         out_reply = _render(session, responder, ticket, "analyst_reply", ticket.requester, {"text": text},
-                            human=True)
+                            human=True, articles=articles)
     now = utcnow()
     out, history = enqueue(session, out_reply, ticket, None, now)
     history.author = by
@@ -293,18 +332,22 @@ def reply(session: Session, responder: Responder, ref: int | str, by: str, *, te
 
 
 def close(session: Session, ref: int | str, by: str, note_text: str = "") -> None:
-    """Resolve the item and close its ticket."""
+    """Close the item's ticket (also after a reply), resolving the item if it is still open."""
     it = item(session, ref, lock=True)
-    _open(it)
     ticket = session.get(Ticket, it.ticket_id)
     assert ticket is not None
+    if ticket.status == TICKET_CLOSED:
+        raise QueueError(f"ticket {ticket.number} is already closed; reopen it first")
     now = utcnow()
     ticket.status = TICKET_CLOSED
     ticket.resolved_at = ticket.resolved_at or now
     if note_text.strip():
         session.add(TicketMessage(ticket_id=ticket.id, direction="note", author=by, text=note_text[:4000],
                                   created_at=now))
-    _resolve(session, it, "closed", by, {"note": note_text[:200]})
+    if it.status == TRIAGE_OPEN:
+        _resolve(session, it, "closed", by, {"note": note_text[:200]})
+    else:
+        _audit(session, by, "close", it, {"note": note_text[:200], "ticket": ticket.number})
 
 
 def reopen(session: Session, ref: int | str, by: str) -> None:
@@ -333,6 +376,11 @@ def assign(session: Session, ref: int | str, to: str, by: str) -> None:
 
 
 def claim(session: Session, ref: int | str, by: str) -> None:
+    """Take the item for yourself (refused while another analyst has it)."""
+    it = item(session, ref, lock=True)
+    if it.assigned_to and it.assigned_to != by:
+        raise QueueError(f"triage item {it.id} is with {it.assigned_to}: ask them, or "
+                         f"'queue assign {it.id} {by}'")
     assign(session, ref, by, by)
 
 

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from classifiers.labels import LABELS
+
+#: What a policy rule may do with a message.
+ACTIONS = ("reply", "ticket", "triage", "drop")
+#: What a sender's verification may come out as (see :mod:`responders.verify`).
+VERIFICATIONS = ("verified", "mismatch", "unauthenticated", "unknown")
+
 ACCOUNT_LABELS = ("account_locked", "password_reset")
 #: Labels whose answer is general guidance from the seeds: safe for anyone.
 INFO_LABELS = (
@@ -44,6 +51,25 @@ class PolicyRule:
     template: str = ""
     security: bool = False
     to: str = "sender"
+
+    def __post_init__(self) -> None:
+        # Checked when the config loads: a typo here would otherwise match nothing, silently.
+        if self.action not in ACTIONS:
+            raise ValueError(f"action: expected one of {', '.join(map(repr, ACTIONS))}, got {self.action!r}")
+        if self.to not in ("sender", "on_file"):
+            raise ValueError(f"to: expected 'sender' or 'on_file', got {self.to!r}")
+        unknown = [x for x in self.labels if x != "*" and x not in LABELS]
+        if unknown:
+            raise ValueError(f"labels: unknown label(s) {', '.join(map(repr, unknown))}")
+        unknown = [x for x in self.verification if x != "*" and x not in VERIFICATIONS]
+        if unknown:
+            raise ValueError(f"verification: unknown outcome(s) {', '.join(map(repr, unknown))}; "
+                             f"expected any of {', '.join(VERIFICATIONS)} or '*'")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence: expected a number from 0 to 1, got {self.min_confidence}")
+        if self.to == "on_file" and not set(self.verification) <= {"verified"}:
+            raise ValueError("to = \"on_file\" needs verification = [\"verified\"]: only a verified "
+                             "sender has an address on file")
 
 
 def default_rules() -> list[PolicyRule]:

@@ -6,8 +6,6 @@ Columns (design.md): ``user_id,email,name,role,identifier,account_owner_email,la
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 
@@ -15,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
+from models.csvfile import read_rows
 from models.responders import User
 from responders.verify import UserRecord
 
@@ -33,25 +32,20 @@ class RowError:
 
 def parse_users_csv(text: str) -> tuple[list[tuple[int, UserRecord]], list[RowError]]:
     """Return the valid rows (with their line numbers) and one error per bad row."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    parsed = read_rows(text, COLUMNS)
+    if not parsed.header:
+        return [], [RowError(line, message) for line, message in parsed.errors]
+    header = parsed.header
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         return [], [RowError(1, f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")]
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
         return [], [RowError(1, f"unknown column(s) {', '.join(unknown)}; expected {','.join(COLUMNS)}")]
-    reader.fieldnames = header
     rows: list[tuple[int, UserRecord]] = []
-    errors: list[RowError] = []
+    errors: list[RowError] = [RowError(line, message) for line, message in parsed.errors]
     seen: dict[str, int] = {}
-    for record in reader:
-        line = reader.line_num
-        if None in record:
-            errors.append(RowError(line, "too many fields"))
-            continue
+    for line, record in parsed.records:
         values = {k: (record.get(k) or "").strip() for k in COLUMNS}
         if not any(values.values()):
             continue

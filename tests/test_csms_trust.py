@@ -30,7 +30,7 @@ from daemon.web.server import WebServer
 from daemon.web.server import make_components as web_components
 from daemon.notices.keys import KeyRing
 from models.base import utcnow
-from models.csms import ACTIVE, UNSUBSCRIBED, BounceEvent, Delivery, Notice
+from models.csms import UNSUBSCRIBED, BounceEvent, Notice
 from models.outbox import OutboxMessage
 from tests.servers import BackgroundComponent, Together, wait_for_port
 from tests.test_csms import (

@@ -22,9 +22,9 @@ from daemon.imap import watcher as imap_watcher
 from daemon.app import PipelineWorker
 from daemon.pipeline import build_stages
 from daemon.stages.classify import make_stage as make_classify_stage
-from daemon.config import PipelineConfig
+from daemon.config import PipelineConfig, load_config
 from daemon.context import make_context
-from daemon.delivery.outbox import OutboxSender
+from daemon.delivery.outbox import OutboxSender, drain_outbox
 from daemon.stages.parse import make_stage as make_parse_stage
 from daemon.worker import drain
 from models.core import InboundMessage
@@ -70,13 +70,18 @@ def test_dovecot_to_daemon_to_smtp_reply(dovecot, smtp_capture, sqlite_url, conf
                       OutboxSender(ctx, poll_interval=0.1))
     runner = BackgroundComponent(daemon).start()
     try:
-        got = smtp_capture.handler.wait_for(3, timeout=30)
-        time.sleep(1.0)  # the out-of-office must not produce a fourth
-        got = list(smtp_capture.messages)
+        smtp_capture.handler.wait_for(3, timeout=30)
     finally:
         runner.stop()
-        ctx.dispose()
     assert runner.error is None
+    # Driven to quiescence (every message done, nothing left to process or send), the
+    # out-of-office produced no fourth reply.
+    with ctx.sessions() as s:
+        assert [r.state for r in s.scalars(select(InboundMessage))] == ["done"] * 4
+    assert drain(ctx.sessions, build_stages(ctx), PipelineConfig()) == 0
+    assert drain_outbox(ctx.sessions, ctx.config) == 0
+    got = list(smtp_capture.messages)
+    ctx.dispose()
     by_parent = {c.message["In-Reply-To"]: c for c in got}
     assert len(got) == 3 and set(by_parent) == {"<verified-1@broker.example>", "<spoof-1@broker.example>",
                                                 "<es-1@importadora.example>"}
@@ -165,12 +170,15 @@ timeout = 3.0
     capture.start()
     second = _acedesk(cfg, "run")
     try:
-        got = capture.handler.wait_for(1, timeout=30)
-        time.sleep(1.0)
-        got = list(capture.messages)
+        capture.handler.wait_for(1, timeout=30)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0
+    try:
+        # Driven to quiescence after the daemon stopped: nothing more was due, so nothing more goes out.
+        assert drain_outbox(ctx.sessions, load_config(cfg)) == 0
+        got = list(capture.messages)
+    finally:
         capture.stop()
         ctx.dispose()
     assert len(got) == 1

@@ -17,7 +17,6 @@ from daemon.cli.main import main
 from daemon.context import make_context
 from daemon.notices.fanout import load_signer
 from daemon.web.server import WebServer
-from models.migrate import upgrade
 from models.session import transaction
 from tests.servers import BackgroundComponent, free_port, wait_for_port
 

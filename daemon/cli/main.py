@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.context import AppContext, make_context
 from daemon.errors import CommandError
 from daemon.logs import setup_logging
+from models.session import DatabaseMissing
 
 log = logging.getLogger("acedesk.cli")
 
@@ -53,7 +55,9 @@ class Lazy:
     @property
     def ctx(self) -> AppContext:
         if self._ctx is None:
-            self._ctx = make_context(self.config)
+            # Only 'db upgrade' creates a database: any other command (a read-only one above
+            # all) meeting a missing SQLite file says so instead of leaving an empty one behind.
+            self._ctx = make_context(self.config, create=getattr(self.args, "creates_database", False))
         return self._ctx
 
     def close(self) -> None:
@@ -86,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = dbsub.add_parser("upgrade", help="create the database or migrate it to this version")
     p.add_argument("revision", nargs="?", default="heads")
     p.set_defaults(handler=cmd_db_upgrade)
-    p = dbsub.add_parser("downgrade", help="migrate the database down (default: to nothing)")
-    p.add_argument("revision", nargs="?", default="base")
+    p.set_defaults(creates_database=True)
+    p = dbsub.add_parser("downgrade", help="migrate the database down to REVISION ('base' drops every table)")
+    p.add_argument("revision", help="the revision to go down to (see 'acedesk db current'), or 'base'")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     p.set_defaults(handler=cmd_db_downgrade)
     p = dbsub.add_parser("current", help="show the database's revision")
     p.set_defaults(handler=cmd_db_current)
@@ -142,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"acedesk: config error: {exc}", file=sys.stderr)
         return 2
-    except CommandError as exc:
+    except (CommandError, DatabaseMissing) as exc:
         print(f"acedesk: {exc}", file=sys.stderr)
         return 2
     except OperationalError as exc:
@@ -209,6 +215,14 @@ def cmd_db_upgrade(args: argparse.Namespace, lazy: Lazy) -> int:
 def cmd_db_downgrade(args: argparse.Namespace, lazy: Lazy) -> int:
     from models.migrate import current_revisions, downgrade
 
+    what = "DROP EVERY TABLE of" if args.revision == "base" else f"migrate down to {args.revision}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(f"'db downgrade' would {what} {_database_name(lazy)}: add --yes to confirm")
+        answer = input(f"This will {what} {_database_name(lazy)}; data may be lost. Type 'yes' to go on: ")
+        if answer.strip().lower() != "yes":
+            print("nothing changed")
+            return 1
     downgrade(lazy.ctx.engine, args.revision)
     print(f"{_database_name(lazy)} is at revision(s) {', '.join(sorted(current_revisions(lazy.ctx.engine))) or 'base'}")
     return 0
@@ -258,30 +272,45 @@ def cmd_process(args: argparse.Namespace, lazy: Lazy) -> int:
 
 
 def cmd_messages(args: argparse.Namespace, lazy: Lazy) -> int:
+    from sqlalchemy.orm import undefer
+
     from models.core import STATES, InboundMessage
+    from models.responders import ResponseRecord, Ticket
 
     if args.state and args.state not in STATES:
         raise CommandError(f"--state must be one of {', '.join(STATES)}")
     with lazy.ctx.sessions() as session:
-        query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(args.limit)
+        query = (select(InboundMessage, ResponseRecord.action, Ticket.number)
+                 .outerjoin(ResponseRecord, ResponseRecord.inbound_message_id == InboundMessage.id)
+                 .outerjoin(Ticket, Ticket.id == ResponseRecord.ticket_id)
+                 .options(undefer(InboundMessage.parsed))
+                 .order_by(InboundMessage.id.desc()).limit(args.limit))
         if args.state:
             query = query.where(InboundMessage.state == args.state)
-        rows = list(session.scalars(query))
+        rows = [(r, action, number, *_sender_subject(r.parsed)) for r, action, number in session.execute(query)]
         counts = dict(session.execute(
             select(InboundMessage.state, func.count()).group_by(InboundMessage.state)).all())
     if args.json:
-        for r in rows:
+        for r, action, number, sender, subject in rows:
             print(json.dumps({"id": r.id, "desk": r.desk, "source": r.source, "state": r.state,
+                              "sender": sender, "subject": subject, "action": action, "ticket": number,
                               "message_id": r.message_id, "label": r.label, "confidence": r.confidence,
                               "language": r.language, "error": r.error,
                               "received_at": r.received_at.isoformat()}))
         return 0
     print("  ".join(f"{s}: {counts.get(s, 0)}" for s in STATES))
-    for r in rows:
-        label = f"{r.label} {r.confidence:.2f}" if r.label and r.confidence is not None else "-"
-        print(f"{r.id:>8}  {r.state:<11} {r.received_at:%Y-%m-%d %H:%M}  {r.desk:<32} {label:<28} "
-              f"{(r.message_id or '')[:60]}")
+    print(f"{'ID':>8}  {'STATE':<11} {'RECEIVED':<16}  {'SENDER':<32} {'ACTION':<7} {'TICKET':<16} SUBJECT")
+    for r, action, number, sender, subject in rows:
+        print(f"{r.id:>8}  {r.state:<11} {r.received_at:%Y-%m-%d %H:%M}  {(sender or '-')[:32]:<32} "
+              f"{action or '-':<7} {number or '-':<16} {(subject or '')[:60]}")
     return 0
+
+
+def _sender_subject(parsed: dict | None) -> tuple[str | None, str | None]:
+    """The sender and subject a parsed message shows (None before parsing)."""
+    if not parsed:
+        return None, None
+    return parsed.get("sender"), parsed.get("subject")
 
 
 def cmd_stats(args: argparse.Namespace, lazy: Lazy) -> int:
@@ -300,7 +329,7 @@ def cmd_stats(args: argparse.Namespace, lazy: Lazy) -> int:
         from datetime import timezone
         oldest = oldest.replace(tzinfo=timezone.utc)
     backlog_age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-    data = {"messages": {s: counts.get(s, 0) for s in STATES},
+    data: dict[str, Any] = {"messages": {s: counts.get(s, 0) for s in STATES},
             "backlog": sum(counts.get(s, 0) for s in waiting),
             "oldest_waiting_seconds": round(backlog_age, 1),
             "quarantine_open": open_quarantine}

@@ -36,6 +36,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("file", metavar="FILE.csv")
     p.set_defaults(handler=cmd_users_import)
 
+    p = usub.add_parser("list", help="users on file")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(handler=cmd_users_list)
+    p = usub.add_parser("show", help="one user: by UserID or e-mail address")
+    p.add_argument("who", metavar="USERID|EMAIL")
+    p.set_defaults(handler=cmd_users_show)
+
     q = subparsers.add_parser("queue", help="the analysts' triage queue")
     qsub = q.add_subparsers(dest="queue_command", metavar="ACTION")
     qsub.required = True
@@ -44,20 +52,33 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--security", action="store_true", help="only items flagged for security")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(handler=cmd_queue_list)
+    item = "triage item id, or a ticket number (ACE-2026-000123)"
     p = qsub.add_parser("show", help="one item: the ticket, the message, why it is here")
-    p.add_argument("id", type=int)
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.set_defaults(handler=cmd_queue_show)
-    p = qsub.add_parser("approve", help="send the answer the label calls for and resolve the item")
-    p.add_argument("id", type=int)
-    p.add_argument("--by", default="analyst", help="who approves (audit log)")
-    p.set_defaults(handler=cmd_queue_approve)
+    for name, handler, text in (("claim", cmd_queue_claim, "take the item for yourself"),
+                                ("approve", cmd_queue_approve, "send the answer of the item's label and resolve it")):
+        p = qsub.add_parser(name, help=text)
+        p.add_argument("ref", metavar="ID|TICKET", help=item)
+        p.add_argument("--by", default="analyst", help="who does it (audit log)")
+        p.set_defaults(handler=handler)
+    p = qsub.add_parser("assign", help="give the item to an analyst")
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
+    p.add_argument("to", metavar="ANALYST")
+    p.add_argument("--by", default="analyst")
+    p.set_defaults(handler=cmd_queue_assign)
+    p = qsub.add_parser("note", help="an internal note on the item's ticket (never sent)")
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
+    p.add_argument("text")
+    p.add_argument("--by", default="analyst")
+    p.set_defaults(handler=cmd_queue_note)
     p = qsub.add_parser("relabel", help="correct the label (kept for 'acedesk train')")
-    p.add_argument("id", type=int)
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("label", choices=LABELS)
     p.add_argument("--by", default="analyst")
     p.set_defaults(handler=cmd_queue_relabel)
     p = qsub.add_parser("reply", help="answer the requester: a template, or your own text")
-    p.add_argument("id", type=int)
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--template", help="a reply template name (e.g. password_reset)")
     g.add_argument("--text", help="your own words")
@@ -66,11 +87,33 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    help="also link this knowledge article (acedesk articles list); repeatable")
     p.add_argument("--by", default="analyst")
     p.set_defaults(handler=cmd_queue_reply)
-    p = qsub.add_parser("close", help="resolve the item and close its ticket")
-    p.add_argument("id", type=int)
+    p = qsub.add_parser("reopen", help="put a resolved item back in the queue and reopen its ticket")
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
+    p.add_argument("--by", default="analyst")
+    p.set_defaults(handler=cmd_queue_reopen)
+    p = qsub.add_parser("close", help="close the item's ticket (resolving the item)")
+    p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("--note", default="", help="a note kept on the ticket")
     p.add_argument("--by", default="analyst")
     p.set_defaults(handler=cmd_queue_close)
+
+    tk = subparsers.add_parser("tickets", help="every ticket, whichever action opened it")
+    tsub = tk.add_subparsers(dest="tickets_command", metavar="ACTION")
+    tsub.required = True
+    for name, text in (("list", "tickets, newest first"), ("search", "tickets whose subject, number, "
+                                                            "requester, UserID or messages contain TEXT")):
+        p = tsub.add_parser(name, help=text)
+        if name == "search":
+            p.add_argument("text")
+        p.add_argument("--status", choices=["open", "answered", "closed"])
+        p.add_argument("--requester", help="only this requester's address")
+        p.add_argument("--label")
+        p.add_argument("--limit", type=int, default=50)
+        p.add_argument("--json", action="store_true", help="one JSON object a line")
+        p.set_defaults(handler=cmd_tickets_list)
+    p = tsub.add_parser("show", help="one ticket: its messages, replies, notes and triage items")
+    p.add_argument("number", metavar="TICKET")
+    p.set_defaults(handler=cmd_tickets_show)
 
     p = subparsers.add_parser("triage", help="dry run of the whole pipeline over .eml files "
                               "(nothing sent or stored)")
@@ -98,16 +141,68 @@ def cmd_users_import(args: argparse.Namespace, lazy: Any) -> int:
     return 1 if errors else 0
 
 
+def cmd_users_list(args: argparse.Namespace, lazy: Any) -> int:
+    from models.responders import User
+
+    with lazy.ctx.sessions() as session:
+        users = list(session.scalars(select(User).order_by(User.user_id).limit(args.limit)))
+    if args.json:
+        for u in users:
+            print(json.dumps({"user_id": u.user_id, "email": u.email, "name": u.name, "role": u.role,
+                              "identifier": u.identifier, "account_owner_email": u.account_owner_email,
+                              "language": u.language}))
+        return 0
+    if not users:
+        print("no users on file: 'acedesk users import FILE.csv'")
+        return 0
+    print(f"{'USERID':<14} {'EMAIL':<36} {'ROLE':<10} {'IDENTIFIER':<12} {'LANG':<4} NAME")
+    for u in users:
+        print(f"{u.user_id:<14} {u.email[:36]:<36} {u.role[:10]:<10} {u.identifier[:12]:<12} {u.language:<4} {u.name}")
+    return 0
+
+
+def cmd_users_show(args: argparse.Namespace, lazy: Any) -> int:
+    from models.responders import Ticket, User
+
+    who = args.who.strip()
+    with lazy.ctx.sessions() as session:
+        user = session.scalars(select(User).where(User.user_id == who.upper())).first() or \
+            session.scalars(select(User).where(User.email == who.lower()).order_by(User.user_id)).first()
+        if user is None:
+            raise CommandError(f"no user {who!r} on file (give a UserID or an e-mail address)")
+        tickets = list(session.scalars(select(Ticket).where(Ticket.user_id == user.user_id)
+                                       .order_by(Ticket.id.desc()).limit(10)))
+    print(f"user {user.user_id}: {user.name} <{user.email}>")
+    print(f"  role:          {user.role or '-'} {user.identifier or ''}")
+    print(f"  account owner: {user.account_owner_email or '-'}")
+    print(f"  language:      {user.language}")
+    print(f"  tickets:       {', '.join(f'{t.number} ({t.status})' for t in tickets) or 'none'}")
+    return 0
+
+
 # --- queue ----------------------------------------------------------------------------
 
 
-def _item(session: Any, item_id: int) -> Any:
-    from models.responders import TriageItem
+def _refused(exc: Exception) -> CommandError:
+    return CommandError(str(exc))
 
-    item = session.get(TriageItem, item_id)
-    if item is None:
-        raise CommandError(f"no triage item {item_id}")
-    return item
+
+def _queue_call(lazy: Any, operation: Any) -> Any:
+    """Run ``operation(session)`` (a :mod:`responders.queue` call) in one transaction."""
+    from models.session import transaction
+    from responders.queue import QueueError
+
+    try:
+        with transaction(lazy.ctx.sessions) as session:
+            return operation(session)
+    except QueueError as exc:
+        raise _refused(exc) from None
+
+
+def _responder(lazy: Any) -> Any:
+    from daemon.stages.respond import make_responder
+
+    return make_responder(lazy.config)
 
 
 def cmd_queue_list(args: argparse.Namespace, lazy: Any) -> int:
@@ -133,7 +228,7 @@ def cmd_queue_list(args: argparse.Namespace, lazy: Any) -> int:
         data = {"id": item.id, "ticket": ticket.number, "status": item.status, "reason": item.reason,
                 "security": item.security, "priority": ticket.priority, "label": item.label,
                 "confidence": item.confidence, "requester": ticket.requester,
-                "verification": ticket.verification, "subject": ticket.subject,
+                "verification": ticket.verification, "subject": ticket.subject, "assigned_to": item.assigned_to,
                 "age_hours": c.age_hours, "overdue": c.overdue, "created_at": item.created_at.isoformat()}
         if args.json:
             print(json.dumps(data))
@@ -151,10 +246,15 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
     from models.core import InboundMessage
     from models.parsed import ParsedMessage
     from models.responders import ResponseRecord, Ticket, TicketMessage
+    from responders.queue import QueueError
+    from responders.queue import item as find_item
     from responders.tickets import clock
 
     with lazy.ctx.sessions() as session:
-        item = _item(session, args.id)
+        try:
+            item = find_item(session, args.ref)
+        except QueueError as exc:
+            raise _refused(exc) from None
         ticket = session.get(Ticket, item.ticket_id)
         history = list(session.scalars(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)
                                        .order_by(TicketMessage.id)))
@@ -166,7 +266,8 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
             if item.inbound_message_id else None
     c = clock(ticket.created_at, ticket.first_response_at, ticket.resolved_at, utcnow(),
               lazy.config.responders.target_hours, ticket.due_at)
-    print(f"triage item {item.id}: {item.reason}{' (SECURITY)' if item.security else ''}, {item.status}")
+    print(f"triage item {item.id}: {item.reason}{' (SECURITY)' if item.security else ''}, {item.status}"
+          f"{', with ' + item.assigned_to if item.assigned_to else ''}")
     print(f"  ticket:       {ticket.number} {ticket.status}, priority {ticket.priority}, "
           f"age {c.age_hours:.1f} h of {lazy.config.responders.target_hours:g}{' OVERDUE' if c.overdue else ''}")
     print(f"  requester:    {ticket.requester} (verification: {ticket.verification}, user {ticket.user_id or '-'})")
@@ -183,169 +284,134 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
         print(f"  message:      {inbound.id} from {msg.sender_name!r} <{msg.sender}>, subject {msg.subject!r}")
         for line in (msg.new_text or "").splitlines()[:40]:
             print(f"    | {line[:120]}")
-    print("  history:")
-    for m in history:
-        print(f"    {m.created_at:%Y-%m-%d %H:%M} {m.direction:<4} {m.author:<32} {m.text[:80]!r}")
+    _print_history(history)
     return 0
 
 
-def _send(session: Any, lazy: Any, ticket: Any, template: str, context: dict[str, Any], to: str,
-          human: bool, articles: list[str] | None = None) -> Any:
-    from daemon.stages.respond import make_responder
-    from models.base import utcnow
-    from responders.articles import load_library
-    from responders.render import RenderError, build_reply
-    from responders.service import duty_context, enqueue
-    from responders.tickets import reply_subject
-
-    responder = make_responder(lazy.config)
-    library = load_library(session)
-    unknown = [k for k in articles or [] if library.get(k, ticket.language) is None]
-    if unknown:
-        raise CommandError(f"no article {', '.join(unknown)} in force (see 'acedesk articles list')")
-    # The articles of the ticket's label, the analyst's own picks, and the desk's hours.
-    context = {**duty_context(responder, library, template, ticket.label or "other", ticket.language, utcnow(),
-                              articles or []), **context}
-    try:
-        reply = build_reply(
-            responder.renderer, template=template, language=ticket.language, to=to,
-            from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
-            subject=reply_subject(ticket.subject, ticket.number, responder.cfg.ticket_prefix, ticket.language),
-            ticket=ticket.number, secret=responder.secret, in_reply_to=None, references=[],
-            context={"name": "", "subject": ticket.subject[:200], "csms_address": responder.desk.csms_address,
-                     "target_hours": f"{responder.cfg.target_hours:g}", **context}, auto=not human)
-    except RenderError as exc:
-        raise CommandError(str(exc)) from None
-    return enqueue(session, reply, ticket, None, utcnow())[0]
+def _print_history(history: list[Any]) -> None:
+    print("  history:")
+    for m in history:
+        print(f"    {m.created_at:%Y-%m-%d %H:%M} {m.direction:<4} {m.author:<32} {m.text[:80]!r}")
 
 
-def _resolve(session: Any, item: Any, resolution: str, by: str, detail: dict[str, Any]) -> None:
-    from models.base import utcnow
-    from models.core import AuditEntry
-    from models.responders import TRIAGE_DONE
+def cmd_queue_claim(args: argparse.Namespace, lazy: Any) -> int:
+    from responders import queue
 
-    now = utcnow()
-    item.status = TRIAGE_DONE
-    item.resolved_at = now
-    item.resolved_by = by
-    item.resolution = resolution
-    session.add(AuditEntry(at=now, actor=by, action=f"queue.{resolution}", subject_type="triage_item",
-                           subject_id=str(item.id), detail=detail))
+    _queue_call(lazy, lambda s: queue.claim(s, args.ref, args.by))
+    print(f"{args.ref}: yours, {args.by}")
+    return 0
+
+
+def cmd_queue_assign(args: argparse.Namespace, lazy: Any) -> int:
+    from responders import queue
+
+    _queue_call(lazy, lambda s: queue.assign(s, args.ref, args.to, args.by))
+    print(f"{args.ref}: assigned to {args.to}")
+    return 0
+
+
+def cmd_queue_note(args: argparse.Namespace, lazy: Any) -> int:
+    from responders import queue
+
+    _queue_call(lazy, lambda s: queue.note(s, args.ref, args.text, args.by))
+    print(f"{args.ref}: note kept on the ticket")
+    return 0
 
 
 def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
-    from models.responders import TICKET_ANSWERED, Ticket
-    from models.session import transaction
-    from responders.settings import ACCOUNT_LABELS
-    from responders.verify import VERIFIED
+    from responders import queue
 
-    with transaction(lazy.ctx.sessions) as session:
-        item = _item(session, args.id)
-        if item.status != "open":
-            raise CommandError(f"triage item {item.id} is already {item.status}")
-        ticket = session.get(Ticket, item.ticket_id)
-        label = item.label or "other"
-        if label in ACCOUNT_LABELS and ticket.verification != VERIFIED:
-            raise CommandError(f"{label} answers go only to verified users at the address on file; "
-                            f"ticket {ticket.number} is {ticket.verification}: use 'queue reply' or 'queue close'")
-        to = ticket.requester
-        if label in ACCOUNT_LABELS:
-            from models.responders import User
-            user = session.scalars(select(User).where(User.user_id == ticket.user_id)).first()
-            if user is None:
-                raise CommandError(f"user {ticket.user_id} is no longer on file")
-            if user.status != "active":
-                raise CommandError(f"user {user.user_id} is {user.status}: no account help until "
-                                   f"'acedesk users restore {user.user_id} --reason ...'")
-            to = user.email
-        out = _send(session, lazy, ticket, label, {}, to, human=False)
-        ticket.status = TICKET_ANSWERED
-        _resolve(session, item, "approved", args.by, {"template": label, "outbox": out.id})
-    print(f"approved item {args.id}: {label} answer queued to {to} on ticket {ticket.number}")
+    responder = _responder(lazy)
+    sent = _queue_call(lazy, lambda s: queue.approve(s, responder, args.ref, args.by))
+    print(f"approved {args.ref}: {sent.template} answer queued to {sent.to}")
     return 0
 
 
 def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
-    from models.core import AuditEntry
-    from models.responders import Ticket
-    from models.session import transaction
+    from responders import queue
 
-    with transaction(lazy.ctx.sessions) as session:
-        item = _item(session, args.id)
-        previous = item.label
-        if item.inbound_message_id is not None:
-            try:
-                from models.classification import record_correction
-            except ImportError:  # the classifier's corrections table is not there: keep it in the audit log
-                record_correction = None
-            if record_correction is not None:
-                try:
-                    record_correction(session, item.inbound_message_id, args.label, args.by)
-                except ValueError as exc:
-                    raise CommandError(str(exc)) from None
-        item.label = args.label
-        item.confidence = 1.0
-        ticket = session.get(Ticket, item.ticket_id)
-        ticket.label = args.label
-        session.add(AuditEntry(actor=args.by, action="queue.relabel", subject_type="triage_item",
-                               subject_id=str(item.id), detail={"from": previous, "to": args.label,
-                                                                "message": item.inbound_message_id}))
-    print(f"item {args.id}: label {previous} -> {args.label} (kept for 'acedesk train'); "
-          f"'acedesk queue approve {args.id}' sends its answer")
+    previous = _queue_call(lazy, lambda s: queue.relabel(s, args.ref, args.label, args.by))
+    print(f"{args.ref}: label {previous} -> {args.label} (kept for 'acedesk train'); "
+          f"'acedesk queue approve {args.ref}' sends its answer")
     return 0
 
 
 def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
-    from models.responders import Ticket
-    from models.session import transaction
-    from responders.settings import ACCOUNT_LABELS
-    from responders.verify import VERIFIED
+    from responders import queue
 
-    if args.text_file:
-        text = read_text_file(args.text_file)
-    else:
-        text = args.text
-    with transaction(lazy.ctx.sessions) as session:
-        item = _item(session, args.id)
-        ticket = session.get(Ticket, item.ticket_id)
-        if args.template:
-            if args.template in ACCOUNT_LABELS and ticket.verification != VERIFIED:
-                raise CommandError(f"the {args.template} answer goes only to verified users; ticket "
-                                f"{ticket.number} is {ticket.verification}")
-            if args.template in ACCOUNT_LABELS:
-                from responders.accounts import held_status, load_held
-
-                status = held_status(load_held(session, [ticket.requester], [ticket.user_id or ""]),
-                                     ticket.requester, ticket.user_id)
-                if status:
-                    raise CommandError(f"the account of ticket {ticket.number} is {status}: no account help "
-                                       "until it is restored (acedesk users restore)")
-            out = _send(session, lazy, ticket, args.template, {}, ticket.requester, human=False,
-                        articles=args.article)
-        else:
-            out = _send(session, lazy, ticket, "analyst_reply", {"text": text or ""}, ticket.requester, human=True,
-                        articles=args.article)
-        _resolve(session, item, "replied", args.by, {"template": args.template, "outbox": out.id})
-    print(f"reply queued to {ticket.requester} on ticket {ticket.number}")
+    text = read_text_file(args.text_file) if args.text_file else (args.text or "")
+    responder = _responder(lazy)
+    sent = _queue_call(lazy, lambda s: queue.reply(s, responder, args.ref, args.by, template=args.template or "",
+                                                   text=text, articles=args.article))
+    print(f"reply queued to {sent.to}")
     return 0
 
 
 def cmd_queue_close(args: argparse.Namespace, lazy: Any) -> int:
-    from models.base import utcnow
-    from models.responders import TICKET_CLOSED, Ticket, TicketMessage
-    from models.session import transaction
+    from responders import queue
 
-    with transaction(lazy.ctx.sessions) as session:
-        item = _item(session, args.id)
-        ticket = session.get(Ticket, item.ticket_id)
-        now = utcnow()
-        ticket.status = TICKET_CLOSED
-        ticket.resolved_at = ticket.resolved_at or now
-        if args.note:
-            session.add(TicketMessage(ticket_id=ticket.id, direction="note", author=args.by, text=args.note,
-                                      created_at=now))
-        _resolve(session, item, "closed", args.by, {"note": args.note})
-    print(f"item {args.id} resolved; ticket {ticket.number} closed")
+    _queue_call(lazy, lambda s: queue.close(s, args.ref, args.by, args.note))
+    print(f"{args.ref}: ticket closed")
+    return 0
+
+
+def cmd_queue_reopen(args: argparse.Namespace, lazy: Any) -> int:
+    from responders import queue
+
+    _queue_call(lazy, lambda s: queue.reopen(s, args.ref, args.by))
+    print(f"{args.ref}: back in the queue, ticket reopened")
+    return 0
+
+
+# --- tickets ---------------------------------------------------------------------------
+
+
+def cmd_tickets_list(args: argparse.Namespace, lazy: Any) -> int:
+    from responders.threads import search
+
+    with lazy.ctx.sessions() as session:
+        found = search(session, text=getattr(args, "text", "") or args.requester or "", state=args.status or "",
+                       label=args.label or "", limit=args.limit)
+    if args.json:
+        for t in found:
+            print(json.dumps({"number": t.number, "status": t.status, "priority": t.priority, "label": t.label,
+                              "requester": t.requester, "user_id": t.user_id, "security": t.security,
+                              "subject": t.subject, "created_at": t.created_at.isoformat()}))
+        return 0
+    if not found:
+        print("no tickets")
+        return 0
+    print(f"{'TICKET':<16} {'STATUS':<9} {'PRIO':<6} {'LABEL':<22} {'REQUESTER':<32} {'OPENED':<16} SUBJECT")
+    for t in found:
+        print(f"{t.number or '-':<16} {t.status:<9} {t.priority:<6} {(t.label or '-')[:22]:<22} "
+              f"{t.requester[:32]:<32} {t.created_at:%Y-%m-%d %H:%M} {'SEC ' if t.security else ''}{t.subject[:60]}")
+    return 0
+
+
+def cmd_tickets_show(args: argparse.Namespace, lazy: Any) -> int:
+    from models.responders import TriageItem
+    from responders.threads import find_ticket, thread
+
+    with lazy.ctx.sessions() as session:
+        t = find_ticket(session, args.number)
+        if t is None:
+            raise CommandError(f"no ticket {args.number!r} (ticket numbers look like ACE-2026-000123)")
+        entries = thread(session, t)
+        items = list(session.scalars(select(TriageItem).where(TriageItem.ticket_id == t.id).order_by(TriageItem.id)))
+    print(f"ticket {t.number}: {t.status}, priority {t.priority}{', SECURITY' if t.security else ''}")
+    print(f"  requester:    {t.requester} (verification: {t.verification}, user {t.user_id or '-'})")
+    print(f"  label:        {t.label or '-'}   language: {t.language}")
+    print(f"  subject:      {t.subject}")
+    print(f"  opened:       {t.created_at:%Y-%m-%d %H:%M}   first response: "
+          f"{t.first_response_at.strftime('%Y-%m-%d %H:%M') if t.first_response_at else '-'}   resolved: "
+          f"{t.resolved_at.strftime('%Y-%m-%d %H:%M') if t.resolved_at else '-'}")
+    if t.last_error:
+        print(f"  last error:   {t.last_error}")
+    for i in items:
+        print(f"  triage item {i.id}: {i.reason}, {i.status}{' (' + i.resolution + ')' if i.resolution else ''}")
+    print("  history:")
+    for e in entries:
+        print(f"    {e.at:%Y-%m-%d %H:%M} {e.direction:<4} {e.author:<32} {e.text[:80]!r}")
     return 0
 
 

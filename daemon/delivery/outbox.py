@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import queue
 import threading
@@ -280,7 +281,7 @@ class Outbox:
                     recorder.put(item, relay_down[0])
                     continue
                 result = await sender.send(item.mail_from, item.rcpt_to, item.raw, f"new/{item.id:010d}.eml",
-                                           accepted=lambda item_id=item.id: self.journal.accepted(item_id))
+                                           accepted=functools.partial(self.journal.accepted, item.id))
                 if result.status == TEMPORARY and result.code in (0, 421):
                     relay_down.append(result)
                 elif result.status != TEMPORARY:

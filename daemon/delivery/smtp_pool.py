@@ -40,16 +40,16 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from daemon.runner import backoff
 from daemon.tls import tls_context
 
 log = logging.getLogger("acedesk.smtp")
 
-SENT = "sent"
-TEMPORARY = "temporary"
-PERMANENT = "permanent"
+SENT: Final = "sent"
+TEMPORARY: Final = "temporary"
+PERMANENT: Final = "permanent"
 
 _DOT_LINE = re.compile(rb"(?m)^\.")
 _NEWLINE_DOT = re.compile(rb"\n\.")

@@ -64,7 +64,7 @@ def take_lease(sessions: sessionmaker[Session], mailbox_id: int, owner: str, sec
                        Mailbox.lease_until.is_(None), Mailbox.lease_until < now))
             .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds))
             .execution_options(synchronize_session=False))
-        return result.rowcount == 1
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]  # an UPDATE's CursorResult
 
 
 def lease_holder(sessions: sessionmaker[Session], mailbox_id: int) -> tuple[str | None, dt.datetime | None]:
@@ -111,6 +111,6 @@ def commit_batch(sessions: sessionmaker[Session], mailbox_id: int, owner: str, l
                     lease_until=utcnow() + dt.timedelta(seconds=lease_seconds),
                     updated_at=utcnow())
             .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
+        if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"lease on mailbox {mailbox_id} is no longer held by {owner}")
         return new

@@ -50,6 +50,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -204,7 +205,8 @@ class ImapWatcher:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set() and not done.done():
-                await asyncio.wait([stopper, done], timeout=renew_every, return_when=asyncio.FIRST_COMPLETED)
+                waiters: list[asyncio.Future[Any]] = [stopper, done]
+                await asyncio.wait(waiters, timeout=renew_every, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() or done.done():
                     break
                 try:

@@ -191,9 +191,9 @@ def identity() -> None:
     mismatch = dict(verification="mismatch", **NOT_ACCOUNT)
     case(c, "other-userid-upper", message(body=f"{PASSWORD} My colleague's UserID is BOB02."), **mismatch)
     case(c, "other-userid-lower", message(subject="password reset for bob02", body=PASSWORD), **mismatch)
-    case(c, "other-userid-mixed-case", message(body=f"Please reset the password of Bob02 today."), **mismatch)
-    case(c, "other-userid-parentheses", message(body=f"Password reset needed (BOB02) asap."), **mismatch)
-    case(c, "other-userid-trailing-dot", message(body=f"Reset password for user BOB02."), **mismatch)
+    case(c, "other-userid-mixed-case", message(body="Please reset the password of Bob02 today."), **mismatch)
+    case(c, "other-userid-parentheses", message(body="Password reset needed (BOB02) asap."), **mismatch)
+    case(c, "other-userid-trailing-dot", message(body="Reset password for user BOB02."), **mismatch)
     case(c, "userid-without-digits-my-user", message(body="Please reset the password for my user jsmith."),
          **mismatch)
     case(c, "userid-without-digits-prose", message(body="jsmith cannot log in, his password expired."),
