@@ -27,7 +27,7 @@ from models.migrate import upgrade
 from models.outbox import SENT, OutboxMessage
 from models.responders import ResponseRecord, TicketMessage
 from models.session import make_engine, make_sessionmaker, transaction
-from tests.servers import SmtpCapture, free_port, missing_service
+from tests.servers import free_port, missing_service
 from tests.test_exactly_once import _MSGID, message
 
 MESSAGES = 600
