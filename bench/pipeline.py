@@ -44,9 +44,8 @@ from daemon.processes import WorkerProcesses  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
 from daemon.delivery.outbox import OutboxSender  # noqa: E402
+from daemon.pipeline import build_stages  # noqa: E402
 from daemon.stages.classify import make_stage as make_classify_stage  # noqa: E402
-from daemon.stages.parse import make_stage as make_parse_stage  # noqa: E402
-from daemon.stages.respond import make_stage as make_respond_stage  # noqa: E402
 from models.core import DONE, FAILED, QUARANTINED, InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
@@ -178,7 +177,8 @@ def main() -> int:
         if classify is None:
             progress("no classifier model loads: run 'acedesk train' first")
             return 2
-        stages = [make_parse_stage(ctx), classify, make_respond_stage(ctx)]
+        # The daemon's own table (daemon.pipeline): automatic mail screened at parse goes on to respond too.
+        stages = build_stages(ctx)
         progress(f"database: {ctx.engine.url.get_backend_name()}")
 
         loop = asyncio.new_event_loop()
