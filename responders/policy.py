@@ -85,6 +85,8 @@ class Draft:
     #: The status of the account the message is from or about when it is not active
     #: (``inactive``, ``suspended``; ``responders.accounts.held_status``), else None.
     held: str | None = None
+    #: The number of a ticket the message quotes whose requester is someone else.
+    foreign_ticket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,17 @@ def impersonation(d: Draft) -> str | None:
     return "looks like impersonation: flagged for security"
 
 
+def foreign_ticket(d: Draft) -> str | None:
+    # Someone else writing "about" a requester's ticket never joins it, and is never answered
+    # automatically: it may be an attempt to read or steer another person's case.
+    if d.foreign_ticket is None:
+        return None
+    d.kind, d.security = TRIAGE, True
+    if d.template in ACCOUNT_LABELS:
+        d.template = SECURITY_NEUTRAL
+    return f"quotes ticket {d.foreign_ticket} of another requester: flagged for security"
+
+
 def account_status(d: Draft) -> str | None:
     # Seed 002: accounts inactivated for cybersecurity get no self-service account help.
     if d.held is None:
@@ -181,6 +194,8 @@ DECIDE: tuple[Step, ...] = (
     Step("account_to_address_on_file", account_on_file,
          "account answers only to a verified user, only to the address on file"),
     Step("impersonation", impersonation, "impersonation goes to security triage; account templates neutral"),
+    Step("foreign_ticket", foreign_ticket,
+         "a message quoting another requester's ticket number goes to security triage"),
     Step("policy_drop", policy_drop, "the table said drop"),
     Step("account_status", account_status,
          "an inactive or suspended account: security triage, and a reply (if any) that discloses nothing"),
@@ -189,9 +204,11 @@ DECIDE: tuple[Step, ...] = (
 
 
 def decide(label: str, confidence: float, auto: bool | None, verification: Verification, screen: Screen,
-           sender: str, rules: list[PolicyRule], followup: bool = False, held: str | None = None) -> Decision:
+           sender: str, rules: list[PolicyRule], followup: bool = False, held: str | None = None,
+           foreign_ticket: str | None = None) -> Decision:
     """Return what to do with one message: :data:`DECIDE` run over the facts (pure)."""
-    d = Draft(label, confidence, auto, verification, screen, sender, rules, followup, held=held)
+    d = Draft(label, confidence, auto, verification, screen, sender, rules, followup, held=held,
+              foreign_ticket=foreign_ticket)
     for step in DECIDE:
         why = step.apply(d)
         if why is not None:

@@ -121,8 +121,12 @@ def choose_language(msg: ParsedMessage, row_language: str | None, desk_address: 
 
 def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: float, auto: bool | None,
          language: str, directory: Directory, recent_autoreplies: int, followup: bool,
-         dkim_ok: bool | None = None, duplicate_of: str | None = None, held: Sequence[Any] = ()) -> Plan:
-    """Screen, verify and decide for one message (pure)."""
+         dkim_ok: bool | None = None, duplicate_of: str | None = None, held: Sequence[Any] = (),
+         foreign_ticket: str | None = None) -> Plan:
+    """Screen, verify and decide for one message (pure).
+
+    ``foreign_ticket``: a ticket number the message quotes whose requester is someone else.
+    """
     cfg = responder.cfg
     ctx = ScreenContext(own_addresses=responder.desk.own_addresses, domain=responder.desk.domain,
                         secret=responder.secret, recent_autoreplies=recent_autoreplies,
@@ -131,7 +135,8 @@ def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: fl
     verification = verify(msg, directory, cfg.trusted_authserv_ids, responder.border_hosts, dkim_ok)
     # An inactive or suspended account never gets self-service account help (policy step account_status).
     decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
-                      followup=followup, held=held_status(held, msg.sender, verification.user_id))
+                      followup=followup, held=held_status(held, msg.sender, verification.user_id),
+                      foreign_ticket=foreign_ticket)
     prio, why = priority(label, msg.classifier_text, verification.status == VERIFIED)
     return Plan(screened, verification, decision, language, prio, tuple(why), label, confidence)
 
@@ -286,6 +291,15 @@ def find_thread(session: Session, responder: Responder, msg: ParsedMessage, our_
     return None
 
 
+def foreign_ticket(session: Session, responder: Responder, msg: ParsedMessage) -> str | None:
+    """Return the number of a ticket ``msg`` quotes in its subject whose requester is someone else."""
+    number = quoted_number(msg, responder.cfg.ticket_prefix)
+    if not number:
+        return None
+    requester = session.scalars(select(Ticket.requester).where(Ticket.number == number)).first()
+    return number if requester is not None and requester != msg.sender.lower() else None
+
+
 # --- acting on a batch ----------------------------------------------------------------
 
 
@@ -351,8 +365,10 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
                 probe = screen(msg, probe_ctx)
                 thread = None if probe.verdict == "drop" else find_thread(session, responder, msg,
                                                                            probe.our_ticket)
+                foreign = None if thread is not None or probe.verdict == "drop" else \
+                    foreign_ticket(session, responder, msg)
                 p = plan_row(responder, row, msg, directory, counts, thread is not None, repeats.get(row.id),
-                             raw_of, held)
+                             raw_of, held, foreign)
             except Exception as exc:  # noqa: BLE001 - one message never stops the batch
                 if on_error is None:
                     raise
@@ -399,7 +415,8 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
 
 def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, directory: Directory,
              counts: dict[str, int], followup: bool, duplicate_of: str | None,
-             raw_of: Callable[[InboundMessage], bytes] | None, held: Sequence[Any] = ()) -> Plan:
+             raw_of: Callable[[InboundMessage], bytes] | None, held: Sequence[Any] = (),
+             foreign: str | None = None) -> Plan:
     """Return the plan of one classified row (the cap counts answers to wherever the reply would go)."""
     dkim_ok = None
     if responder.cfg.verify_dkim and responder.dkim_check and raw_of:
@@ -407,7 +424,7 @@ def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, dire
     language = choose_language(msg, row.language, row.desk, responder.desk)
     facts = dict(label=row.label or "other", confidence=float(row.confidence or 0.0), auto=row.auto,
                  language=language, directory=directory, followup=followup, dkim_ok=dkim_ok,
-                 duplicate_of=duplicate_of, held=held)
+                 duplicate_of=duplicate_of, held=held, foreign_ticket=foreign)
     p = plan(responder, msg, recent_autoreplies=counts.get(msg.sender.lower(), 0), **facts)  # type: ignore[arg-type]
     if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
         p = plan(responder, msg, recent_autoreplies=responder.cfg.autoreply_max, **facts)  # type: ignore[arg-type]
@@ -520,6 +537,7 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
     """Return what the daemon would do with ``msg``, writing nothing (the triage JSON fields)."""
     directory = Directory()
     thread = None
+    foreign = None
     recent = 0
     held: Sequence[Any] = ()
     library = Library()
@@ -535,10 +553,11 @@ def dry_run(session: Session | None, responder: Responder, msg: ParsedMessage, *
         probe = screen(msg, ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret))
         if probe.verdict != "drop":
             thread = find_thread(session, responder, msg, probe.our_ticket)
+            foreign = None if thread is not None else foreign_ticket(session, responder, msg)
     lang = choose_language(msg, language, desk_address, responder.desk)
     p = plan(responder, msg, label=label, confidence=confidence, auto=auto, language=lang,
              directory=directory, recent_autoreplies=recent, followup=thread is not None, dkim_ok=dkim_ok,
-             held=held)
+             held=held, foreign_ticket=foreign)
     now = responder.clock()
     number = f"{responder.cfg.ticket_prefix}-{now.year}-DRYRUN"
     extra = duty_context(responder, library, p.decision.template, p.label, lang, now)

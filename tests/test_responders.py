@@ -410,7 +410,7 @@ def test_follow_ups_thread_into_their_ticket(sessions, engine, config_factory):
     ingest(sessions, mail(subject="Re: Forgot my password", body="Still cannot log in.",
                           extra=f"In-Reply-To: {first.message_id}\r\n"),
            mail(subject=f"password again [{number}]", body="any news?"),
-           # Someone else quoting the number gets a ticket of their own.
+           # Someone else quoting the number gets a ticket of their own, flagged for security.
            mail(subject=f"password [{number}]", sender="dan@new.example", ar=None, body="me too"))
     drain(sessions, stages(ctx), PipelineConfig())
     with sessions() as s:
@@ -420,7 +420,13 @@ def test_follow_ups_thread_into_their_ticket(sessions, engine, config_factory):
                         .where(TicketMessage.ticket_id == tickets[0].id, TicketMessage.direction == "in")) == 3
         follow = list(s.scalars(select(TriageItem).where(TriageItem.reason == "followup")))
         assert len(follow) == 2
-        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 2  # + dan's neutral answer
+        dans = s.scalars(select(TriageItem).where(TriageItem.ticket_id == tickets[1].id)).one()
+        assert dans.security and tickets[1].requester == "dan@new.example"
+        record = s.scalars(select(ResponseRecord).where(ResponseRecord.ticket_id == tickets[1].id)).one()
+        assert f"quotes ticket {number} of another requester" in " ".join(record.reasons or [])
+        # Nothing about alice's case goes to dan: at most the reply that discloses nothing.
+        to_dan = list(s.scalars(select(OutboxMessage).where(OutboxMessage.ticket_id == tickets[1].id)))
+        assert all(o.template == "security_neutral" for o in to_dan)
 
 
 def test_per_recipient_cap_stops_storms(sessions, engine, config_factory):
