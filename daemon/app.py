@@ -130,6 +130,7 @@ class Supervisor:
         """Start a reload (SIGHUP) without blocking the event loop."""
         # Loading a model takes a noticeable fraction of a second: in a thread,
         # so the ingress and the watchdog pings carry on meanwhile.
+        self.notifier.reloading()
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._run_reload_hooks))
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
@@ -141,6 +142,7 @@ class Supervisor:
                 hook()
             except Exception:
                 log.exception("reload hook %r failed; keeping the previous state", hook)
+        self.notifier.ready("reloaded")
 
     def healthy(self, now: float | None = None) -> bool:
         """Whether the pipeline makes progress or has nothing to do: a round finished within

@@ -1,4 +1,4 @@
-"""systemd notification (``Type=notify``): READY, STOPPING, STATUS and
+"""systemd notification (``Type=notify``): READY, RELOADING, STOPPING, STATUS and
 watchdog pings over the datagram socket named by ``NOTIFY_SOCKET``.  A no-op
 outside systemd."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -36,6 +37,10 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", f"STATUS={status}" if status else "STATUS=running")
+
+    def reloading(self) -> None:
+        # systemd's reload protocol: RELOADING=1 with the monotonic time, then READY=1 when done.
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=draining")

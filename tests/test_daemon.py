@@ -95,7 +95,9 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
         engine.dispose()
         assert state not in (None, "new"), "the pipeline did not pick the message up"
         proc.send_signal(signal.SIGHUP)  # reload: must not stop the daemon
-        time.sleep(0.3)
+        # systemd's reload protocol: RELOADING=1, then READY=1 once templates and models are reloaded.
+        assert _next_with(received, b"RELOADING=1")
+        assert _next_with(received, b"READY=1")
         assert proc.poll() is None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -111,6 +113,15 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
         notify.close()
     assert "Traceback" not in output, output
     assert "SIGHUP: reloading" in output, output
+
+
+def _next_with(received: "queue.Queue[bytes]", field: bytes, timeout: float = 20) -> bytes:
+    """Return the next notification carrying ``field`` (watchdog pings in between are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        datagram = received.get(timeout=max(0.1, deadline - time.monotonic()))
+        if field in datagram.split(b"\n"):
+            return datagram
 
 
 def _read_datagrams(sock: socket.socket, into: queue.Queue) -> None:
