@@ -17,7 +17,8 @@ and the next message goes on.  Where each step lives:
   replies to our own auto-replies, the per-recipient cap), verify
   (``responders.trust`` + ``responders.verify.VERIFY``), decide
   (``responders.policy.DECIDE``), act (ticket, triage item, outbox row);
-* csms -- ``daemon/stages/csms.py``: subscription commands and notice bounces.
+* csms -- ``daemon/stages/csms.py`` over ``csms/mail_commands.py``: subscription
+  commands, notice bounces and complaints.
 
 A stage that is not available (no model yet, say) is left out and its
 messages wait in the state before it.  The order is a literal tuple, not
