@@ -37,17 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import select  # noqa: E402
 
 from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
-from bench.pipeline import message, users_csv  # noqa: E402
+from bench.pipeline import desk_context, message  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
-from daemon.context import make_context  # noqa: E402
 from daemon.delivery.outbox import OutboxSender  # noqa: E402
 from daemon.imap import watcher as imap_watcher  # noqa: E402
 from daemon.processes import WorkerProcesses  # noqa: E402
 from models.core import InboundMessage  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
-from models.session import transaction  # noqa: E402
-from responders.users import parse_users_csv, upsert_users  # noqa: E402
 from tests.servers import Dovecot, Together, find_dovecot, free_port  # noqa: E402
 
 
@@ -109,11 +105,7 @@ def main() -> int:
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "retry_min": 1.0},
             "responders": {"autoreply_max": 1_000_000},
         }, base_dir=str(root))
-        ctx = make_context(config)
-        upgrade(ctx.engine)
-        rows, _ = parse_users_csv(users_csv())
-        with transaction(ctx.sessions) as s:
-            upsert_users(s, [r for _, r in rows])
+        ctx = desk_context(config)
         workers = WorkerProcesses(ctx)
         components = Together(*imap_watcher.make_components(ctx), workers,
                               OutboxSender(ctx, poll_interval=config.pipeline.poll_interval))

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,6 +65,21 @@ def users_csv() -> str:
         lines.append(f"USER{i:05d},user{i}@importer{i % 50}.example,Trade User {i},importer,,"
                      f"owner{i % 50}@importer{i % 50}.example,{'es' if i % 4 == 0 else 'en'}")
     return "\n".join(lines) + "\n"
+
+
+def import_users(sessions: Any) -> None:
+    """Put the bench's users on file (so that senders verify as they would in production)."""
+    rows, _ = parse_users_csv(users_csv())
+    with transaction(sessions) as s:
+        upsert_users(s, [r for _, r in rows])
+
+
+def desk_context(config: Any) -> Any:
+    """Return the daemon's context for ``config`` on a migrated database with the bench's users."""
+    ctx = make_context(config)
+    upgrade(ctx.engine)
+    import_users(ctx.sessions)
+    return ctx
 
 
 def message(n: int, run: str) -> bytes:
@@ -168,11 +184,7 @@ def main() -> int:
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "retry_min": 1.0},
             "responders": {"autoreply_max": 1_000_000},
         }, base_dir=str(root))
-        ctx = make_context(config)
-        upgrade(ctx.engine)
-        rows, _ = parse_users_csv(users_csv())
-        with transaction(ctx.sessions) as s:
-            upsert_users(s, [r for _, r in rows])
+        ctx = desk_context(config)
         classify = make_classify_stage(ctx)
         if classify is None:
             progress("no classifier model loads: run 'acedesk train' first")

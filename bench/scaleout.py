@@ -34,13 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
-from bench.pipeline import message, users_csv  # noqa: E402
+from bench.pipeline import import_users, message  # noqa: E402
 from daemon.intake.store import NewMessage, insert_messages  # noqa: E402
 from models.core import DONE, InboundMessage  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
 from models.session import make_engine, make_sessionmaker, transaction  # noqa: E402
-from responders.users import parse_users_csv, upsert_users  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,9 +87,7 @@ def one_round(base: str, root: Path, instances: int, messages: int, processes: i
     try:
         upgrade(engine)
         sessions = make_sessionmaker(engine)
-        rows, _ = parse_users_csv(users_csv())
-        with transaction(sessions) as s:
-            upsert_users(s, [r for _, r in rows])
+        import_users(sessions)
         logs = [root / f"{instances}-{i}.log" for i in range(instances)]
         env = {**os.environ, "ACEDESK_BENCH_SECRET": "bench-secret-0123456789abcdef"}
         for i, log in enumerate(logs):

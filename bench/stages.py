@@ -31,18 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
-from bench.pipeline import message, users_csv  # noqa: E402
+from bench.pipeline import desk_context, message  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
-from daemon.context import make_context  # noqa: E402
 from daemon.delivery.outbox import drain_outbox  # noqa: E402
 from daemon.intake.store import NewMessage, insert_messages  # noqa: E402
 from daemon.stages.classify import make_stage as make_classify_stage  # noqa: E402
 from daemon.stages.parse import make_stage as make_parse_stage  # noqa: E402
 from daemon.stages.respond import make_stage as make_respond_stage  # noqa: E402
 from daemon.worker import drain  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
 from models.session import transaction  # noqa: E402
-from responders.users import parse_users_csv, upsert_users  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 #: The pure computing of each stage, by function name in the profile (cumulative time).
@@ -106,11 +103,7 @@ def main() -> int:
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port},
             "responders": {"autoreply_max": 1_000_000},
         }, base_dir=str(root))
-        ctx = make_context(config)
-        upgrade(ctx.engine)
-        rows, _ = parse_users_csv(users_csv())
-        with transaction(ctx.sessions) as s:
-            upsert_users(s, [r for _, r in rows])
+        ctx = desk_context(config)
         stages = {"parse": make_parse_stage(ctx), "classify": make_classify_stage(ctx),
                   "respond": make_respond_stage(ctx)}
         items = [NewMessage(desk="helpdesk@ace-support.example", source="cli", raw=message(n, "stages"))
