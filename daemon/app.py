@@ -29,6 +29,7 @@ from daemon.processes import WorkerProcesses
 from daemon.runner import Component, backoff, run_loop, wait_any
 from daemon.web import server as web
 from daemon.sdnotify import Notifier
+from daemon.signals import EarlyStop
 from daemon.worker import Stage, run_stage_once
 from models.migrate import current_revisions, head_revisions
 
@@ -91,10 +92,12 @@ def build_components(ctx: AppContext) -> list[Component]:
 class Supervisor:
     """Runs components, restarts crashed ones, and shuts everything down in order."""
 
-    def __init__(self, ctx: AppContext, components: Sequence[Component], notifier: Notifier | None = None) -> None:
+    def __init__(self, ctx: AppContext, components: Sequence[Component], notifier: Notifier | None = None,
+                 early: EarlyStop | None = None) -> None:
         self.ctx = ctx
         self.components = list(components)
         self.notifier = notifier or Notifier()
+        self.early = early
         self.stop = asyncio.Event()
         self.force = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -171,6 +174,8 @@ class Supervisor:
             loop.add_signal_handler(signum, self.request_stop, name)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
+            if self.early is not None and self.early.signame:
+                self.request_stop(self.early.signame)  # it came while we were starting
             for component in self.components:
                 self.tasks.append(asyncio.create_task(self._supervise(component), name=component.name))
             watchdog = asyncio.create_task(self._watchdog())
@@ -183,6 +188,8 @@ class Supervisor:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            if self.early is not None:
+                self.early.install()  # we are stopping anyway: a late signal is only noted
         log.info("acedesk stopped")
         return 0
 
@@ -213,8 +220,10 @@ def check_schema(ctx: AppContext) -> str | None:
     return f"the database is at {sorted(current)}, this code needs {sorted(heads)}: run 'acedesk db upgrade'"
 
 
-async def run_daemon(ctx: AppContext) -> int:
+async def run_daemon(ctx: AppContext, early: EarlyStop | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the exit status.
+
+    ``early`` holds a stop signal that arrived before the event loop took over.
 
     Raises:
         AlreadyRunning: another daemon holds this SQLite database.
@@ -223,7 +232,7 @@ async def run_daemon(ctx: AppContext) -> int:
     try:
         await asyncio.to_thread(release_dead_leases, ctx.sessions)
         components = build_components(ctx)
-        supervisor = Supervisor(ctx, components)
+        supervisor = Supervisor(ctx, components, early=early)
         try:
             return await supervisor.run()
         finally:

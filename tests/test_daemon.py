@@ -58,6 +58,27 @@ def test_run_refuses_an_unmigrated_database_with_the_fix(tmp_path):
     assert "acedesk db upgrade" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_sigterm_while_the_daemon_starts_is_a_clean_stop(tmp_path):
+    """systemd may stop a service that is still starting: that is a drain and exit 0, not death by signal."""
+    cfg = write_config(tmp_path, free_port())
+    assert acedesk("--config", str(cfg), "db", "upgrade").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "--config", str(cfg), "run"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # The database lock is taken early in start-up, before the model and the workers are loaded.
+        lock = tmp_path / "acedesk.db.lock"
+        deadline = time.monotonic() + 30
+        while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.communicate()[0]
+    assert "SIGTERM received: draining" in output and "acedesk stopped" in output, output[-2000:]
+
+
 def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_path):
     port = free_port()
     cfg = write_config(tmp_path, port)

@@ -184,6 +184,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def cmd_run(args: argparse.Namespace, lazy: Lazy) -> int:
+    from daemon.signals import EarlyStop
+
+    # Before the slow start (imports, database, model, workers): a stop meanwhile must be a clean one.
+    early = EarlyStop().install()
     from daemon.app import check_schema, run_daemon
     from daemon.instance import AlreadyRunning
 
@@ -192,7 +196,7 @@ def cmd_run(args: argparse.Namespace, lazy: Lazy) -> int:
     if problem:
         raise CommandError(problem)
     try:
-        return asyncio.run(run_daemon(ctx))
+        return asyncio.run(run_daemon(ctx, early))
     except AlreadyRunning as exc:
         raise CommandError(str(exc)) from None
 
