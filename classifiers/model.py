@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classifiers.artifact import Artifact, ArtifactError, export
-from classifiers.features import WORD_PATTERN, CharTfidf, CueFeatures
+from classifiers.features import WORD_PATTERN, CharTfidf, CueFeatures, word_tokens
 from classifiers.labels import LABELS, OTHER
 from classifiers.normalise import NORMALISER_VERSION, normalise
 
@@ -216,7 +216,7 @@ class TextClassifier:
         vocab = self._word_vocabulary()
         out = []
         for text in (texts if prepared else self.prepare(texts)):
-            words = _WORDS.findall(text)
+            words = word_tokens(text)
             if not words:
                 out.append((0, 0.0))
                 continue
@@ -394,9 +394,6 @@ def _read_card(path: Path) -> dict[str, Any]:
     if expected and actual != expected:
         raise ModelLoadError(f"{path}: corrupt model file (SHA-256 does not match its card)")
     return dict(card)
-
-
-_WORDS = re.compile(r"(?u)\b[^\W\d_]{2,}\b")
 
 
 def _sha256(path: Path) -> str:
