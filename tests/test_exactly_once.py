@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,17 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
+def wait_running(daemon: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Return once ``daemon`` has logged that it runs (its instance name ends with its pid)."""
+    mark = re.compile(rf"acedesk running \(.*\) as {re.escape(socket.gethostname())}:{daemon.pid}\b")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if mark.search(log.read_text(errors="replace")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the daemon did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
 @pytest.fixture
 def prepared(tmp_path: Path, smtp_capture: SmtpCapture):
     config = write_config(tmp_path, smtp_capture.port)
@@ -140,6 +152,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_resends_at_most_one_per_con
             break   # finished before every kill was spent: the bound below still holds
     daemon = start(config, log)
     try:
+        # The last one is stopped with SIGTERM only once it runs: a signal in the interpreter's own
+        # start-up (before any of our code) is death by signal in any Python program.
+        wait_running(daemon, log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done, queued, sent = progress(sessions)
