@@ -30,6 +30,8 @@ class Analyst(Base):
     #: argon2id hash (argon2-cffi's encoded form, parameters included).
     password_hash: Mapped[str] = mapped_column(String(200), default="")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Where escalation digests of the tickets assigned to them go (migration 0016d); None = not told.
+    email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 

@@ -32,7 +32,8 @@ class Article(Base):
     key: Mapped[str] = mapped_column(String(64))
     language: Mapped[str] = mapped_column(String(8))
     title: Mapped[str] = mapped_column(String(300))
-    url: Mapped[str] = mapped_column(String(2000))
+    #: None when the source names the article without an address (cited by title; migration 0016).
+    url: Mapped[str | None] = mapped_column(String(2000))
     #: The taxonomy labels whose replies link it.
     labels: Mapped[list[str]] = mapped_column(JSONType)
     last_reviewed: Mapped[dt.date | None] = mapped_column(Date)

@@ -1,9 +1,13 @@
 """Knowledge articles (the desk's KMS): which articles each reply links.
 
 An article is one language of one key (``availability-dashboard``, ``en``)
-with a title, a URL, the labels whose replies link it, and when it was last
-reviewed.  The shipped set comes from the seeds' resources
-(``responders/data/articles.csv``) and is added to the table once, on first
+with a title, a URL when there is one, the labels whose replies link it, and
+when it was last reviewed.  The shipped set comes from the seeds' resources
+(``responders/data/articles.csv``): a URL only where a seed gives it (the
+refund CSMS, www.cbp.gov/ace); the resources the seeds name without a link
+(the Availability Dashboard, the business process documents, ...) are cited
+by the title the seeds give, never by a guessed address.  It is added to the
+table once, on first
 use; after that the table is the truth: ``acedesk articles import`` adds and
 updates, ``retire`` removes an article from every reply without a template
 change, and a retired article is never brought back by the shipped set.
@@ -46,7 +50,8 @@ class ArticleLink:
     key: str
     language: str
     title: str
-    url: str
+    #: None: the seeds name the article but give no address; replies cite it by title.
+    url: str | None
     labels: tuple[str, ...] = ()
     last_reviewed: dt.date | None = None
 
@@ -60,8 +65,9 @@ class RowError:
 def parse_articles_csv(text: str) -> tuple[list[ArticleLink], list[RowError]]:
     """Return the valid rows of an articles CSV and one error per bad row.
 
-    Columns: ``key,language,title,url,labels,last_reviewed``; labels are
-    ``;``-separated taxonomy labels, ``last_reviewed`` is ``YYYY-MM-DD`` or empty.
+    Columns: ``key,language,title,url,labels,last_reviewed``; ``url`` may be
+    empty (the article is cited by its title); labels are ``;``-separated
+    taxonomy labels, ``last_reviewed`` is ``YYYY-MM-DD`` or empty.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -107,7 +113,7 @@ def _article(v: dict[str, str]) -> ArticleLink:
         raise ValueError(f"language {v['language'][:10]!r}: expected {' or '.join(LANGUAGES)}")
     if not v["title"] or len(v["title"]) > 300:
         raise ValueError("title: between 1 and 300 characters")
-    if not _URL.match(v["url"]) or len(v["url"]) > 2000:
+    if v["url"] and (not _URL.match(v["url"]) or len(v["url"]) > 2000):
         raise ValueError(f"url {v['url'][:80]!r}: expected an http(s) address")
     labels = tuple(dict.fromkeys(x.strip() for x in v["labels"].split(";") if x.strip()))
     bad = [x for x in labels if x not in LABELS]
@@ -120,7 +126,7 @@ def _article(v: dict[str, str]) -> ArticleLink:
             reviewed = dt.date.fromisoformat(v["last_reviewed"])
         except ValueError:
             raise ValueError(f"last_reviewed {v['last_reviewed'][:20]!r}: expected YYYY-MM-DD") from None
-    return ArticleLink(key, language, v["title"], v["url"], labels, reviewed)
+    return ArticleLink(key, language, v["title"], v["url"] or None, labels, reviewed)
 
 
 def shipped_articles() -> list[ArticleLink]:
@@ -164,8 +170,9 @@ class Library:
 
 
 def links_context(links: Sequence[ArticleLink]) -> list[dict[str, str]]:
-    """Return the template data of ``links`` (titles and URLs are data, autoescaped in HTML)."""
-    return [{"key": a.key, "title": a.title, "url": a.url} for a in links]
+    """Return the template data of ``links`` (titles and URLs are data, autoescaped in HTML);
+    ``url`` is empty for an article cited by title only."""
+    return [{"key": a.key, "title": a.title, "url": a.url or ""} for a in links]
 
 
 def _link(a: Article) -> ArticleLink:

@@ -171,7 +171,7 @@ def cmd_articles_show(args: argparse.Namespace, lazy: Any) -> int:
         raise CommandError(f"no article {args.key!r} (see 'acedesk articles list --all')")
     for d in rows:
         print(f"{d['key']} ({d['language']}): {d['title']}")
-        print(f"  url:           {d['url']}")
+        print(f"  url:           {d['url'] or '- (cited by title)'}")
         print(f"  labels:        {', '.join(d['labels'])}")
         print(f"  last reviewed: {d['last_reviewed'] or '-'}   source: {d['source']}")
         if d["retired_at"]:
