@@ -412,37 +412,78 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
 # --- escalation -------------------------------------------------------------------------------------
 
 
-def test_a_ticket_near_its_target_escalates_once_and_the_digest_is_delivered(
-        sessions, engine, config_factory, smtp_capture):
-    config = config_factory(url_of(engine), escalation={"margin_minutes": 30, "address": "leads@ace-support.example"},
+def test_a_ticket_near_its_target_escalates_once_to_the_desk_and_its_assignee(
+        sessions, engine, config_factory, smtp_capture, tmp_path, monkeypatch):
+    leads = "leads@ace-support.example"
+    config = config_factory(url_of(engine), escalation={"margin_minutes": 30, "address": leads},
                             outbound={"relay_host": "127.0.0.1", "relay_port": smtp_capture.port,
                                       "retry_min": 0.05, "timeout": 5.0})
     ctx = make_ctx(config, engine)
-    ingest(sessions, mail(subject="a question", sender="dan@new.example", ar=None, body="How do I enrol?"),
-           mail(subject="another question", sender="eve@new.example", ar=None, body="And me?"))
+    # Five questions the model is unsure of: five tickets, each with a triage item.
+    ingest(sessions, *[mail(subject=f"a question {i}", sender=f"u{i}@new.example", ar=None, body=f"How {i}?",
+                            msgid=f"<q-{i}@new.example>") for i in range(5)])
     drain(sessions, pipeline(ctx), PipelineConfig())
+    acks = drain_outbox(sessions, config)
+    smtp_capture.handler.wait_for(acks)
+    # Analysts: ann and bob with an address on their account, cy without one.
+    monkeypatch.setenv("ACEDESK_ANALYST_PASSWORD", "correct horse battery")
+    assert cli(tmp_path, engine, "analysts", "add", "ann", "--email", "Ann.Lee@ace-support.example") == 0
+    assert cli(tmp_path, engine, "analysts", "add", "bob") == 0
+    assert cli(tmp_path, engine, "analysts", "email", "bob", "bob@ace-support.example") == 0
+    assert cli(tmp_path, engine, "analysts", "add", "cy") == 0
+    assert cli(tmp_path, engine, "analysts", "email", "cy", "not an address") == 2
     now = dt.datetime.now(dt.timezone.utc)
     with transaction(sessions) as s:
-        near, far = s.scalars(select(Ticket).order_by(Ticket.id)).all()
-        near.due_at, far.due_at = now + dt.timedelta(minutes=10), now + dt.timedelta(hours=3)
-        number = near.number
-    drain_outbox(sessions, config)  # the acknowledgements
-    smtp_capture.handler.wait_for(2)
-    responder = make_responder(config)
-    assert sweep_once(ctx, responder) == 1
-    assert sweep_once(ctx, responder) == 0
+        tickets = s.scalars(select(Ticket).order_by(Ticket.id)).all()
+        items = {i.ticket_id: i.id for i in s.scalars(select(TriageItem))}
+        numbers = [t.number for t in tickets]
+        # 0: ann's, overdue; 1: bob's; 2: cy's; 3: nobody's, urgent already; 4: ann's, hours to go.
+        for t, minutes in zip(tickets, (-5, 10, 10, 20, 180)):
+            t.due_at = now + dt.timedelta(minutes=minutes)
+        tickets[3].priority = "high"
+    for n, who in ((0, "ann"), (1, "bob"), (2, "cy"), (4, "ann")):
+        ticket_id = next(t.id for t in tickets if t.number == numbers[n])
+        assert cli(tmp_path, engine, "queue", "assign", str(items[ticket_id]), who) == 0
+
+    assert sweep_once(ctx, make_responder(config)) == 4
+    # A restart: a new process with a new responder finds nothing left to escalate or to tell.
+    restarted = make_ctx(config, engine)
+    assert sweep_once(restarted, make_responder(config)) == 0
+    assert drain_outbox(restarted.sessions, config) == 3
+    assert drain_outbox(restarted.sessions, config) == 0
+    digests = {m.rcpt_tos[0]: m.message for m in smtp_capture.handler.wait_for(acks + 3)[acks:]}
+    assert set(digests) == {leads, "ann.lee@ace-support.example", "bob@ace-support.example"}
+    for to, mine in ((leads, {0, 1, 2, 3}), ("ann.lee@ace-support.example", {0}), ("bob@ace-support.example", {1})):
+        body = text_of(digests[to])
+        assert digests[to]["Auto-Submitted"] == "auto-generated"
+        assert {i for i, number in enumerate(numbers) if number in body} == mine, to
+    ann = text_of(digests["ann.lee@ace-support.example"])
+    assert "ann, these tickets assigned to you" in ann
+    assert "(OVERDUE)" in ann and "assigned to you" in digests["ann.lee@ace-support.example"]["Subject"]
+    desk = text_of(digests[leads])
+    assert f"{numbers[3]} [URGENT]" in desk and f"{numbers[0]} [URGENT]" not in desk
+    assert "with ann" in desk and "with cy" in desk
     with sessions() as s:
-        near = s.scalars(select(Ticket).where(Ticket.number == number)).one()
-        assert near.priority == "high" and near.escalated_to == "leads@ace-support.example"
-        # The SLA report counts it (overall and for its label).
+        escalated = {t.number: t for t in s.scalars(select(Ticket).where(Ticket.escalated_at.is_not(None)))}
+        assert set(escalated) == set(numbers[:4]) and all(t.priority == "high" for t in escalated.values())
+        assert escalated[numbers[0]].escalated_to == f"{leads}, ann.lee@ace-support.example"
+        assert escalated[numbers[2]].escalated_to == leads
+        # The SLA report counts each once (overall and per label).
         figures = report.sla(s, now - dt.timedelta(days=1), now + dt.timedelta(days=1), 4.0)
-        assert figures.overall.escalated == 1 and sum(r.escalated for r in figures.by_label) == 1
-    assert drain_outbox(sessions, config) == 1
-    got = smtp_capture.handler.wait_for(3)
-    digest = got[-1]
-    assert digest.rcpt_tos == ["leads@ace-support.example"]
-    assert number in digest.message["Subject"] and number in text_of(digest.message)
-    assert digest.message["Auto-Submitted"] == "auto-generated"
+        assert figures.overall.escalated == 4 and sum(r.escalated for r in figures.by_label) == 4
+
+
+def test_the_desk_digest_lists_the_war_rooms_open_incidents(sessions, engine, config_factory, tmp_path):
+    config = config_factory(url_of(engine), escalation={"margin_minutes": 30})
+    ctx = make_ctx(config, engine)
+    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    ingest(sessions, mail(subject="a question", sender="dan@new.example", ar=None, body="How do I enrol?"))
+    drain(sessions, pipeline(ctx), PipelineConfig())
+    with transaction(sessions) as s:
+        s.scalars(select(Ticket)).one().due_at = dt.datetime.now(dt.timezone.utc)
+    assert sweep_once(ctx, make_responder(config)) == 1
+    (digest,) = replies(sessions, "escalation")
+    assert re.search(r"War Room: open incidents\r?\n- INC-\d{4}-\d{4}: ACE Portal down, opened ", text_of(digest))
 
 
 # --- the console page for admins ----------------------------------------------------------------

@@ -2,8 +2,8 @@
 alone, and the desk's SLA report.
 
 * ``acedesk analysts add NAME --role analyst|publisher|admin`` (password from a prompt,
-  ``--password-file FILE`` or ``ACEDESK_ANALYST_PASSWORD``), ``list``, ``disable NAME``,
-  ``enable NAME``, ``passwd NAME``.
+  ``--password-file FILE`` or ``ACEDESK_ANALYST_PASSWORD``; ``--email`` for escalation
+  digests), ``list``, ``email NAME ADDRESS``, ``disable NAME``, ``enable NAME``, ``passwd NAME``.
 * ``acedesk web`` -- serve the console, subscribers' pages and /metrics without the daemon.
 * ``acedesk report sla --since YYYY-MM-DD [--format csv|json]`` -- the dashboard's figures.
 """
@@ -34,7 +34,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--role", choices=ROLES, default="analyst",
                    help="analyst: the queue and tickets; publisher: also CSMS; admin: everything")
     p.add_argument("--password-file", help="read the password from this file ('-' = stdin) instead of a prompt")
+    p.add_argument("--email", default="", help="where escalation digests of their tickets go")
     p.set_defaults(handler=cmd_analysts_add)
+    p = asub.add_parser("email", help="set where an analyst's escalation digests go ('' clears it)")
+    p.add_argument("name")
+    p.add_argument("address")
+    p.set_defaults(handler=cmd_analysts_email)
     p = asub.add_parser("list", help="accounts, roles, last login")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_analysts_list)
@@ -95,12 +100,14 @@ def _audit(session: Any, action: str, name: str) -> None:
 
 
 def cmd_analysts_add(args: argparse.Namespace, lazy: Any) -> int:
-    from daemon.web.accounts import add_analyst
+    from daemon.web.accounts import add_analyst, set_email
 
     password = _password(args)
 
     def add(session: Any) -> Any:
         analyst = add_analyst(session, args.name, args.role, password)
+        if args.email:
+            set_email(session, analyst.name, args.email)
         _audit(session, "analysts.add", analyst.name)
         return analyst.name
 
@@ -114,7 +121,7 @@ def cmd_analysts_list(args: argparse.Namespace, lazy: Any) -> int:
     from daemon.web.accounts import list_analysts
 
     with lazy.ctx.sessions() as session:
-        rows = [{"name": a.name, "role": a.role, "disabled": a.disabled,
+        rows = [{"name": a.name, "role": a.role, "disabled": a.disabled, "email": a.email,
                  "last_login_at": a.last_login_at.isoformat() if a.last_login_at else None}
                 for a in list_analysts(session)]
     if args.json:
@@ -124,10 +131,19 @@ def cmd_analysts_list(args: argparse.Namespace, lazy: Any) -> int:
     if not rows:
         print("no analysts yet: 'acedesk analysts add NAME --role admin'")
         return 0
-    print(f"{'name':<24} {'role':<10} {'state':<9} last login")
+    print(f"{'name':<24} {'role':<10} {'state':<9} {'e-mail':<32} last login")
     for row in rows:
         print(f"{row['name']:<24} {row['role']:<10} {'disabled' if row['disabled'] else 'active':<9} "
-              f"{row['last_login_at'] or '-'}")
+              f"{row['email'] or '-':<32} {row['last_login_at'] or '-'}")
+    return 0
+
+
+def cmd_analysts_email(args: argparse.Namespace, lazy: Any) -> int:
+    from daemon.web.accounts import set_email
+
+    kept = _accounts(lambda s: (set_email(s, args.name, args.address), _audit(s, "analysts.email", args.name))[0],
+                     lazy)
+    print(f"escalation digests of {args.name} go to {kept}" if kept else f"{args.name} gets no escalation digests")
     return 0
 
 

@@ -88,6 +88,18 @@ def set_disabled(session: Session, name: str, disabled: bool = True) -> None:
         session.execute(delete(WebSession).where(WebSession.analyst_id == analyst.id))
 
 
+def set_email(session: Session, name: str, email: str) -> str | None:
+    """Set (or, with "", clear) where an analyst's escalation digests go; return the address kept."""
+    from responders.render import RenderError, valid_address
+
+    analyst = find_analyst(session, name)
+    try:
+        analyst.email = valid_address(email.strip()) if email.strip() else None
+    except RenderError as exc:
+        raise AccountError(f"e-mail address {email[:80]!r}: {exc}") from None
+    return analyst.email
+
+
 def list_analysts(session: Session) -> list[Analyst]:
     return list(session.scalars(select(Analyst).order_by(Analyst.name)))
 
