@@ -242,25 +242,47 @@ def open_incident(session: Session, responder: Responder, *, title: str, by: str
     return incident
 
 
+#: The CSMS draft's template (``responders/templates/<lang>/csms_outage_draft.txt.j2``).
+CSMS_DRAFT = "csms_outage_draft"
+
+
+@dataclass(frozen=True)
+class DraftText:
+    """One language of the CSMS draft: its title and Markdown body."""
+
+    title: str
+    body: str
+
+
+def draft_text(responder: Responder, incident: Incident, burst: Burst | None, language: str) -> DraftText:
+    """Return the CSMS draft of ``incident`` in ``language``, rendered from its template (the title is
+    the template's ``title`` variable, so each language words its own)."""
+    cfg = responder.incidents
+    template = responder.renderer.env.get_template(f"{language}/{CSMS_DRAFT}.txt.j2")
+    module = template.make_module({
+        "incident": incident.number or "", "incident_title": incident.title,
+        "since": responder.hours.describe_time(incident.opened_at, language),
+        "reports": burst.reports if burst else 0, "window_minutes": f"{cfg.window_minutes:g}"})
+    return DraftText(title=str(getattr(module, "title")), body=str(module).strip() + "\n")
+
+
 def draft_notice(session: Session, responder: Responder, incident: Incident, burst: Burst | None) -> int | None:
-    """Prepare the CSMS notice a publisher reviews; return its id (None when no topic is configured)."""
+    """Prepare the CSMS notice a publisher reviews, in English with its Spanish translation (publishing
+    the English one sends each subscriber the version of their language); return the English one's id
+    (None when no topic is configured)."""
     from csms.service import create_notice, ensure_topics
 
     cfg = responder.incidents
     if not cfg.csms_topics:
         return None
     ensure_topics(session, cfg.csms_topics)
-    since = responder.hours.describe_time(incident.opened_at)
-    body = (f"CBP is aware that ACE users are experiencing system issues since {since}. "
-            "Transactions may be delayed or fail to process. CBP is working to restore normal "
-            "operations.\n\nCheck the ACE Availability Dashboard for real-time system status, and "
-            "follow the ACE Outages Guidelines in the meantime. CBP will provide further messages "
-            f"as needed.\n\n(Draft prepared by the ACE Help Desk for incident {incident.number}"
-            + (f": {burst.reports} reports in {cfg.window_minutes:g} minutes" if burst else "")
-            + "; review before publishing.)")
-    notice = create_notice(session, title=f"ACE System Issues: {incident.title}", type=cfg.csms_type, body=body,
-                           topics=cfg.csms_topics, author=f"acedesk incident {incident.number}",
-                           event={"incident": incident.number})
+    author, event = f"acedesk incident {incident.number}", {"incident": incident.number}
+    english = draft_text(responder, incident, burst, "en")
+    notice = create_notice(session, title=english.title, type=cfg.csms_type, body=english.body,
+                           topics=cfg.csms_topics, author=author, event=event)
+    spanish = draft_text(responder, incident, burst, "es")
+    create_notice(session, title=spanish.title, type=cfg.csms_type, body=spanish.body, topics=cfg.csms_topics,
+                  language="es", author=author, event=event, translation_of=notice)
     return int(notice.id)
 
 

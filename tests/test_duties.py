@@ -368,9 +368,21 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
                         .where(IncidentReport.incident_id == incident.id)) == 40
         alerts = list(s.scalars(select(OutboxMessage).where(OutboxMessage.template == "incident_alert")))
         assert len(alerts) == 1 and alerts[0].rcpt_to == [ONCALL]
-        notice = s.scalars(select(Notice)).one()
-        assert (notice.status, notice.type, notice.topics) == (DRAFT, "INFORMATION", ["ACE"])
+        notice, spanish = s.scalars(select(Notice).order_by(Notice.id)).all()
+        assert (notice.status, notice.type, notice.topics, notice.language) == (DRAFT, "INFORMATION", ["ACE"], "en")
         assert incident.csms_notice_id == notice.id
+        # Its Spanish version, for Spanish subscribers: a translation of it, in the seeds' wording.
+        assert (spanish.status, spanish.type, spanish.topics, spanish.language, spanish.translation_of_id) == \
+            (DRAFT, "INFORMATION", ["ACE"], "es", notice.id)
+        assert "Check the ACE Availability Dashboard for real-time system status" in notice.body
+        assert "ACE Outages Guidelines offer detailed information on how to handle and understand system " \
+               "disruptions" in notice.body
+        assert "Consulte el ACE Availability Dashboard (tablero de disponibilidad de ACE) para ver el estado del " \
+               "sistema en tiempo real" in spanish.body
+        assert "Las ACE Outages Guidelines (pautas ante interrupciones de ACE) ofrecen" in spanish.body
+        assert f"CBP tiene conocimiento de que los usuarios de ACE tienen problemas con el sistema desde " \
+               f"{DeskHours().describe_time(incident.opened_at, 'es')}." in spanish.body
+        assert spanish.title == "Problemas del sistema ACE" and incident.number in spanish.body
         # The first batch became tickets before the burst was visible; the rest did not.
         assert s.scalar(select(func.count()).select_from(Ticket)) == 40 + 10
         number = incident.number
@@ -407,6 +419,32 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     drain(sessions, pipeline(ctx), PipelineConfig())
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Ticket)) == 51
+
+
+def test_the_outage_draft_reaches_each_subscriber_in_their_language(engine, smtp_capture, tmp_path, capsys):
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[database]\nurl = "{url_of(engine)}"\n[daemon]\nstate_dir = "{tmp_path / "var"}"\n'
+                      f'[outbound]\nrelay_host = "127.0.0.1"\nrelay_port = {smtp_capture.port}\n'
+                      f'[csms]\nsecret_file = "{tmp_path / "csms.secret"}"\n')
+    (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
+    subscribers = tmp_path / "subs.csv"
+    subscribers.write_text("email,topics,language\njo@broker.example,ACE,en\ncarla@importadora.example,ACE,es\n")
+    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    number = re.search(r"incident (INC-\d{4}-\d{4}) opened", capsys.readouterr().out).group(1)
+    assert cli(tmp_path, engine, "csms", "subscribers", "import", str(subscribers)) == 0
+    capsys.readouterr()
+    assert cli(tmp_path, engine, "incidents", "show", number) == 0
+    out = capsys.readouterr().out
+    english_id = int(re.search(r"CSMS draft: (\d+)", out).group(1))
+    assert re.search(r"; es: \d+ \(acedesk csms preview \d+\)", out)
+    assert cli(tmp_path, engine, "csms", "publish", str(english_id), "--yes") == 0
+    got = {m.rcpt_tos[0]: m.message for m in smtp_capture.handler.wait_for(2)}
+    assert set(got) == {"jo@broker.example", "carla@importadora.example"}
+    jo, carla = text_of(got["jo@broker.example"]), text_of(got["carla@importadora.example"])
+    assert "ACE System Issues: ACE Portal down" in got["jo@broker.example"]["Subject"]
+    assert "Problemas del sistema ACE: ACE Portal down" in got["carla@importadora.example"]["Subject"]
+    assert "CBP is aware that ACE users are experiencing system issues" in jo and "CBP tiene" not in jo
+    assert "CBP tiene conocimiento de que los usuarios de ACE tienen problemas" in carla and "CBP is aware" not in carla
 
 
 # --- escalation -------------------------------------------------------------------------------------

@@ -254,12 +254,17 @@ def cmd_users_status(args: argparse.Namespace, lazy: Any) -> int:
 
 
 def _incident_dict(session: Any, incident: Any) -> dict[str, Any]:
+    from csms.service import translations
+    from models.csms import Notice
     from responders.incidents import report_count
+
+    draft = session.get(Notice, incident.csms_notice_id) if incident.csms_notice_id else None
 
     return {"number": incident.number, "status": incident.status, "title": incident.title,
             "label": incident.label, "opened_at": incident.opened_at.isoformat(), "opened_by": incident.opened_by,
             "trigger": incident.trigger, "reports": report_count(session, incident.id),
             "alert_outbox_id": incident.alert_outbox_id, "csms_notice_id": incident.csms_notice_id,
+            "csms_translations": {t.language: t.id for t in translations(session, draft)} if draft else {},
             "closed_at": incident.closed_at.isoformat() if incident.closed_at else None,
             "closed_by": incident.closed_by, "followups_sent": incident.followups_sent}
 
@@ -302,7 +307,8 @@ def cmd_incidents_show(args: argparse.Namespace, lazy: Any) -> int:
     print(f"  reports:    {d['reports']} attached")
     print(f"  alert:      outbox {d['alert_outbox_id'] or '-'}")
     print(f"  CSMS draft: {d['csms_notice_id'] or '-'}"
-          + (f" (acedesk csms preview {d['csms_notice_id']})" if d["csms_notice_id"] else ""))
+          + (f" (acedesk csms preview {d['csms_notice_id']})" if d["csms_notice_id"] else "")
+          + "".join(f"; {lang}: {nid} (acedesk csms preview {nid})" for lang, nid in d["csms_translations"].items()))
     if d["closed_at"]:
         print(f"  closed:     {d['closed_at']} by {d['closed_by']}, {d['followups_sent']} follow-up(s)")
     return 0
