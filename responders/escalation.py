@@ -79,15 +79,16 @@ def assignees(session: Session, ticket_ids: list[int]) -> dict[int, Assignee]:
     if not ticket_ids:
         return {}
     rows = session.execute(
-        select(TriageItem.ticket_id, TriageItem.assigned_to, Analyst.email, Analyst.disabled)
-        .outerjoin(Analyst, Analyst.name == TriageItem.assigned_to)
+        select(TriageItem.ticket_id, TriageItem.assigned_to, Analyst.name, Analyst.email, Analyst.disabled)
+        # Analyst names are stored lower-case; 'queue assign ID Ann' keeps what was typed.
+        .outerjoin(Analyst, Analyst.name == func.lower(func.trim(TriageItem.assigned_to)))
         .where(TriageItem.ticket_id.in_(ticket_ids), TriageItem.status == TRIAGE_OPEN,
                TriageItem.assigned_to.is_not(None))
         .order_by(TriageItem.id))
     found: dict[int, Assignee] = {}
-    for ticket_id, name, email, disabled in rows:
+    for ticket_id, assigned_to, account, email, disabled in rows:
         # The newest open item of a ticket wins (a follow-up reassigned to someone else).
-        found[ticket_id] = Assignee(name, email if email and not disabled else None)
+        found[ticket_id] = Assignee(account or assigned_to, email if email and not disabled else None)
     return found
 
 

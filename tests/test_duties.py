@@ -479,7 +479,7 @@ def test_a_ticket_near_its_target_escalates_once_to_the_desk_and_its_assignee(
         for t, minutes in zip(tickets, (-5, 10, 10, 20, 180)):
             t.due_at = now + dt.timedelta(minutes=minutes)
         tickets[3].priority = "high"
-    for n, who in ((0, "ann"), (1, "bob"), (2, "cy"), (4, "ann")):
+    for n, who in ((0, "Ann"), (1, "bob"), (2, "cy"), (4, "ann")):
         ticket_id = next(t.id for t in tickets if t.number == numbers[n])
         assert cli(tmp_path, engine, "queue", "assign", str(items[ticket_id]), who) == 0
 
