@@ -385,3 +385,42 @@ def test_a_saved_draft_is_edited_from_the_cli_until_it_is_published(site, capsys
         edits = [(a.actor, a.detail["fields"]) for a in session.scalars(
             select(AuditEntry).where(AuditEntry.action == "csms.edit"))]
     assert edits == [("pat", ["title", "body", "topics"])]
+
+
+def test_the_item_page_shows_the_top_labels_recorded_at_classification(site):
+    from sqlalchemy import select, update
+
+    from daemon.config import PipelineConfig
+    from daemon.intake.store import NewMessage, insert_messages
+    from daemon.pipeline import build_stages
+    from daemon.worker import drain
+    from models.core import InboundMessage
+    from models.responders import TriageItem
+
+    cfg, port, ctx = site
+    raw = (b"From: Jo Broker <jo@broker.example>\r\nTo: helpdesk@ace-support.example\r\n"
+           b"Subject: Where is my entry?\r\nMessage-ID: <top-1@broker.example>\r\n\r\n"
+           b"Hello, I have a question about something unusual.\r\nThanks\r\n")
+    with transaction(ctx.sessions) as session:
+        insert_messages(session, [NewMessage(desk="helpdesk@ace-support.example", source="cli", raw=raw)])
+    drain(ctx.sessions, build_stages(ctx), PipelineConfig())
+    with ctx.sessions() as session:
+        row = session.scalars(select(InboundMessage)).one()
+        item = session.scalars(select(TriageItem)).one()
+    # The classify stage kept its three likeliest labels, best first, the first being its answer.
+    assert len(row.top_labels) == 3 and row.top_labels[0] == [row.label, row.confidence]
+    assert [p for _, p in row.top_labels] == sorted((p for _, p in row.top_labels), reverse=True)
+    # The page shows what was recorded, not a new prediction: change the record and the page follows.
+    recorded = [["ach_refund", 0.42], ["account_locked", 0.31], ["other", 0.12]]
+    with transaction(ctx.sessions) as session:
+        session.execute(update(InboundMessage).values(top_labels=recorded))
+    ann = Client(port)
+    assert ann.login("ann") == 303
+    status, _, page = ann.request("GET", f"/items/{item.id}")
+    shown = re.findall(r"<li>(\w+) <small>([\d.]+)</small></li>", page.split('id="top-labels"')[1].split("</ol>")[0])
+    assert status == 200 and shown == [("ach_refund", "0.42"), ("account_locked", "0.31"), ("other", "0.12")]
+    # A message classified before the labels were kept says so instead of guessing.
+    with transaction(ctx.sessions) as session:
+        session.execute(update(InboundMessage).values(top_labels=None))
+    status, _, page = ann.request("GET", f"/items/{item.id}")
+    assert status == 200 and "were not recorded for this message" in page

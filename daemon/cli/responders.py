@@ -281,6 +281,8 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
         print(f"  screen:       {record.screen or '-'} {record.screen_reasons or ''}")
         print(f"  verification: {record.verification}: {'; '.join(record.verification_reasons or [])}")
         print(f"  decision:     {record.action} {record.template or ''}: {'; '.join(record.reasons or [])}")
+    if inbound is not None and inbound.top_labels:
+        print("  likeliest:    " + ", ".join(f"{label} {p:.2f}" for label, p in inbound.top_labels))
     if inbound is not None and inbound.parsed:
         msg = ParsedMessage.from_dict(inbound.parsed)
         print(f"  message:      {inbound.id} from {msg.sender_name!r} <{msg.sender}>, subject {msg.subject!r}")
