@@ -228,9 +228,10 @@ def test_an_analyst_works_the_queue_and_a_publisher_sends_a_notice(browser, desk
         corrections = list(session.scalars(select(LabelCorrection.label)))
         resolved = {i.resolution for i in session.scalars(select(TriageItem))}
     assert corrections == ["ach_refund"] and "replied" in resolved
-    assert sorted(p.name for p in shots.glob("*.png")) == sorted(
-        ["login.png", "queue.png", "message.png", "item-replied.png", "tickets.png", "dashboard.png",
-         "csms-compose.png", "csms-confirm.png", "csms-progress.png", "preferences-es.png"])
+    # Every main page has its screenshot (the folder may be shared with other tests: ACEDESK_SCREENSHOTS).
+    assert {"login.png", "queue.png", "message.png", "item-replied.png", "tickets.png", "dashboard.png",
+            "csms-compose.png", "csms-confirm.png", "csms-progress.png", "preferences-es.png"} <= \
+        {p.name for p in shots.glob("*.png")}
 
 
 def test_a_publisher_edits_a_saved_draft_with_the_preview_then_publishes_it(browser, desk, smtp_capture):
