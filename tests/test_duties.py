@@ -70,6 +70,15 @@ def url_of(engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
+def on_file(sessions, monkeypatch, name: str, role: str = "analyst") -> None:
+    """An analyst account the command line then acts as (``$ACEDESK_ANALYST``)."""
+    from models.analysts import Analyst
+
+    with transaction(sessions) as s:
+        s.add(Analyst(name=name, role=role, password_hash="", disabled=False))
+    monkeypatch.setenv("ACEDESK_ANALYST", name)
+
+
 def cli(tmp_path: Path, engine, *argv: str) -> int:
     config = tmp_path / "cli.toml"
     if not config.exists():
@@ -221,7 +230,7 @@ def test_a_message_on_saturday_night_is_due_sunday_9am_and_told_when_analysts_ar
 
 
 def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disappears(
-        sessions, engine, config_factory, tmp_path, capsys):
+        sessions, engine, config_factory, tmp_path, capsys, monkeypatch):
     ctx = make_ctx(config_factory(url_of(engine)), engine)
     responder = make_responder(ctx.config)
     with transaction(sessions) as s:
@@ -256,7 +265,8 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
     ingest(sessions, mail(subject="ACH refund enrollment", sender="dan@new.example", ar=None, body="How?"))
     drain(sessions, pipeline(ctx), PipelineConfig())
     assert faq.url and faq.url in text_of(replies(sessions)[-1])
-    assert cli(tmp_path, engine, "articles", "retire", "ach-refunds-faq", "--by", "kms-editor") == 0
+    on_file(sessions, monkeypatch, "kms-editor", "admin")
+    assert cli(tmp_path, engine, "articles", "retire", "ach-refunds-faq", "--as", "kms-editor") == 0
     ingest(sessions, mail(subject="ACH refund question", sender="eve@new.example", ar=None, body="Bank?"))
     drain(sessions, pipeline(ctx), PipelineConfig())
     last = text_of(replies(sessions)[-1])
@@ -296,11 +306,12 @@ def test_every_label_links_its_articles_in_both_languages_and_a_retired_one_disa
 
 
 def test_a_suspended_account_gets_no_account_help_until_restored(sessions, engine, config_factory, tmp_path,
-                                                                  capsys):
+                                                                  capsys, monkeypatch):
     ctx = make_ctx(config_factory(url_of(engine)), engine)
     import_users(sessions)
+    on_file(sessions, monkeypatch, "security-officer")
     assert cli(tmp_path, engine, "users", "inactivate", "ALICE01", "--suspend", "--reason",
-               "OIT cybersecurity ticket 4411", "--by", "security-officer") == 0
+               "OIT cybersecurity ticket 4411", "--as", "security-officer") == 0
     assert cli(tmp_path, engine, "users", "inactivate", "NOBODY", "--reason", "x") == 2
     # A verified password request from the address on file: security triage, a reply that says nothing.
     ingest(sessions, mail(msgid="<susp-1@broker.example>"))
@@ -344,7 +355,8 @@ def outage_reports(n: int) -> list[bytes]:
             for i in range(n)]
 
 
-def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine, config_factory, tmp_path, capsys):
+def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine, config_factory, tmp_path, capsys,
+                                                                monkeypatch):
     config = config_factory(url_of(engine), incidents={"oncall_address": ONCALL})
     ctx = make_ctx(config, engine)
     # A normal trickle first: 40 reports over a day (the baseline) make no incident.
@@ -406,8 +418,9 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
     assert number in dry["reply"]["subject"] and number in dry["reply"]["text"]
 
     # Closing sends one follow-up to each address attached (20 people), once.
+    on_file(sessions, monkeypatch, "war-room")
     assert cli(tmp_path, engine, "incidents", "close", number, "--resolution", "ACE is processing again.",
-               "--by", "war-room") == 0
+               "--as", "war-room") == 0
     assert cli(tmp_path, engine, "incidents", "close", number) == 2
     resolved = replies(sessions, "outage_resolved")
     assert len(resolved) == 20 and len({m["To"] for m in resolved}) == 20
@@ -421,7 +434,8 @@ def test_an_outage_burst_opens_one_incident_and_a_trickle_none(sessions, engine,
         assert s.scalar(select(func.count()).select_from(Ticket)) == 51
 
 
-def test_the_outage_draft_reaches_each_subscriber_in_their_language(engine, smtp_capture, tmp_path, capsys):
+def test_the_outage_draft_reaches_each_subscriber_in_their_language(engine, sessions, smtp_capture, tmp_path, capsys,
+                                                                   monkeypatch):
     config = tmp_path / "cli.toml"
     config.write_text(f'[database]\nurl = "{url_of(engine)}"\n[daemon]\nstate_dir = "{tmp_path / "var"}"\n'
                       f'[outbound]\nrelay_host = "127.0.0.1"\nrelay_port = {smtp_capture.port}\n'
@@ -429,7 +443,8 @@ def test_the_outage_draft_reaches_each_subscriber_in_their_language(engine, smtp
     (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
     subscribers = tmp_path / "subs.csv"
     subscribers.write_text("email,topics,language\njo@broker.example,ACE,en\ncarla@importadora.example,ACE,es\n")
-    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    on_file(sessions, monkeypatch, "war-room", "publisher")
+    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down") == 0
     number = re.search(r"incident (INC-\d{4}-\d{4}) opened", capsys.readouterr().out).group(1)
     assert cli(tmp_path, engine, "csms", "subscribers", "import", str(subscribers)) == 0
     capsys.readouterr()
@@ -465,6 +480,7 @@ def test_a_ticket_near_its_target_escalates_once_to_the_desk_and_its_assignee(
     smtp_capture.handler.wait_for(acks)
     # Analysts: ann and bob with an address on their account, cy without one.
     monkeypatch.setenv("ACEDESK_ANALYST_PASSWORD", "correct horse battery")
+    on_file(sessions, monkeypatch, "lead", "admin")  # who the command line acts as
     assert cli(tmp_path, engine, "analysts", "add", "ann", "--email", "Ann.Lee@ace-support.example") == 0
     assert cli(tmp_path, engine, "analysts", "add", "bob") == 0
     assert cli(tmp_path, engine, "analysts", "email", "bob", "bob@ace-support.example") == 0
@@ -511,10 +527,11 @@ def test_a_ticket_near_its_target_escalates_once_to_the_desk_and_its_assignee(
         assert figures.overall.escalated == 4 and sum(r.escalated for r in figures.by_label) == 4
 
 
-def test_the_desk_digest_lists_the_war_rooms_open_incidents(sessions, engine, config_factory, tmp_path):
+def test_the_desk_digest_lists_the_war_rooms_open_incidents(sessions, engine, config_factory, tmp_path, monkeypatch):
     config = config_factory(url_of(engine), escalation={"margin_minutes": 30})
     ctx = make_ctx(config, engine)
-    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    on_file(sessions, monkeypatch, "war-room")
+    assert cli(tmp_path, engine, "incidents", "open", "--title", "ACE Portal down") == 0
     ingest(sessions, mail(subject="a question", sender="dan@new.example", ar=None, body="How do I enrol?"))
     drain(sessions, pipeline(ctx), PipelineConfig())
     with transaction(sessions) as s:
@@ -549,7 +566,8 @@ def test_admins_see_and_retire_articles_in_the_console(site):  # noqa: F811
         assert library.get("outages-guidelines") is None and library.get("status-faq") is not None
         assert s.scalars(select(AuditEntry).where(AuditEntry.action == "article.retire")).one().actor == "ada"
     # Incidents: any analyst sees them and closes one (the follow-ups are the CLI test's subject).
-    assert acedesk_cli(cfg, "incidents", "open", "--title", "ACE Portal down", "--by", "war-room") == 0
+    assert acedesk_cli(cfg, "analysts", "add", "war-room") == 0
+    assert acedesk_cli(cfg, "incidents", "open", "--title", "ACE Portal down", "--as", "war-room") == 0
     status, _, page = ann.request("GET", "/incidents")
     assert status == 200 and "ACE Portal down" in page and "opened by war-room" in page
     number = re.search(r"(INC-\d{4}-\d{4})", page).group(1)
