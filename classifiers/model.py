@@ -284,13 +284,21 @@ class TextClassifier:
         result = [False] * len(prepared)
         if not segments:
             return result
-        proba = self._artifact().predict_proba(segments)
+        # Each distinct clause once: greetings, boilerplate and repeated sentences recur
+        # within a message and across a batch, and the clauses cost more than the messages.
+        distinct = list(dict.fromkeys(segments))
+        proba = self._artifact().predict_proba(distinct)
         labels = self.labels
-        confident: dict[int, set[str]] = {}
-        for owner, row in zip(owners, proba):
+        verdict: dict[str, str | None] = {}
+        for segment, row in zip(distinct, proba):
             best = int(np.argmax(row))
-            if row[best] >= MIXED_CLAUSE_CONFIDENCE and labels[best] != OTHER:
-                confident.setdefault(owner, set()).add(labels[best])
+            sure = row[best] >= MIXED_CLAUSE_CONFIDENCE and labels[best] != OTHER
+            verdict[segment] = labels[best] if sure else None
+        confident: dict[int, set[str]] = {}
+        for owner, segment in zip(owners, segments):
+            label = verdict[segment]
+            if label is not None:
+                confident.setdefault(owner, set()).add(label)
         for owner, found in confident.items():
             result[owner] = len(found) >= MIXED_MIN_LABELS
         return result
