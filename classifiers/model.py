@@ -211,16 +211,19 @@ class TextClassifier:
         """Return the calibrated probabilities, one row per text, columns in :attr:`labels` order."""
         return self._artifact().predict_proba(self.prepare(texts))
 
-    def familiarity(self, texts: Sequence[str], prepared: bool = False) -> list[tuple[int, float]]:
-        """Return ``(known words, share of known words)`` per text, from the word vocabulary."""
+    def familiarity(self, texts: Sequence[str], prepared: bool = False,
+                    tokens: Sequence[list[str]] | None = None) -> list[tuple[int, float]]:
+        """Return ``(known words, share of known words)`` per text, from the word vocabulary
+        (``tokens``: the prepared texts' word tokens, when the caller has them)."""
         vocab = self._word_vocabulary()
+        if tokens is None:
+            tokens = [word_tokens(text) for text in (texts if prepared else self.prepare(texts))]
         out = []
-        for text in (texts if prepared else self.prepare(texts)):
-            words = word_tokens(text)
+        for words in tokens:
             if not words:
                 out.append((0, 0.0))
                 continue
-            known = sum(1 for w in words if w in vocab)
+            known = sum(map(vocab.__contains__, words))
             out.append((known, known / len(words)))
         return out
 
@@ -236,8 +239,9 @@ class TextClassifier:
             return []
         artifact = self._artifact()
         prepared = self.prepare(texts, max_chars)
-        proba = artifact.predict_proba(prepared)
-        familiar = self.familiarity(prepared, prepared=True)
+        tokens = [word_tokens(text) for text in prepared]  # once, for the features and familiarity
+        proba = artifact.predict_proba(prepared, tokens)
+        familiar = self.familiarity(prepared, prepared=True, tokens=tokens)
         out = [self._decide(row, known, share, {**self.thresholds, **(thresholds or {})})
                for row, (known, share) in zip(proba, familiar)]
         mixed = self._mixed_topics([p for p, pred in zip(prepared, out) if pred.auto])
