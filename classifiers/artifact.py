@@ -56,13 +56,15 @@ class WordFeatures:
         lengths = array("q")
         for r, text in enumerate(texts):
             words = tokens[r] if tokens is not None else word_tokens(text)
-            grams = Counter(words)
-            # Pairs counted as tuples, joined into strings once each.
+            unigrams = Counter(words)
+            # Pairs counted as tuples, joined into strings once each (a bigram has a space, a
+            # word none: the two never collide).
             pairs = Counter(zip(words, words[1:]))
-            grams.update(dict(zip(map(" ".join, pairs), pairs.values())))
-            columns.extend(map(vocab_get, grams, repeat(-1, len(grams))))
-            counts.extend(grams.values())
-            lengths.append(len(grams))
+            columns.extend(map(vocab_get, unigrams, repeat(-1, len(unigrams))))
+            columns.extend(map(vocab_get, map(" ".join, pairs), repeat(-1, len(pairs))))
+            counts.extend(unigrams.values())
+            counts.extend(pairs.values())
+            lengths.append(len(unigrams) + len(pairs))
         cols = np.frombuffer(columns, dtype=np.int64) if len(columns) else np.zeros(0, dtype=np.int64)
         tf = np.frombuffer(counts, dtype=np.int64) if len(counts) else np.zeros(0, dtype=np.int64)
         rows = np.repeat(np.arange(len(texts)), np.frombuffer(lengths, dtype=np.int64) if len(lengths) else 0)

@@ -242,15 +242,18 @@ class TextClassifier:
         tokens = [word_tokens(text) for text in prepared]  # once, for the features and familiarity
         proba = artifact.predict_proba(prepared, tokens)
         familiar = self.familiarity(prepared, prepared=True, tokens=tokens)
-        out = [self._decide(row, known, share, {**self.thresholds, **(thresholds or {})})
-               for row, (known, share) in zip(proba, familiar)]
+        limits = {**self.thresholds, **(thresholds or {})}
+        labels = self.labels
+        # One sort for the batch (a stable sort of each row, as per row).
+        orders = np.argsort(-proba, axis=1, kind="stable")[:, :3]
+        out = [self._decide(row, order, known, share, limits, labels)
+               for row, order, (known, share) in zip(proba, orders, familiar)]
         mixed = self._mixed_topics([p for p, pred in zip(prepared, out) if pred.auto])
         flags = iter(mixed)
         return [dataclasses.replace(p, auto=False) if p.auto and next(flags) else p for p in out]
 
-    def _decide(self, row: np.ndarray, known: int, share: float, limits: dict[str, float]) -> Prediction:
-        labels = self.labels
-        order = np.argsort(-row, kind="stable")[:3]
+    def _decide(self, row: np.ndarray, order: np.ndarray, known: int, share: float,
+                limits: dict[str, float], labels: list[str]) -> Prediction:
         best = int(order[0])
         label, confidence = labels[best], float(row[best])
         if known == 0:
@@ -258,14 +261,17 @@ class TextClassifier:
             label = OTHER
             confidence = float(row[labels.index(OTHER)]) if OTHER in labels else 0.0
         auto = (confidence >= limits.get(label, 1.01) and known >= MIN_KNOWN_WORDS
-                and share >= MIN_FAMILIARITY and not self.abstains(labels, row))
+                and share >= MIN_FAMILIARITY and not self._close_pair(labels, row, order))
         return Prediction(label, round(confidence, 4), bool(auto),
                           tuple((labels[int(i)], round(float(row[int(i)]), 4)) for i in order))
 
     def abstains(self, labels: Sequence[str], row: np.ndarray) -> bool:
         """Whether the two best labels are a known confusable pair within :attr:`abstain_margin`."""
-        first, second = np.argsort(-row, kind="stable")[:2]
-        pair = frozenset((labels[int(first)], labels[int(second)]))
+        return self._close_pair(labels, row, np.argsort(-row, kind="stable"))
+
+    def _close_pair(self, labels: Sequence[str], row: np.ndarray, order: np.ndarray) -> bool:
+        first, second = int(order[0]), int(order[1])
+        pair = frozenset((labels[first], labels[second]))
         return pair in CONFUSABLE_PAIRS and float(row[first] - row[second]) < self.abstain_margin
 
     def _mixed_topics(self, prepared: Sequence[str]) -> list[bool]:
