@@ -128,12 +128,15 @@ def claim(factory: sessionmaker[Session], cfg: OutboundConfig, journal: Journal,
     """
     now = utcnow()
     until = now + dt.timedelta(seconds=lease_seconds(cfg))
-    due = (select(OutboxMessage.id)
-           .where(or_((OutboxMessage.status == PENDING)
-                      & or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now),
-                      (OutboxMessage.status == SENDING) & (OutboxMessage.lease_until < now)))
-           .order_by(OutboxMessage.id).limit(limit)
-           .with_for_update(skip_locked=True))
+    is_due = or_((OutboxMessage.status == PENDING)
+                 & or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now),
+                 (OutboxMessage.status == SENDING) & (OutboxMessage.lease_until < now))
+    with factory() as session:
+        # A read first: most calls find nothing due (a poll, a wake-up for rows already claimed), and
+        # on SQLite a write transaction would wait for -- and then hold -- the one write lock for nothing.
+        if session.execute(select(OutboxMessage.id).where(is_due).limit(1)).first() is None:
+            return []
+    due = select(OutboxMessage.id).where(is_due).order_by(OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
     ids: list[int] = []
     try:
         with transaction(factory) as session:
