@@ -27,6 +27,7 @@ from responders.articles import seed_shipped
 from responders.hours import DeskHours
 from responders.render import Renderer
 from responders.service import DeskInfo, Responder, respond_rows
+from responders.trust import organisational_domain
 
 log = logging.getLogger("acedesk.respond")
 
@@ -88,6 +89,7 @@ def make_responder(config: Config) -> Responder:
     cfg = config.responders
     renderer = Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None)
     check_rules(config, renderer)
+    organisational_domain(config.desk.reply_from_address.rpartition("@")[2])  # loads the Public Suffix List now
     return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
                      dkim_check=dkim_check if cfg.verify_dkim else None, hours=DeskHours(config.hours),
                      incidents=config.incidents, escalation=config.escalation,
