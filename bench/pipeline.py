@@ -173,6 +173,9 @@ def main() -> int:
         db_url = args.database or f"sqlite:///{root / 'acedesk.db'}"
         if db_url.startswith("postgresql"):
             db_url, schema = postgres_schema(args.database)  # a fresh schema, dropped at the end
+        # A configured signing secret, as production has (PostgreSQL requires one for CSMS links).
+        secret = root / "signing.secret"
+        secret.write_text(os.urandom(32).hex())
         config = config_from_dict({
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},
@@ -182,7 +185,8 @@ def main() -> int:
                                     "tls": "none", "username": user, "password_file": str(pw),
                                     "batch_size": 500}]},
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "retry_min": 1.0},
-            "responders": {"autoreply_max": 1_000_000},
+            "responders": {"autoreply_max": 1_000_000, "secret_file": str(secret)},
+            "csms": {"secret_file": str(secret)},
         }, base_dir=str(root))
         ctx = desk_context(config)
         classify = make_classify_stage(ctx)
