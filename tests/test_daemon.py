@@ -104,8 +104,7 @@ def test_daemon_ingests_smtp_mail_notifies_systemd_and_exits_0_on_sigterm(tmp_pa
                           b"My entry summary was rejected.\r\n")
         engine = make_engine(f"sqlite:///{tmp_path}/acedesk.db")
         sessions = make_sessionmaker(engine)
-        # The worker processes load the model before they claim anything: more than 15 s when the
-        # 2-core machine is loaded.  The loop returns as soon as the message moved on.
+        # The worker processes load the model first: on a loaded machine that takes a while.
         deadline = time.monotonic() + 90
         state = None
         while time.monotonic() < deadline:
