@@ -198,6 +198,9 @@ def main() -> int:
         db_url = args.database or f"sqlite:///{root / 'acedesk.db'}"
         if db_url.startswith("postgresql"):
             db_url, schema = postgres_schema(args.database)  # a fresh schema, dropped at the end
+        # A configured signing secret, as production has (PostgreSQL requires one for CSMS links).
+        secret = root / "signing.secret"
+        secret.write_text(os.urandom(32).hex())
         config = config_from_dict({
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},

@@ -10,8 +10,9 @@ alone in a savepoint: the poison row gets its error recorded and a backoff
 Several workers (``[pipeline] processes``, see :mod:`daemon.processes`) run
 the same stages side by side.  On PostgreSQL they claim with ``FOR UPDATE
 SKIP LOCKED`` and never see each other's rows.  SQLite has one write lock,
-so a stage with a pure ``compute`` step (parsing, the model) runs it on a
-read snapshot *before* taking the lock, over its own share of the rows
+so a stage with a ``compute`` step that writes nothing (parsing, the model,
+the respond step's plans) runs it on a read snapshot *before* taking the
+lock, over its own share of the rows
 (``id % count == index``: no two workers compute the same row), and the
 write transaction only applies the results to the rows still waiting.
 A claim lives only as long as its transaction: when a worker dies, the
@@ -42,7 +43,8 @@ log = logging.getLogger("acedesk.worker")
 
 #: Process a batch of claimed rows; set ``row.state`` on each row it finishes.
 StageFn = Callable[[Session, list[InboundMessage]], None]
-#: The pure part of a stage: results by row id, computed without the database.
+#: The part of a stage that writes nothing: results by row id.  The rows come loaded in a read
+#: session (``object_session(row)``) that a compute may query too: one snapshot, no write lock.
 ComputeFn = Callable[[list[InboundMessage]], dict[int, Any]]
 #: Write computed results to the claimed rows (each row's result is in the dict).
 ApplyFn = Callable[[Session, list[InboundMessage], dict[int, Any]], None]

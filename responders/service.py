@@ -13,7 +13,9 @@ one inbound message yields at most one reply whatever crashes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -157,7 +159,11 @@ def duty_context(responder: Responder, library: Library, template: str | None, l
     """Return what every reply adds from the desk's duties: the articles of its label (and ``articles``
     an analyst added, by key), the desk's hours and, when it is closed, when analysts are back."""
     return {"articles": links_context(library.for_reply(template, label, language, articles)),
-            **hours_context(responder.hours, now, language)}
+            **_hours_at(responder.hours, now, language)}
+
+
+#: The hours part of ``duty_context``: one batch's replies share ``now``, so it is worked out once a batch.
+_hours_at = functools.lru_cache(maxsize=16)(hours_context)
 
 
 def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str,
@@ -177,9 +183,13 @@ def render(responder: Responder, msg: ParsedMessage, p: Plan, number: str,
 # --- database lookups ---------------------------------------------------------------
 
 
-def _record(u: User) -> UserRecord:
-    return UserRecord(user_id=u.user_id, email=u.email, name=u.name, role=u.role, identifier=u.identifier,
-                      account_owner_email=u.account_owner_email, language=u.language)
+#: The columns of a :class:`UserRecord`, read as plain rows (no ORM objects: a batch reads ~1,000 users).
+_RECORD_COLUMNS = (User.user_id, User.email, User.name, User.role, User.identifier, User.account_owner_email,
+                   User.language)
+
+
+def _records(session: Session, where: Any) -> Iterable[UserRecord]:
+    return (UserRecord(*row) for row in session.execute(select(*_RECORD_COLUMNS).where(where)))
 
 
 def known_domains(session: Session, responder: Responder, max_age: float = 300.0) -> frozenset[str]:
@@ -216,10 +226,9 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
         mentioned.update(mentioned_user_ids(text, index))
         for key in mentioned_identifiers(text, index):
             mentioned.update(index.user_ids[u] for u in index.identifiers.get(key, ()) if u in index.user_ids)
-    users: dict[str, User] = {}
+    users: dict[str, UserRecord] = {}
     if senders:
-        for u in session.scalars(select(User).where(or_(User.email.in_(senders),
-                                                        User.account_owner_email.in_(senders)))):
+        for u in _records(session, or_(User.email.in_(senders), User.account_owner_email.in_(senders))):
             users[u.user_id] = u
     owners = {u.account_owner_email for u in users.values() if u.account_owner_email}
     identifiers = {u.identifier for u in users.values() if u.identifier}
@@ -231,9 +240,9 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
     if identifiers:
         conds.append(User.identifier.in_(identifiers))
     if conds:
-        for u in session.scalars(select(User).where(or_(*conds))):
+        for u in _records(session, or_(*conds)):
             users[u.user_id] = u
-    return Directory(tuple(_record(u) for u in users.values()), domains, index)
+    return Directory(tuple(users.values()), domains, index)
 
 
 def duplicates(session: Session, rows: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]) -> dict[int, str]:
@@ -246,10 +255,21 @@ def duplicates(session: Session, rows: Sequence[InboundMessage], parsed: Sequenc
     if not keys:
         return {}
     earlier: dict[tuple[str, str, str], int] = {}
-    query = (select(InboundMessage.id, InboundMessage.desk, InboundMessage.message_id, InboundMessage.parsed)
+    latest: dict[tuple[str, str], int] = {}
+    for (desk, message_id, _sender), row_id in keys.items():
+        latest[desk, message_id] = max(row_id, latest.get((desk, message_id), 0))
+    query = (select(InboundMessage.id, InboundMessage.desk, InboundMessage.message_id)
              .where(InboundMessage.message_id.in_({k[1] for k in keys}))
              .where(InboundMessage.state.not_in((QUARANTINED, FAILED))))
-    for other_id, desk, message_id, other_parsed in session.execute(query):
+    # Only an earlier row can be repeated: the parsed record (for its sender) is read for those alone,
+    # not for the batch's own rows (almost always the only ones with their Message-ID).
+    older = [(i, d, m) for i, d, m in session.execute(query) if i < latest.get((d, m), 0)]
+    senders_of: dict[int, Any] = {}
+    if older:
+        senders_of.update(session.execute(select(InboundMessage.id, InboundMessage.parsed)
+                                          .where(InboundMessage.id.in_([i for i, _, _ in older]))).all())
+    for other_id, desk, message_id in older:
+        other_parsed = senders_of.get(other_id)
         key = (desk, message_id, str((other_parsed or {}).get("sender", "")).lower())
         if key in keys and other_id < keys[key] and other_id < earlier.get(key, other_id + 1):
             earlier[key] = other_id
@@ -335,52 +355,175 @@ def respond_rows(session: Session, responder: Responder, rows: Sequence[InboundM
                  message_seconds: float | None = None) -> BatchStats:
     """Screen, verify, decide and act on classified ``rows``; set each ``done`` (same transaction).
 
-    Lookups are made for the whole batch first and writes are flushed three
-    times a batch (tickets, then replies, then their links), not per message.
-    Each message's plan is guarded: when it raises, ``on_error(row, reason,
+    :func:`plan_rows` then :func:`act_on_plans`, in one transaction.  Each
+    message's plan is guarded: when it raises, ``on_error(row, reason,
     detail)`` sets that row aside (the daemon quarantines it) and the batch
     goes on; without ``on_error`` the exception propagates.
     """
-    now = responder.clock()
-    stats = BatchStats()
+    planned = plan_rows(session, responder, rows, raw_of, message_seconds if on_error else None,
+                        guard=on_error is not None)
+    return act_on_plans(session, responder, rows, planned, on_error, snapshot=False)
+
+
+@dataclass(frozen=True)
+class HeldAccount:
+    """A user on file whose account is not active (plain data: a plan outlives its read session)."""
+
+    user_id: str
+    email: str
+    status: str
+
+
+@dataclass(frozen=True)
+class BatchFacts:
+    """What a batch's plans were made from: the reads of :func:`plan_rows`, as plain data."""
+
+    now: dt.datetime
+    directory: Directory
+    held: tuple[HeldAccount, ...]
+    repeats: dict[int, str]
+    #: Automatic answers per address in the cap's window, as read (before this batch's own).
+    counts: dict[str, int]
+    library: Library
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One row's screen, verify and decide: its plan, or why it is set aside (``error``)."""
+
+    facts: BatchFacts
+    msg: ParsedMessage
+    plan: Plan | None = None
+    #: The ticket it follows up on (by id: the plan may be made in another session).
+    thread_id: int | None = None
+    error: tuple[str, str] | None = None
+
+
+def plan_rows(session: Session, responder: Responder, rows: Sequence[InboundMessage],
+              raw_of: Callable[[InboundMessage], bytes] | None = None, message_seconds: float | None = None,
+              guard: bool = True) -> dict[int, Planned]:
+    """Return, by row id, the plan of each of ``rows``: reads only, in batches (no write, no lock).
+
+    The daemon runs this on a read snapshot *outside* the write transaction
+    (``daemon.worker``: on SQLite, two workers then plan side by side), and
+    :func:`act_on_plans` writes the outcome.  The parsed record is what the
+    parse stage stored; the raw mail is read only for the optional DKIM check.
+    ``guard`` False lets a plan's exception propagate instead of recording it.
+    """
     parsed = [ParsedMessage.from_dict(row.parsed or {}) for row in rows]
     index = directory_index(session, responder)
     directory = load_directory(session, [m.sender for m in parsed], [m.classifier_text for m in parsed], index,
                                known_domains(session, responder))
-    held = load_held(session, [m.sender for m in parsed], [u.user_id for u in directory.users])
-    library = load_library(session)
-    counts = recent_counts(session, [m.sender for m in parsed] + [u.email for u in directory.users],
-                           responder.cfg.autoreply_window, now)
-    repeats = duplicates(session, rows, parsed)
+    held = tuple(HeldAccount(u.user_id, u.email, u.status) for u in
+                 load_held(session, [m.sender for m in parsed], [u.user_id for u in directory.users]))
+    now = responder.clock()
+    facts = BatchFacts(now=now, directory=directory, held=held, repeats=duplicates(session, rows, parsed),
+                       counts=recent_counts(session, answered_addresses(parsed, directory),
+                                            responder.cfg.autoreply_window, now),
+                       library=load_library(session))
+    return plan_batch(session, responder, rows, parsed, facts, dict(facts.counts), raw_of, message_seconds, guard)
+
+
+def answered_addresses(parsed: Iterable[ParsedMessage], directory: Directory) -> list[str]:
+    """Return the addresses whose answers the cap counts for a batch: senders, and addresses on file."""
+    return [m.sender for m in parsed] + [u.email for u in directory.users]
+
+
+def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMessage],
+               parsed: Sequence[ParsedMessage], facts: BatchFacts, counts: dict[str, int],
+               raw_of: Callable[[InboundMessage], bytes] | None, message_seconds: float | None,
+               guard: bool) -> dict[int, Planned]:
+    """Return the plans of ``rows`` from ``facts``; ``counts`` goes up with each answer planned (the cap)."""
     probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
                               responder.cfg.autoreply_max)
+    planned: dict[int, Planned] = {}
+    for row, msg in zip(rows, parsed):
+        started = time.monotonic()
+        try:
+            probe = screen(msg, probe_ctx)
+            thread = None if probe.verdict == "drop" else find_thread(session, responder, msg, probe.our_ticket)
+            foreign = None if thread is not None or probe.verdict == "drop" else \
+                foreign_ticket(session, responder, msg)
+            p = plan_row(responder, row, msg, facts.directory, counts, thread is not None, facts.repeats.get(row.id),
+                         raw_of, facts.held, foreign)
+        except Exception as exc:  # noqa: BLE001 - one message never stops the batch
+            if not guard:
+                raise
+            planned[row.id] = Planned(facts, msg, error=("respond_error", f"{type(exc).__name__}: {exc}"[:2000]))
+            continue
+        elapsed = time.monotonic() - started
+        if message_seconds is not None and elapsed > message_seconds:
+            planned[row.id] = Planned(facts, msg, error=("over_time_budget",
+                                                         f"screen, verify and decide took {elapsed:.2f} s "
+                                                         f"(budget {message_seconds:g} s)"))
+            continue
+        if p.decision.template and p.decision.to:
+            counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
+        planned[row.id] = Planned(facts, msg, p, thread.id if thread is not None else None)
+    return planned
 
+
+def replanned(session: Session, responder: Responder, rows: Sequence[InboundMessage],
+              planned: dict[int, Planned], raw_of: Callable[[InboundMessage], bytes] | None = None,
+              ) -> dict[int, Planned]:
+    """Return ``planned``, planned again if an address it counts got an automatic answer meanwhile.
+
+    Plans made on a snapshot may be stale in one way that matters: another
+    worker answered one of the batch's addresses after the snapshot was
+    read, and the cap (``autoreply_max`` per window) must count that answer.
+    One query; the batch is planned again only then (rare: workers take
+    different senders' rows most of the time).
+    """
+    facts = next((p.facts for p in planned.values()), None)
+    if facts is None:
+        return planned
+    addresses = answered_addresses((p.msg for p in planned.values()), facts.directory)
+    fresh = recent_counts(session, addresses, responder.cfg.autoreply_window, facts.now)
+    if fresh == facts.counts:
+        return planned
+    log.info("respond: an address of the batch was answered meanwhile; planning the batch again")
+    facts = dataclasses.replace(facts, counts=fresh)
+    kept = [row for row in rows if row.id in planned]
+    return plan_batch(session, responder, kept, [planned[row.id].msg for row in kept], facts, dict(fresh),
+                      raw_of, None, True) | {i: p for i, p in planned.items() if p.error is not None}
+
+
+def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundMessage],
+                 planned: dict[int, Planned], on_error: Callable[[InboundMessage, str, str], None] | None = None,
+                 snapshot: bool = True, raw_of: Callable[[InboundMessage], bytes] | None = None) -> BatchStats:
+    """Write what :func:`plan_rows` decided for ``rows`` and set each ``done``: the short write.
+
+    ``snapshot``: the plans were made outside this transaction, so the cap's
+    counts are checked again first (:func:`replanned`).  Rows without a
+    plan are left as they are; a row whose plan failed goes to ``on_error``.
+    Writes are flushed three times a batch (tickets, then replies, then their
+    links) and the rest inserted in one executemany a table, not per message.
+    """
+    stats = BatchStats()
+    if snapshot:
+        planned = replanned(session, responder, rows, planned, raw_of)
+    thread_ids = {p.thread_id for p in planned.values() if p.thread_id is not None}
+    threads = {t.id: t for t in session.scalars(select(Ticket).where(Ticket.id.in_(thread_ids)))} \
+        if thread_ids else {}
+    facts = next((p.facts for p in planned.values()), None)
+    now = facts.now if facts is not None else responder.clock()
+    library = facts.library if facts is not None else Library()
     writes = Writes()
     pending: list[tuple[InboundMessage, ParsedMessage, Plan, Ticket | None, dict[str, Any]]] = []
     outage: list[tuple[InboundMessage, ParsedMessage, Plan]] = []
     with session.no_autoflush:
-        for row, msg in zip(rows, parsed):
-            started = time.monotonic()
-            try:
-                probe = screen(msg, probe_ctx)
-                thread = None if probe.verdict == "drop" else find_thread(session, responder, msg,
-                                                                           probe.our_ticket)
-                foreign = None if thread is not None or probe.verdict == "drop" else \
-                    foreign_ticket(session, responder, msg)
-                p = plan_row(responder, row, msg, directory, counts, thread is not None, repeats.get(row.id),
-                             raw_of, held, foreign)
-            except Exception as exc:  # noqa: BLE001 - one message never stops the batch
+        for row in rows:
+            one = planned.get(row.id)
+            if one is None:
+                continue
+            if one.error is not None or one.plan is None:
+                reason, detail = one.error or ("respond_error", "no plan")
                 if on_error is None:
-                    raise
-                on_error(row, "respond_error", f"{type(exc).__name__}: {exc}"[:2000])
+                    raise RuntimeError(f"message {row.id}: {reason}: {detail}")
+                on_error(row, reason, detail)
                 continue
-            elapsed = time.monotonic() - started
-            if on_error is not None and message_seconds is not None and elapsed > message_seconds:
-                on_error(row, "over_time_budget", f"screen, verify and decide took {elapsed:.2f} s "
-                                                  f"(budget {message_seconds:g} s)")
-                continue
-            if p.decision.template and p.decision.to:
-                counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
+            msg, p = one.msg, one.plan
+            thread = threads.get(one.thread_id) if one.thread_id is not None else None
             row.state = DONE
             row.error = None
             if incidents.wants(responder.incidents, p, thread):

@@ -52,6 +52,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=8192)
 def organisational_domain(domain: str) -> str:
     """Return the organisational domain of ``domain`` (RFC 7489 section 3.2, via the Public Suffix List)."""
     domain = domain.lower().strip(".")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from models.parsed import ParsedMessage
@@ -75,9 +76,29 @@ class Directory:
         return self.index if self.index is not None else DirectoryIndex.build(
             (u.user_id, u.identifier) for u in self.users)
 
+    @cached_property
+    def _keyed(self) -> dict[str, dict[str, list[UserRecord]]]:
+        # Built once per batch: every message's lookups are dict hits, not scans of the
+        # batch's users (a batch of 200 senders brings up to ~1,000 colleagues).
+        keyed: dict[str, dict[str, list[UserRecord]]] = {"email": {}, "owner": {}, "identifier": {}}
+        for u in self.users:
+            keyed["email"].setdefault(u.email, []).append(u)
+            if u.account_owner_email:
+                keyed["owner"].setdefault(u.account_owner_email.lower(), []).append(u)
+            if u.identifier:
+                keyed["identifier"].setdefault(u.identifier.upper(), []).append(u)
+        return keyed
+
     def by_email(self, email: str) -> list[UserRecord]:
-        email = email.lower()
-        return [u for u in self.users if u.email == email]
+        return list(self._keyed["email"].get(email.lower(), ()))
+
+    def by_owner(self, owner_email: str) -> list[UserRecord]:
+        """Return the users whose Account Owner is ``owner_email`` (any case)."""
+        return list(self._keyed["owner"].get(owner_email.lower(), ()))
+
+    def by_identifier(self, identifier: str) -> list[UserRecord]:
+        """Return the users holding ``identifier`` (compared upper-case, as on file)."""
+        return list(self._keyed["identifier"].get(identifier.upper(), ()))
 
     def by_user_id(self, user_id: str) -> UserRecord | None:
         key = user_id.lower()
@@ -209,9 +230,12 @@ def company_of(own: Iterable[UserRecord], directory: Directory, sender: str) -> 
     own = list(own)
     owners = {u.account_owner_email.lower() for u in own if u.account_owner_email} | {sender}
     identifiers = {u.identifier.upper() for u in own if u.identifier}
-    return frozenset(u.user_id.lower() for u in directory.users
-                     if (u.account_owner_email and u.account_owner_email.lower() in owners)
-                     or u.email == sender or (u.identifier and u.identifier.upper() in identifiers))
+    company = [*directory.by_email(sender)]
+    for owner in owners:
+        company += directory.by_owner(owner)
+    for identifier in identifiers:
+        company += directory.by_identifier(identifier)
+    return frozenset(u.user_id.lower() for u in company)
 
 
 def subject_of(msg: ParsedMessage, directory: Directory, trust: Trust) -> Subject:
@@ -219,7 +243,7 @@ def subject_of(msg: ParsedMessage, directory: Directory, trust: Trust) -> Subjec
     sender = msg.sender.lower()
     index = directory.full_index()
     own = tuple(directory.by_email(sender))
-    owned = frozenset(u.user_id.lower() for u in directory.users if u.account_owner_email.lower() == sender)
+    owned = frozenset(u.user_id.lower() for u in directory.by_owner(sender))
     text = msg.classifier_text
     return Subject(msg=msg, trust=trust, directory=directory, index=index, sender=sender, own=own,
                    company=company_of(own, directory, sender) if own or owned else frozenset(),

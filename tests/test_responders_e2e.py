@@ -151,7 +151,9 @@ timeout = 3.0
 
     first = _acedesk(cfg, "run")
     try:
-        deadline = time.monotonic() + 30
+        # Start-up includes the worker processes loading the model: 36 s seen on a loaded 2-core machine.
+        # The loop returns as soon as the first attempt is recorded.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             rows = _outbox(ctx.sessions)
             if rows and rows[0].attempts >= 1:

@@ -2,10 +2,14 @@
 
 The pure steps live in ``responders``; this module builds the responder from
 the configuration (the Message-ID secret, the optional local DKIM check, which
-does DNS and so belongs here), and runs ``responders.service.respond_rows``
-inside the worker's claiming transaction: tickets, triage items, records and
-outbox rows commit together with the rows' move to ``done``.  After that
-commit it wakes the outbox sender.
+does DNS and so belongs here), and runs the respond step in two parts: the
+plans (``responders.service.plan_rows``: screen, verify, decide -- reads
+only) on a read snapshot before the write lock, and then
+``act_on_plans`` inside the worker's claiming transaction: tickets, triage
+items, records and outbox rows commit together with the rows' move to
+``done``.  (Where the worker has no snapshot step -- PostgreSQL, whose row
+claims do not block each other -- both run in the transaction:
+``respond_rows``.)  After that commit it wakes the outbox sender.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from models.session import transaction
 from responders.articles import seed_shipped
 from responders.hours import DeskHours
 from responders.render import Renderer
-from responders.service import DeskInfo, Responder, respond_rows
+from responders.service import BatchStats, DeskInfo, Planned, Responder, act_on_plans, plan_rows, respond_rows
+from responders.trust import organisational_domain
 
 log = logging.getLogger("acedesk.respond")
 
@@ -88,6 +93,7 @@ def make_responder(config: Config) -> Responder:
     cfg = config.responders
     renderer = Renderer(config.path(cfg.templates_dir) if cfg.templates_dir else None)
     check_rules(config, renderer)
+    organisational_domain(config.desk.reply_from_address.rpartition("@")[2])  # loads the Public Suffix List now
     return Responder(cfg=cfg, desk=desk_info(config), secret=load_secret(config), renderer=renderer,
                      dkim_check=dkim_check if cfg.verify_dkim else None, hours=DeskHours(config.hours),
                      incidents=config.incidents, escalation=config.escalation,
@@ -116,12 +122,23 @@ def make_stage(ctx: AppContext) -> Stage:
         quarantine(session_of(row), row, reason, detail)
         log.warning("message %s (Message-ID %s) quarantined: %s: %s", row.id, row.message_id, reason, detail)
 
-    def process(session: Session, rows: list[InboundMessage]) -> None:
-        stats = respond_rows(session, responder, rows, raw_of=lambda row: row.raw, on_error=set_aside,
-                             message_seconds=ctx.config.pipeline.message_seconds)
+    budget = ctx.config.pipeline.message_seconds
+
+    def woken(session: Session, stats: BatchStats) -> None:
         if stats.replies or stats.tickets or stats.triage:
             # Wake the sender only once the outbox rows are committed.
             event.listen(session, "after_commit", wake_outbox, once=True)
+
+    def process(session: Session, rows: list[InboundMessage]) -> None:
+        woken(session, respond_rows(session, responder, rows, raw_of=raw_of, on_error=set_aside,
+                                    message_seconds=budget))
+
+    def compute(rows: list[InboundMessage]) -> dict[int, Planned]:
+        # The rows come loaded in the worker's read session: the plans' lookups read the same snapshot.
+        return plan_rows(session_of(rows[0]), responder, rows, raw_of=raw_of, message_seconds=budget)
+
+    def apply(session: Session, rows: list[InboundMessage], planned: dict[int, Planned]) -> None:
+        woken(session, act_on_plans(session, responder, rows, planned, on_error=set_aside, raw_of=raw_of))
 
     def reload() -> None:
         responder.renderer = Renderer(ctx.config.path(ctx.config.responders.templates_dir)
@@ -129,4 +146,8 @@ def make_stage(ctx: AppContext) -> Stage:
 
     ctx.reload_hooks.append(reload)
     return Stage(name="respond", consumes=CLASSIFIED, process=process, needs_raw=ctx.config.responders.verify_dkim,
-                 batch_size=200)
+                 batch_size=200, compute=compute, apply=apply)
+
+
+def raw_of(row: InboundMessage) -> bytes:
+    return row.raw
