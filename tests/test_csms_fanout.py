@@ -12,6 +12,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -26,8 +27,10 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import insert, select
 
 from csms import service
+from csms.message import DOT_SAFE, MessageTemplate, Sender
+from csms.render import NoticeView, render_for
 from csms.subscribers import ImportStats, import_subscribers
-from csms.tokens import UNSUBSCRIBE
+from csms.tokens import UNSUBSCRIBE, Signer
 from daemon.config import config_from_dict
 from daemon.context import AppContext
 from daemon.notices.fanout import Progress, load_signer, publish
@@ -141,6 +144,40 @@ def test_notice_reaches_the_union_of_its_topics_once_each_personalised(engine, s
         assert f"This message was sent to {rcpt}" in text and rcpt in html
         assert f"/u/{token}" in text and f"/u/{token}" in html
         assert ".NET clients: log in again." in text
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+def test_each_copy_reads_exactly_as_rendered_for_its_recipient_and_needs_no_dot_stuffing(language):
+    # The body is encoded once and spliced: what a subscriber's mail program shows must still be
+    # exactly the notice rendered for them, whatever the text (a line that is a dot, lines that
+    # start with one, long lines, accents, HTML specials in a topic name).
+    body = ("Línea con acentos: año, acción, ñandú.\n\n.\n\n.NET clients and ..double dots\n\n"
+            + "A long paragraph without breaks " * 20 + "\n\nTrailing space \n\n<b>not html</b> & co.")
+    view = NoticeView(number=67800042, title="Avisos & notas", type="INFORMATION", body=body,
+                      topics=["ACE", "Tom & Jerry's <list>"], language=language,
+                      published_at=utcnow())
+    sender = Sender(domain="ace-support.example", from_address="csms@ace-support.example",
+                    request_address="csms-request@ace-support.example",
+                    bounce_address="csms-bounces@ace-support.example", base_url="https://csms.example")
+    signer = Signer(b"a-test-secret-of-enough-length")
+    template = MessageTemplate(view, sender, signer, 3600.0)
+    topics = "ACE, Tom & Jerry's <list>"
+    return_path, raw = template.build("o'neil&co@importer.example", 77, topics)
+    assert DOT_SAFE and not raw.startswith(b".") and b"\r\n." not in raw
+    assert all(len(line) <= 76 for line in raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))
+    message = message_from_bytes(raw, policy=policy.default)
+    token = signer.make(UNSUBSCRIBE, 77, 3600.0)
+    unsubscribe = f"https://csms.example/u/{token}"
+    expected = render_for(view, "o'neil&co@importer.example", topics, unsubscribe, unsubscribe + "?manage=1")
+    text, html = (part.get_content() for part in message.iter_parts())
+    # Tokens carry their expiry in seconds: the one in the message may be a second older.
+    text = re.sub(r"/u/[A-Za-z0-9_.-]+", f"/u/{token}", text)
+    html = re.sub(r"/u/[A-Za-z0-9_.-]+", f"/u/{token}", html)
+    assert text.replace("\r\n", "\n").rstrip("\n") == expected.text.replace("\r\n", "\n").rstrip("\n")
+    assert html.replace("\r\n", "\n").rstrip("\n") == expected.html.replace("\r\n", "\n").rstrip("\n")
+    assert message["To"].addresses[0].addr_spec == "o'neil&co@importer.example"
+    assert signer.parse_verp(return_path) == (77, 67800042)
+    assert signer.check(UNSUBSCRIBE, message["List-Unsubscribe"].split("/u/")[1].rstrip(">")) == 77
 
 
 def test_subscriber_data_cannot_inject_headers_or_recipients(engine, sessions, config_factory, smtp_capture):

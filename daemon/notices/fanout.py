@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from csms import service
-from csms.message import MessageTemplate, Sender, TemplateSet
+from csms.message import DOT_SAFE, MessageTemplate, Sender, TemplateSet
 from csms.render import NoticeView
 from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
@@ -270,19 +269,19 @@ class _Fanout:
                 renewed.cancel()
         return not self.halted
 
-    def outcome(self, delivery: DueDelivery, result: SendResult) -> Outcome:
+    def outcome(self, delivery: DueDelivery, result: SendResult, language: str | None = None) -> Outcome:
         if result.status == SENT:
             self.sent += 1
-            return Outcome(delivery.id, delivery.subscriber_id, "sent")
+            return Outcome(delivery.id, delivery.subscriber_id, "sent", language=language)
         if result.status == PERMANENT:
             self.failed += 1
-            return Outcome(delivery.id, delivery.subscriber_id, "permanent", result.detail)
+            return Outcome(delivery.id, delivery.subscriber_id, "permanent", result.detail, language=language)
         when = retry_at(self.config, delivery, utcnow())
         if when is None:
             self.failed += 1
             log.warning("CSMS #%s to %s: gave up after %g h: %s", self.number, delivery.email,
                         self.cfg.give_up_hours, result.detail)
-        return Outcome(delivery.id, delivery.subscriber_id, "temporary", result.detail, when)
+        return Outcome(delivery.id, delivery.subscriber_id, "temporary", result.detail, when, language)
 
     def progress(self, rate: float | None = None) -> Progress:
         done = self.sent + self.failed
@@ -325,12 +324,11 @@ class _Fanout:
                 continue
             try:
                 result = await sender.send(mail_from, [delivery.email], data,
-                                           f"csms/{self.number}/{delivery.subscriber_id}.eml")
+                                           f"csms/{self.number}/{delivery.subscriber_id}.eml", dot_safe=DOT_SAFE)
             except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
                 log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
                 result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
-            self.results.append(dataclasses.replace(self.outcome(delivery, result),
-                                                    language=template.language_for(delivery.language)))
+            self.results.append(self.outcome(delivery, result, template.language_for(delivery.language)))
 
     async def sweep(self, sender: MailSender, template: TemplateSet) -> None:
         """Send every delivery due now, in id order, and commit every result."""
