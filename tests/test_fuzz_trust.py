@@ -8,7 +8,8 @@ raises nothing but ``Unparseable`` (a quarantine reason), screening and
 verification return, each within a second, the record holds clean text, and
 nobody is ``verified`` without our border's pass above its line.
 
-The suite runs it for ``ACEDESK_FUZZ_SECONDS`` (default 8); run it longer by
+The suite runs it for ``ACEDESK_FUZZ_SECONDS`` (default 8), and for at least
+``ACEDESK_FUZZ_MINIMUM`` messages (default 200) on a slow machine; run it longer by
 hand with ``ACEDESK_FUZZ_SECONDS=600 .venv/bin/python -m pytest -s --timeout 0 tests/test_fuzz_trust.py``.
 What it found went into the adversarial corpus.
 """
@@ -104,7 +105,8 @@ class Budget(Exception):
 
 
 def check(raw: bytes) -> str:
-    started = time.monotonic()
+    # CPU time, not wall time: the bound is on our work, and a loaded machine stretches the wall.
+    started = time.process_time()
     try:
         msg = parse_within_budget(raw, seconds=2.0)
     except Unparseable as exc:
@@ -118,12 +120,14 @@ def check(raw: bytes) -> str:
         # Only ever Alice, from her own address, with our border's pass above its line.
         assert msg.sender == "alice@broker.example" and verification.authentication == "pass"
         assert not verification.impersonation
-    assert time.monotonic() - started < 2.0, f"{time.monotonic() - started:.1f} s"
+    assert time.process_time() - started < 2.0, f"{time.process_time() - started:.1f} s of CPU"
     return result.verdict
 
 
 def test_parse_screen_verify_survive_fuzzing_for_a_fixed_time():
     seconds = float(os.environ.get("ACEDESK_FUZZ_SECONDS", "8"))
+    # At least this many messages however slow the machine, so a loaded CI run still fuzzes.
+    minimum = int(os.environ.get("ACEDESK_FUZZ_MINIMUM", "200"))
     stop = time.monotonic() + seconds
     seen: dict[str, int] = {}
 
@@ -133,16 +137,15 @@ def test_parse_screen_verify_survive_fuzzing_for_a_fixed_time():
               suppress_health_check=list(HealthCheck))
     @given(messages())
     def run(raw: bytes) -> None:
-        if time.monotonic() > stop:
+        if time.monotonic() > stop and sum(seen.values()) >= minimum:
             raise Budget
         outcome = check(raw)
         seen[outcome] = seen.get(outcome, 0) + 1
 
-    while time.monotonic() < stop:
+    while time.monotonic() < stop or sum(seen.values()) < minimum:
         try:
             run()
         except Budget:
             break
     total = sum(seen.values())
-    print(f"fuzzed {total} messages in {seconds:g} s: {seen}")
-    assert total > 50, seen
+    print(f"fuzzed {total} messages in {seconds:g} s or more: {seen}")
