@@ -43,6 +43,8 @@ class Classification:
     language: str
     identifiers: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""
+    #: The three likeliest labels with their probabilities, best first (kept for the analysts).
+    ranking: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "confidence": self.confidence, "auto": self.auto,
@@ -65,5 +67,5 @@ def classify(model: TextClassifier, messages: Sequence[MessageText],
         identifiers = extract_identifiers(f"{message.subject}\n{message.new_text}\n{message.signature}")
         out.append(Classification(label=prediction.label, confidence=prediction.confidence,
                                   auto=prediction.auto, language=language, identifiers=identifiers,
-                                  model_version=model.version))
+                                  model_version=model.version, ranking=prediction.ranking))
     return out

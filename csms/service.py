@@ -142,6 +142,55 @@ def create_notice(session: Session, *, title: str, type: str, body: str, topics:
     return notice
 
 
+def editable_refusal(notice: Notice) -> str:
+    """Why ``notice`` can no longer be edited, in words for its author; empty when it can."""
+    if notice.status in (DRAFT, SCHEDULED):
+        return ""
+    if notice.status == CANCELLED:
+        return f"notice {notice.id} was cancelled: it can no longer be edited"
+    label = f"CSMS #{notice.number}" if notice.number else f"notice {notice.id}"
+    return (f"{label} is {notice.status}: a published notice can no longer be edited "
+            "(publish an UPDATE notice instead)")
+
+
+def update_draft(session: Session, notice: Notice, *, title: str | None = None, type: str | None = None,
+                 body: str | None = None, topics: Sequence[str] | None = None, tags: Sequence[str] | None = None,
+                 language: str | None = None) -> list[str]:
+    """Change what is given of a draft or scheduled notice; return the names of the fields changed.
+
+    Refused with :class:`CsmsError` once the notice is publishing, done or cancelled; the row is
+    locked first, so a scheduler publishing it meanwhile makes the edit fail rather than be lost.
+    """
+    session.refresh(notice, with_for_update=True)
+    refusal = editable_refusal(notice)
+    if refusal:
+        raise CsmsError(refusal)
+    if title is not None and not title.strip():
+        raise CsmsError("a notice needs a title")
+    if topics is not None:
+        if not topics:
+            raise CsmsError("a notice needs at least one topic (Programs Affected)")
+        unknown = [t for t in topics if t not in set(topic_names(session))]
+        if unknown:
+            raise CsmsError(f"unknown topic(s): {', '.join(unknown)} (see 'acedesk csms topics')")
+    if language is not None and language != notice.language:
+        # A group is one original and its Spanish versions: keep it one.
+        if notice.translation_of_id is not None:
+            raise CsmsError(f"notice {notice.id} is the Spanish version of another notice: its language stays es")
+        if translations(session, notice):
+            raise CsmsError(f"notice {notice.id} has a Spanish version: its language stays {notice.language}")
+    wanted = {"title": title.strip() if title is not None else None,
+              "type": type.strip().upper() if type is not None else None, "body": body,
+              "topics": list(topics) if topics is not None else None,
+              "tags": list(tags) if tags is not None else None, "language": language}
+    changed = []
+    for name, value in wanted.items():
+        if value is not None and value != getattr(notice, name):
+            setattr(notice, name, value)
+            changed.append(name)
+    return changed
+
+
 def schedule(session: Session, notice: Notice, at: dt.datetime) -> None:
     if notice.status not in (DRAFT, SCHEDULED):
         raise CsmsError(f"notice {notice.id} is {notice.status}; only drafts and scheduled notices can be scheduled")

@@ -106,6 +106,9 @@ class InboundMessage(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     language: Mapped[str | None] = mapped_column(String(8))
     identifiers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    #: The classifier's three likeliest labels as ``[[label, probability], ...]``, best first, as
+    #: recorded when it was classified (the console shows them; it never loads the model).
+    top_labels: Mapped[list[Any] | None] = mapped_column(JSONType)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

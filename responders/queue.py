@@ -30,7 +30,7 @@ from sqlalchemy import func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
-from models.core import AuditEntry
+from models.core import AuditEntry, InboundMessage
 from models.responders import (TICKET_ANSWERED, TICKET_CLOSED, TICKET_OPEN, TRIAGE_DONE, TRIAGE_OPEN, Ticket,
                                TicketMessage, TriageItem, User)
 from responders.render import RenderError, Reply, build_reply
@@ -180,6 +180,15 @@ def item(session: Session, ref: int | str, *, lock: bool = False) -> TriageItem:
     if found is None:
         raise QueueError(f"no triage item {ref}")
     return found
+
+
+def recorded_top_labels(session: Session, inbound_id: int | None) -> list[tuple[str, float]]:
+    """The classifier's three likeliest labels for a message, as recorded when it was classified
+    (empty for a message classified before they were recorded, or none at all)."""
+    if inbound_id is None:
+        return []
+    stored = session.scalar(select(InboundMessage.top_labels).where(InboundMessage.id == inbound_id))
+    return [(str(label), float(p)) for label, p in stored or []]
 
 
 def _audit(session: Session, by: str, action: str, it: TriageItem, detail: dict[str, Any]) -> None:

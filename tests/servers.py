@@ -112,6 +112,14 @@ def find_dovecot() -> str | None:
         (p for p in ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot") if os.path.exists(p)), None)
 
 
+def _pid_in(pidfile: Path) -> int | None:
+    """The process id written in ``pidfile``, or None while it is missing or still empty."""
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class Dovecot:
     """A private Dovecot: any user name logs in with ``password``; each test uses its own user."""
@@ -166,10 +174,14 @@ class Dovecot:
             raise RuntimeError(f"dovecot failed to start: {errors.read_text().strip()} {self.log_tail()}")
         deadline = time.monotonic() + 10
         pidfile = self.root / "run" / "master.pid"
-        while time.monotonic() < deadline and not pidfile.exists():
+        # Dovecot creates master.pid before it writes its number in it: wait for the number.
+        while time.monotonic() < deadline and _pid_in(pidfile) is None:
             time.sleep(0.05)
         wait_for_port(self.port)
-        self.proc_pid = int(pidfile.read_text().strip())
+        pid = _pid_in(pidfile)
+        if pid is None:
+            raise RuntimeError(f"dovecot wrote no pid to {pidfile} {self.log_tail()}")
+        self.proc_pid = pid
 
     def stop(self) -> None:
         if self.proc_pid is None:

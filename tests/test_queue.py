@@ -13,9 +13,11 @@ from sqlalchemy import select
 
 from daemon.config import PipelineConfig
 from daemon.worker import drain
+from models.analysts import Analyst
 from models.core import AuditEntry
 from models.outbox import OutboxMessage
 from models.responders import Ticket, TicketMessage
+from models.session import transaction
 from tests.test_responders import _cli, import_users, ingest, mail, make_ctx, stages
 
 
@@ -25,6 +27,12 @@ def _queue(tmp_path, engine, sessions, config_factory, *raws: bytes) -> str:
     ingest(sessions, *raws)
     drain(sessions, stages(make_ctx(config_factory(url), engine)), PipelineConfig())
     return url
+
+
+def _on_file(sessions, *names: str) -> None:
+    """Analyst accounts, for the command line to act as (``--as``)."""
+    with transaction(sessions) as s:
+        s.add_all(Analyst(name=name, role="analyst", password_hash="", disabled=False) for name in names)
 
 
 def _items(tmp_path, url, capsys) -> list[dict]:
@@ -37,9 +45,10 @@ def test_a_persons_reply_is_theirs_threaded_and_audited(tmp_path, engine, sessio
     url = _queue(tmp_path, engine, sessions, config_factory,
                  mail(subject="hello", sender="dan@new.example", ar=None, body="thanks", msgid="<first@new.example>"))
     [item] = _items(tmp_path, url, capsys)
+    _on_file(sessions, "maria")
     # Given an analyst's own words, sent by the ticket's number,
     code, out, err = _cli(tmp_path, url, "queue", "reply", item["ticket"], "--text", "Hello Jo,\n\nDone.",
-                          "--by", "maria", capsys=capsys)
+                          "--as", "maria", capsys=capsys)
     assert code == 0, err
     with sessions() as s:
         out_row = s.scalars(select(OutboxMessage).where(OutboxMessage.template == "analyst_reply")).one()
@@ -82,13 +91,18 @@ def test_the_queue_refuses_what_makes_no_sense(tmp_path, engine, sessions, capsy
                  mail(subject="hello", sender="dan@new.example", ar=None, body="thanks"))
     [item] = _items(tmp_path, url, capsys)
     ref = str(item["id"])
-    assert _cli(tmp_path, url, "queue", "claim", ref, "--by", "ana", capsys=capsys)[0] == 0
-    code, _, err = _cli(tmp_path, url, "queue", "claim", ref, "--by", "ben", capsys=capsys)
+    _on_file(sessions, "ana", "ben")
+    assert _cli(tmp_path, url, "queue", "claim", ref, "--as", "ana", capsys=capsys)[0] == 0
+    code, _, err = _cli(tmp_path, url, "queue", "claim", ref, "--as", "ben", capsys=capsys)
     assert code == 2 and "with ana" in err
-    assert _cli(tmp_path, url, "queue", "note", ref, "called him", "--by", "ana", capsys=capsys)[0] == 0
-    assert _cli(tmp_path, url, "queue", "close", ref, "--by", "ana", capsys=capsys)[0] == 0
+    # Items go to analysts on file only.
+    code, _, err = _cli(tmp_path, url, "queue", "assign", ref, "nobody", "--as", "ana", capsys=capsys)
+    assert code == 2 and "no analyst account 'nobody'" in err
+    assert _cli(tmp_path, url, "queue", "note", ref, "called him", "--as", "ana", capsys=capsys)[0] == 0
+    assert _cli(tmp_path, url, "queue", "close", ref, "--as", "ana", capsys=capsys)[0] == 0
     # Once closed: no relabel, no approve, no second close.
-    for args in (("relabel", ref, "account_setup"), ("approve", ref), ("close", ref)):
+    for args in (("relabel", ref, "account_setup", "--as", "ben"), ("approve", ref, "--as", "ben"),
+                 ("close", ref, "--as", "ben")):
         code, _, err = _cli(tmp_path, url, "queue", *args, capsys=capsys)
         assert code == 2 and ("already" in err), (args, err)
     code, _, err = _cli(tmp_path, url, "queue", "show", "ACE-1999-999999", capsys=capsys)

@@ -297,3 +297,130 @@ def test_approve_note_close_reopen_are_the_domains_and_audited_under_the_analyst
                                                               .order_by(AuditEntry.id))]
     assert [o.rcpt_to for o in outbox] == [["jo@broker.example"]]
     assert audit == [("pat", "queue.note"), ("pat", "queue.approved"), ("pat", "queue.closed"), ("pat", "queue.reopen")]
+
+
+def test_the_cli_acts_as_an_analyst_on_file_with_the_consoles_roles_and_audit_name(site, capsys, monkeypatch):
+    from sqlalchemy import select
+
+    from models.core import AuditEntry
+    from models.csms import Notice
+    from models.responders import TriageItem
+
+    cfg, port, ctx = site
+    item = str(_item(ctx, "ach_refund"))
+    monkeypatch.delenv("ACEDESK_ANALYST", raising=False)
+    monkeypatch.setenv("SUDO_USER", "nobody-on-file")
+    pat = Client(port)
+    assert pat.login("pat") == 303
+    assert pat.request("POST", f"/items/{item}/note", {"csrf": pat.csrf(f"/items/{item}"),
+                                                       "text": "from the console"})[0] == 303
+    capsys.readouterr()
+    # The same analyst from the shell is the same name in the audit log.
+    assert acedesk(cfg, "queue", "note", item, "from the shell", "--as", "pat") == 0
+    # A name that is no account, given or defaulted from the login name, is refused, naming it.
+    assert acedesk(cfg, "queue", "claim", item, "--as", "mallory") == 2
+    err = capsys.readouterr().err
+    assert "no analyst account 'mallory'" in err and "Traceback" not in err
+    assert acedesk(cfg, "queue", "claim", item) == 2
+    assert "no analyst account 'nobody-on-file'" in capsys.readouterr().err
+    # $ACEDESK_ANALYST names the account when --as does not.
+    monkeypatch.setenv("ACEDESK_ANALYST", "ann")
+    assert acedesk(cfg, "queue", "claim", item) == 0
+    # The console's roles: an analyst cannot compose CSMS notices from the shell either.
+    body = cfg.parent / "notice.md"
+    body.write_text("The ACE Portal will be unavailable on Saturday.\n")
+    assert acedesk(cfg, "csms", "create", "--title", "Maintenance", "--topic", "ACE Portal", "--body", str(body)) == 2
+    assert "needs the publisher role; ann is analyst" in capsys.readouterr().err
+    assert acedesk(cfg, "csms", "create", "--title", "Maintenance", "--topic", "ACE Portal", "--body", str(body),
+                   "--as", "pat") == 0
+    # A disabled account acts no more.
+    assert acedesk(cfg, "analysts", "disable", "ann") == 0
+    capsys.readouterr()
+    assert acedesk(cfg, "queue", "note", item, "still here?") == 2
+    assert "analyst ann is disabled" in capsys.readouterr().err
+    with ctx.sessions() as session:
+        audit = [(a.actor, a.action) for a in session.scalars(
+            select(AuditEntry).where(AuditEntry.action.like("queue.%") | AuditEntry.action.like("csms.%"))
+            .order_by(AuditEntry.id))]
+        notices = [(n.title, n.author) for n in session.scalars(select(Notice))]
+        assigned = session.get(TriageItem, int(item)).assigned_to
+    assert audit == [("pat", "queue.note"), ("pat", "queue.note"), ("ann", "queue.assign"), ("pat", "csms.create")]
+    assert notices == [("Maintenance", "pat")] and assigned == "ann"
+
+
+def test_a_saved_draft_is_edited_from_the_cli_until_it_is_published(site, capsys, monkeypatch):
+    from sqlalchemy import select
+
+    from models.core import AuditEntry
+
+    cfg, port, ctx = site
+    monkeypatch.setenv("ACEDESK_ANALYST", "pat")
+    subs = cfg.parent / "subs.csv"
+    subs.write_text("email,topics,language\njo@broker.example,ACE Portal,en\ncarla@importadora.example,ACH Refunds,es\n")
+    assert acedesk(cfg, "csms", "subscribers", "import", str(subs)) == 0
+    body = cfg.parent / "notice.md"
+    body.write_text("First words.\n")
+    capsys.readouterr()
+    assert acedesk(cfg, "csms", "create", "--title", "Draft title", "--topic", "ACE Portal", "--body", str(body)) == 0
+    notice_id = re.search(r"notice (\d+) created: draft", capsys.readouterr().out).group(1)
+    body.write_text("The **second** words.\n")
+    assert acedesk(cfg, "csms", "edit", notice_id, "--title", "ACE Portal maintenance", "--topic", "ACE Portal",
+                   "--topic", "ACH Refunds", "--body", str(body)) == 0
+    assert "title, body, topics changed" in capsys.readouterr().out
+    assert acedesk(cfg, "csms", "preview", notice_id) == 0
+    shown = capsys.readouterr().out
+    assert "ACE Portal maintenance" in shown and "second" in shown and "First words" not in shown
+    # The confirmation counts the edited topics' subscribers; once published it can no longer change.
+    assert acedesk(cfg, "csms", "publish", notice_id, "--yes", "--no-wait") == 0
+    assert "Recipients: 2" in capsys.readouterr().out
+    assert acedesk(cfg, "csms", "edit", notice_id, "--title", "Too late") == 2
+    err = capsys.readouterr().err
+    assert "a published notice can no longer be edited" in err and "Traceback" not in err
+    # The console says the same.
+    pat = Client(port)
+    assert pat.login("pat") == 303
+    status, headers, _ = pat.request("GET", f"/csms/{notice_id}/edit")
+    assert status == 303 and "no+longer+be+edited" in headers["location"]
+    with ctx.sessions() as session:
+        edits = [(a.actor, a.detail["fields"]) for a in session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "csms.edit"))]
+    assert edits == [("pat", ["title", "body", "topics"])]
+
+
+def test_the_item_page_shows_the_top_labels_recorded_at_classification(site):
+    from sqlalchemy import select, update
+
+    from daemon.config import PipelineConfig
+    from daemon.intake.store import NewMessage, insert_messages
+    from daemon.pipeline import build_stages
+    from daemon.worker import drain
+    from models.core import InboundMessage
+    from models.responders import TriageItem
+
+    cfg, port, ctx = site
+    raw = (b"From: Jo Broker <jo@broker.example>\r\nTo: helpdesk@ace-support.example\r\n"
+           b"Subject: Where is my entry?\r\nMessage-ID: <top-1@broker.example>\r\n\r\n"
+           b"Hello, I have a question about something unusual.\r\nThanks\r\n")
+    with transaction(ctx.sessions) as session:
+        insert_messages(session, [NewMessage(desk="helpdesk@ace-support.example", source="cli", raw=raw)])
+    drain(ctx.sessions, build_stages(ctx), PipelineConfig())
+    with ctx.sessions() as session:
+        row = session.scalars(select(InboundMessage)).one()
+        item = session.scalars(select(TriageItem)).one()
+    # The classify stage kept its three likeliest labels, best first, the first being its answer.
+    assert len(row.top_labels) == 3 and row.top_labels[0] == [row.label, row.confidence]
+    assert [p for _, p in row.top_labels] == sorted((p for _, p in row.top_labels), reverse=True)
+    # The page shows what was recorded, not a new prediction: change the record and the page follows.
+    recorded = [["ach_refund", 0.42], ["account_locked", 0.31], ["other", 0.12]]
+    with transaction(ctx.sessions) as session:
+        session.execute(update(InboundMessage).values(top_labels=recorded))
+    ann = Client(port)
+    assert ann.login("ann") == 303
+    status, _, page = ann.request("GET", f"/items/{item.id}")
+    shown = re.findall(r"<li>(\w+) <small>([\d.]+)</small></li>", page.split('id="top-labels"')[1].split("</ol>")[0])
+    assert status == 200 and shown == [("ach_refund", "0.42"), ("account_locked", "0.31"), ("other", "0.12")]
+    # A message classified before the labels were kept says so instead of guessing.
+    with transaction(ctx.sessions) as session:
+        session.execute(update(InboundMessage).values(top_labels=None))
+    status, _, page = ann.request("GET", f"/items/{item.id}")
+    assert status == 200 and "were not recorded for this message" in page

@@ -22,7 +22,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from daemon.cli import identity
 from daemon.errors import CommandError, read_text_file
+from models.analysts import PUBLISHER
 
 EPILOG_TIMES = "Times are US Eastern (ET), as 'YYYY-MM-DD HH:MM'."
 
@@ -55,7 +57,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="also derive REMINDERs before a deadline at TIME (ET); see --days-before")
     p.add_argument("--days-before", metavar="N[,N...]", default="7,1",
                    help="with --deadline: days before it to remind (default: 7,1)")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_create)
+
+    p = sub.add_parser("edit", help="change a draft or scheduled notice (a published one cannot change)",
+                       description="Change the title, type, tags, topics, body or language of a notice that is "
+                                   "not published yet; what is not given stays. 'acedesk csms preview' shows "
+                                   "the result. A notice publishing, published or cancelled is refused.")
+    p.add_argument("notice", metavar="NOTICE", help="the id of the draft")
+    p.add_argument("--title")
+    p.add_argument("--type")
+    p.add_argument("--tag", action="append", default=None, metavar="TAG",
+                   help="the tags, replacing the old ones (repeatable, or ';'-separated; '' for none)")
+    p.add_argument("--topic", action="append", default=None, metavar="TOPIC",
+                   help="the topics, replacing the old ones (repeatable, or ';'-separated)")
+    p.add_argument("--body", metavar="FILE", help="the new body in Markdown; '-' reads stdin")
+    p.add_argument("--language", choices=["en", "es"])
+    identity.add_option(p)
+    p.set_defaults(handler=cmd_edit)
 
     p = sub.add_parser("reminder", help="derive REMINDER notices from a notice's event",
                        description="Derive reminders of a notice, each a scheduled REMINDER notice linked to it: "
@@ -67,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--deadline", metavar="TIME", help="the deadline (ET)")
     p.add_argument("--days-before", metavar="N[,N...]", default="7,1",
                    help="with --deadline: days before it to remind (default: 7,1)")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_reminder)
 
     p = sub.add_parser("preview", help="render a notice as a sample subscriber would read it",
@@ -82,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--at", metavar="TIME", required=True, help="publication time (ET)")
     p.add_argument("--late-ok", action="store_true", help="accept a time in the past (goes out at once, late)")
     p.add_argument("--with-translation", action="store_true", help="hold it until its translation exists")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_schedule)
 
     p = sub.add_parser("publish", help="publish a notice now, with a progress bar",
@@ -94,10 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("notice", metavar="NOTICE", help="number or id")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (scripts)")
     p.add_argument("--no-wait", action="store_true", help="only start it: the daemon sends it")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_publish)
 
     p = sub.add_parser("cancel", help="cancel a draft or scheduled notice (and its reminders)")
     p.add_argument("notice", metavar="NOTICE", help="number or id")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_cancel)
 
     p = sub.add_parser("list", help="notices, newest first, with sent/failed/pending counts")
@@ -121,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                     "unsubscribed or were disabled by bounces are left alone. Bad rows are "
                                     "reported with their line numbers and skipped (exit status 1).")
     p.add_argument("file", metavar="FILE.csv")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_subscribers_import)
     states = ["pending", "active", "bouncing", "disabled", "unsubscribed"]
     p = ssub.add_parser("list", help="subscribers with their topics, language and state",
@@ -140,6 +164,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                     "unsubscribe link or 'unsubscribe' by mail instead.")
     p.add_argument("email")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_subscribers_remove)
     p = ssub.add_parser("export", help="write subscribers as CSV (email,topics,language,state,created_at,"
                                       "hard_bounces); re-importable")
@@ -192,7 +217,7 @@ def _notice_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", choices=["en", "es"], default="en",
                    help="es: a Spanish version, sent to Spanish-language subscribers (default: en)")
     p.add_argument("--translation-of", metavar="NOTICE", help="with --language es: the English notice it translates")
-    p.add_argument("--author", default="", help="who wrote it (kept with the notice)")
+    p.add_argument("--author", default="", help="who wrote it (kept with the notice; default: the analyst acting)")
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -291,16 +316,19 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
     call = parse_et(args.support_call, "--support-call") if args.support_call else None
     deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
     days = _days(args.days_before) if deadline else []
+    by = identity.acting(lazy, args, PUBLISHER)
     _ensure_default_topics(lazy)
     with transaction(lazy.ctx.sessions) as session:
         original = _find(session, args.translation_of) if args.translation_of else None
         try:
             notice = service.create_notice(
                 session, title=args.title, type=args.type, body=body, topics=_resolve_topics(session, _split(args.topic)),
-                tags=_split(args.tag), related=args.related, language=args.language, author=args.author,
+                tags=_split(args.tag), related=args.related, language=args.language, author=args.author or by,
                 translation_of=original, scheduled_at=at, hold_for_translation=args.with_translation)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        identity.audit(session, by, "csms.create", "notice", notice.id,
+                       {"title": notice.title, "scheduled_at": at.isoformat() if at else None})
         reminders = _derive(session, lazy.config, notice, call, deadline, days)
         held = " (held until its translation exists)" if args.with_translation else ""
         print(f"notice {notice.id} created: {notice.status}{held}"
@@ -308,6 +336,30 @@ def cmd_create(args: argparse.Namespace, lazy: Any) -> int:
                  f"{notice.id} --at ...' or publish it with 'acedesk csms publish {notice.id}')"))
         for r in reminders:
             print(f"  reminder {r.id}: {r.title!r}, {fmt_et(r.scheduled_at)}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace, lazy: Any) -> int:
+    from csms import service
+    from models.session import transaction
+
+    body = read_text_file(args.body) if args.body else None
+    if body is not None and not body.strip():
+        raise CommandError("the body is empty")
+    by = identity.acting(lazy, args, PUBLISHER)
+    with transaction(lazy.ctx.sessions) as session:
+        notice = _find(session, args.notice)
+        try:
+            changed = service.update_draft(
+                session, notice, title=args.title, type=args.type, body=body,
+                topics=_resolve_topics(session, _split(args.topic)) if args.topic is not None else None,
+                tags=_split(args.tag) if args.tag is not None else None, language=args.language)
+        except service.CsmsError as exc:
+            raise CommandError(str(exc)) from None
+        if changed:
+            identity.audit(session, by, "csms.edit", "notice", notice.id, {"fields": changed})
+    print(f"{_label(notice)}: " + (f"{', '.join(changed)} changed" if changed else "nothing changed")
+          + f" ({notice.status}; 'acedesk csms preview {notice.id}' shows it)")
     return 0
 
 
@@ -351,11 +403,15 @@ def cmd_reminder(args: argparse.Namespace, lazy: Any) -> int:
     call = parse_et(args.support_call, "--support-call") if args.support_call else None
     deadline = parse_et(args.deadline, "--deadline") if args.deadline else None
     days = _days(args.days_before) if deadline else []
+    by = identity.acting(lazy, args, PUBLISHER)
     with transaction(lazy.ctx.sessions) as session:
         parent = _find(session, args.notice)
         if parent.status == CANCELLED:
             raise CommandError(f"{_label(parent)} was cancelled")
         created = _derive(session, lazy.config, parent, call, deadline, days)
+        for r in created:
+            identity.audit(session, by, "csms.create", "notice", r.id,
+                           {"title": r.title, "scheduled_at": r.scheduled_at.isoformat(), "reminder_of": parent.id})
         for r in created:
             print(f"reminder {r.id} of {_label(parent)}: {r.title!r}, {fmt_et(r.scheduled_at)}")
     return 0
@@ -393,12 +449,14 @@ def cmd_schedule(args: argparse.Namespace, lazy: Any) -> int:
 
     at = parse_et(args.at)
     _check_time(at, args.late_ok)
+    by = identity.acting(lazy, args, PUBLISHER)
     with transaction(lazy.ctx.sessions) as session:
         notice = _find(session, args.notice)
         try:
             service.schedule(session, notice, at)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        identity.audit(session, by, "csms.schedule", "notice", notice.id, {"at": at.isoformat()})
         if args.with_translation:
             notice.hold_for_translation = True
     soon = " (already due: the daemon publishes it at its next sweep)" if at <= utcnow() else ""
@@ -410,12 +468,14 @@ def cmd_cancel(args: argparse.Namespace, lazy: Any) -> int:
     from csms import service
     from models.session import transaction
 
+    by = identity.acting(lazy, args, PUBLISHER)
     with transaction(lazy.ctx.sessions) as session:
         notice = _find(session, args.notice)
         try:
             service.cancel(session, notice)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        identity.audit(session, by, "csms.cancel", "notice", notice.id)
     print(f"{_label(notice)} cancelled")
     return 0
 
@@ -437,6 +497,7 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
 
     cfg = lazy.config.csms
+    by = identity.acting(lazy, args, PUBLISHER)
     with transaction(lazy.ctx.sessions) as session:
         notice = _find(session, args.notice)
         if notice.status == DONE:
@@ -458,6 +519,7 @@ def cmd_publish(args: argparse.Namespace, lazy: Any) -> int:
                                           late_after=cfg.late_after)
         except service.CsmsError as exc:
             raise CommandError(str(exc)) from None
+        identity.audit(session, by, "csms.publish", "notice", notice.id, {"number": notice.number, "total": total})
         notice_id, number = notice.id, notice.number
     print(f"CSMS #{number} (notice {notice_id}) publishing to {total} subscriber(s)")
     if args.no_wait:
@@ -644,6 +706,7 @@ def cmd_subscribers_import(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
 
     text = read_text_file(args.file)
+    by = identity.acting(lazy, args, PUBLISHER)
     rows, problems = subscribers.parse_subscribers_csv(text)
     for problem in problems:
         print(f"{args.file}:{problem.line}: {problem.message} (skipped)", file=sys.stderr)
@@ -669,6 +732,9 @@ def cmd_subscribers_import(args: argparse.Namespace, lazy: Any) -> int:
             with transaction(lazy.ctx.sessions) as session:
                 subscribers.import_subscribers(session, chunk, stats)
             bar.update(len(chunk))
+    with transaction(lazy.ctx.sessions) as session:
+        identity.audit(session, by, "csms.subscribers_import", "subscribers", len(rows),
+                       {"created": stats.created, "updated": stats.updated, "bad_rows": len(problems)})
     print(f"subscribers: {stats.created} created, {stats.updated} updated, {stats.unchanged} unchanged, "
           f"{stats.skipped} left alone (unsubscribed or disabled), {len(problems)} bad row(s) skipped")
     return 1 if problems else 0
@@ -755,6 +821,7 @@ def cmd_subscribers_remove(args: argparse.Namespace, lazy: Any) -> int:
     from csms.service import CsmsError
     from models.session import transaction
 
+    by = identity.acting(lazy, args, PUBLISHER)
     if not args.yes:
         if not sys.stdin.isatty():
             raise CommandError("removing asks for confirmation: add --yes to remove without asking")
@@ -766,6 +833,7 @@ def cmd_subscribers_remove(args: argparse.Namespace, lazy: Any) -> int:
             sid = roster.remove(session, args.email)
         except CsmsError as exc:
             raise _roster_error(exc) from None
+        identity.audit(session, by, "csms.subscriber_removed", "subscriber", sid, {"email": args.email.strip().lower()})
     print(f"subscriber {sid} ({args.email.strip().lower()}) removed")
     return 0
 

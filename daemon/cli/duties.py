@@ -11,24 +11,16 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 from typing import Any
 
 from sqlalchemy import select
 
 from classifiers.labels import LABELS, LANGUAGES
+from daemon.cli import identity
 from daemon.errors import CommandError, read_text_file
-
-
-def _who() -> str:
-    """The person at the terminal, for the audit log when ``--by`` is not given."""
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
+from models.analysts import ADMIN
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Any:
@@ -60,7 +52,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p = asub.add_parser("retire", help="remove an article from every reply (no template change)")
     p.add_argument("key")
     p.add_argument("--language", choices=LANGUAGES, help="only this language (default: all)")
-    p.add_argument("--by", default=None, help="who retires it (default: you)")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_articles_retire)
 
     users = _subcommands(subparsers.choices["users"])
@@ -68,12 +60,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("user_id", metavar="USERID")
     p.add_argument("--reason", required=True)
     p.add_argument("--suspend", action="store_true", help="suspended by security rather than inactive")
-    p.add_argument("--by", default=None, help="who decided it (default: you)")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_users_inactivate)
     p = users.add_parser("restore", help="make an inactive or suspended account active again, audited")
     p.add_argument("user_id", metavar="USERID")
     p.add_argument("--reason", required=True)
-    p.add_argument("--by", default=None)
+    identity.add_option(p)
     p.set_defaults(handler=cmd_users_restore)
     p = users.add_parser("status", help="a user's account status and its history")
     p.add_argument("user_id", metavar="USERID")
@@ -91,13 +83,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.set_defaults(handler=cmd_incidents_show)
     p = isub.add_parser("open", help="open an incident by hand (alerts on-call, drafts a CSMS notice)")
     p.add_argument("--title", required=True)
-    p.add_argument("--by", default=None)
+    identity.add_option(p)
     p.set_defaults(handler=cmd_incidents_open)
     p = isub.add_parser("close", help="close an incident and send one follow-up to everyone attached")
     p.add_argument("incident", metavar="NUMBER")
     p.add_argument("--resolution", default="", help="a sentence for the follow-up (e.g. what was fixed)")
     p.add_argument("--no-follow-up", action="store_true", help="close without writing to anyone")
-    p.add_argument("--by", default=None)
+    identity.add_option(p)
     p.set_defaults(handler=cmd_incidents_close)
 
     p = subparsers.add_parser("escalate", help="escalate tickets near their target now (the daemon does it "
@@ -184,7 +176,7 @@ def cmd_articles_retire(args: argparse.Namespace, lazy: Any) -> int:
     from models.session import transaction
     from responders.articles import find, retire
 
-    by = args.by or _who()
+    by = identity.acting(lazy, args, ADMIN)
     with transaction(lazy.ctx.sessions) as session:
         _seeded(session)
         if not find(session, args.key, args.language):
@@ -208,7 +200,7 @@ def _set_status(args: argparse.Namespace, lazy: Any, status: str) -> int:
     from models.session import transaction
     from responders.accounts import AccountError, set_status
 
-    by = args.by or _who()
+    by = identity.acting(lazy, args)
     try:
         with transaction(lazy.ctx.sessions) as session:
             user, before = set_status(session, args.user_id, status, args.reason, by)
@@ -315,7 +307,7 @@ def cmd_incidents_open(args: argparse.Namespace, lazy: Any) -> int:
     from responders.incidents import open_incident, open_incident_for
 
     responder = make_responder(lazy.config)
-    by = args.by or _who()
+    by = identity.acting(lazy, args)
     with transaction(lazy.ctx.sessions) as session:
         if open_incident_for(session, responder.incidents.label) is not None:
             raise CommandError("an incident is already open (acedesk incidents list)")
@@ -332,7 +324,7 @@ def cmd_incidents_close(args: argparse.Namespace, lazy: Any) -> int:
     from responders.incidents import close_incident
 
     responder = make_responder(lazy.config)
-    by = args.by or _who()
+    by = identity.acting(lazy, args)
     with transaction(lazy.ctx.sessions) as session:
         incident = _find(session, args.incident)
         try:

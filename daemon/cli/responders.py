@@ -3,7 +3,8 @@ triage queue, and the dry run of the whole pipeline.
 
 * ``acedesk users import FILE.csv`` -- upsert users by UserID; bad rows are
   reported with their line numbers (exit 1 if any, the good rows still imported).
-* ``acedesk queue list|show|approve|relabel|reply|close`` -- the triage queue.
+* ``acedesk queue list|show|claim|assign|note|approve|relabel|reply|close|reopen`` -- the triage
+  queue; the actions act as an analyst account (``--as``, see :mod:`daemon.cli.identity`).
 * ``acedesk triage --json FILE...`` -- parse, screen, classify, verify and
   decide each file as the daemon would, and print one JSON object a line;
   nothing is sent or stored.
@@ -23,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import undefer
 
 from classifiers.labels import LABELS
+from daemon.cli import identity
 from daemon.errors import CommandError, read_text_file
 
 
@@ -60,22 +62,22 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                                 ("approve", cmd_queue_approve, "send the answer of the item's label and resolve it")):
         p = qsub.add_parser(name, help=text)
         p.add_argument("ref", metavar="ID|TICKET", help=item)
-        p.add_argument("--by", default="analyst", help="who does it (audit log)")
+        identity.add_option(p)
         p.set_defaults(handler=handler)
     p = qsub.add_parser("assign", help="give the item to an analyst")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("to", metavar="ANALYST")
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_assign)
     p = qsub.add_parser("note", help="an internal note on the item's ticket (never sent)")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("text")
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_note)
     p = qsub.add_parser("relabel", help="correct the label (kept for 'acedesk train')")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("label", choices=LABELS)
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_relabel)
     p = qsub.add_parser("reply", help="answer the requester: a template, or your own text")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
@@ -85,16 +87,16 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g.add_argument("--text-file", help="a file with your own words ('-' = stdin)")
     p.add_argument("--article", action="append", default=[], metavar="KEY",
                    help="also link this knowledge article (acedesk articles list); repeatable")
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_reply)
     p = qsub.add_parser("reopen", help="put a resolved item back in the queue and reopen its ticket")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_reopen)
     p = qsub.add_parser("close", help="close the item's ticket (resolving the item)")
     p.add_argument("ref", metavar="ID|TICKET", help=item)
     p.add_argument("--note", default="", help="a note kept on the ticket")
-    p.add_argument("--by", default="analyst")
+    identity.add_option(p)
     p.set_defaults(handler=cmd_queue_close)
 
     tk = subparsers.add_parser("tickets", help="every ticket, whichever action opened it")
@@ -279,6 +281,8 @@ def cmd_queue_show(args: argparse.Namespace, lazy: Any) -> int:
         print(f"  screen:       {record.screen or '-'} {record.screen_reasons or ''}")
         print(f"  verification: {record.verification}: {'; '.join(record.verification_reasons or [])}")
         print(f"  decision:     {record.action} {record.template or ''}: {'; '.join(record.reasons or [])}")
+    if inbound is not None and inbound.top_labels:
+        print("  likeliest:    " + ", ".join(f"{label} {p:.2f}" for label, p in inbound.top_labels))
     if inbound is not None and inbound.parsed:
         msg = ParsedMessage.from_dict(inbound.parsed)
         print(f"  message:      {inbound.id} from {msg.sender_name!r} <{msg.sender}>, subject {msg.subject!r}")
@@ -297,23 +301,27 @@ def _print_history(history: list[Any]) -> None:
 def cmd_queue_claim(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, lambda s: queue.claim(s, args.ref, args.by))
-    print(f"{args.ref}: yours, {args.by}")
+    by = identity.acting(lazy, args)
+    _queue_call(lazy, lambda s: queue.claim(s, args.ref, by))
+    print(f"{args.ref}: yours, {by}")
     return 0
 
 
 def cmd_queue_assign(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, lambda s: queue.assign(s, args.ref, args.to, args.by))
-    print(f"{args.ref}: assigned to {args.to}")
+    by = identity.acting(lazy, args)
+    to = identity.check_assignee(lazy, args.to)
+    _queue_call(lazy, lambda s: queue.assign(s, args.ref, to, by))
+    print(f"{args.ref}: assigned to {to}")
     return 0
 
 
 def cmd_queue_note(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, lambda s: queue.note(s, args.ref, args.text, args.by))
+    by = identity.acting(lazy, args)
+    _queue_call(lazy, lambda s: queue.note(s, args.ref, args.text, by))
     print(f"{args.ref}: note kept on the ticket")
     return 0
 
@@ -321,8 +329,9 @@ def cmd_queue_note(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
+    by = identity.acting(lazy, args)
     responder = _responder(lazy)
-    sent = _queue_call(lazy, lambda s: queue.approve(s, responder, args.ref, args.by))
+    sent = _queue_call(lazy, lambda s: queue.approve(s, responder, args.ref, by))
     print(f"approved {args.ref}: {sent.template} answer queued to {sent.to}")
     return 0
 
@@ -330,7 +339,8 @@ def cmd_queue_approve(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    previous = _queue_call(lazy, lambda s: queue.relabel(s, args.ref, args.label, args.by))
+    by = identity.acting(lazy, args)
+    previous = _queue_call(lazy, lambda s: queue.relabel(s, args.ref, args.label, by))
     print(f"{args.ref}: label {previous} -> {args.label} (kept for 'acedesk train'); "
           f"'acedesk queue approve {args.ref}' sends its answer")
     return 0
@@ -339,9 +349,10 @@ def cmd_queue_relabel(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
+    by = identity.acting(lazy, args)
     text = read_text_file(args.text_file) if args.text_file else (args.text or "")
     responder = _responder(lazy)
-    sent = _queue_call(lazy, lambda s: queue.reply(s, responder, args.ref, args.by, template=args.template or "",
+    sent = _queue_call(lazy, lambda s: queue.reply(s, responder, args.ref, by, template=args.template or "",
                                                    text=text, articles=args.article))
     print(f"reply queued to {sent.to}")
     return 0
@@ -350,7 +361,8 @@ def cmd_queue_reply(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_close(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, lambda s: queue.close(s, args.ref, args.by, args.note))
+    by = identity.acting(lazy, args)
+    _queue_call(lazy, lambda s: queue.close(s, args.ref, by, args.note))
     print(f"{args.ref}: ticket closed")
     return 0
 
@@ -358,7 +370,8 @@ def cmd_queue_close(args: argparse.Namespace, lazy: Any) -> int:
 def cmd_queue_reopen(args: argparse.Namespace, lazy: Any) -> int:
     from responders import queue
 
-    _queue_call(lazy, lambda s: queue.reopen(s, args.ref, args.by))
+    by = identity.acting(lazy, args)
+    _queue_call(lazy, lambda s: queue.reopen(s, args.ref, by))
     print(f"{args.ref}: back in the queue, ticket reopened")
     return 0
 

@@ -103,6 +103,7 @@ def apply_classified(session: Session, rows: list[InboundMessage],
         row.language = result.language
         row.identifiers = result.identifiers
         row.model_version = result.model_version
+        row.top_labels = [[label, p] for label, p in result.ranking]
         row.state = CLASSIFIED
         row.error = None
         log.debug("message %s (Message-ID %s): %s %.3f auto=%s %s", row.id, row.message_id,

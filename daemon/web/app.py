@@ -99,8 +99,6 @@ class Web:
         #: Queue counts per filter (10 s) and dashboard figures (60 s).
         self.counts = Cache(10.0)
         self.figures = Cache(60.0)
-        #: The classifier model, loaded on first use (False: none could be loaded).
-        self._model: Any = None
         #: This install's key for what the web app signs itself (SSO sessions' CSRF tokens).
         self.key = signing_secret(ctx.config, "web", "", "", "web.secret")
 
@@ -124,31 +122,6 @@ class Web:
             from daemon.stages.respond import make_responder
             self._responder = make_responder(self.config)
         return self._responder
-
-    async def top_labels(self, entries: list[Any], inbound_id: int | None) -> list[tuple[str, float]]:
-        """The classifier's three likeliest labels for the item's message (empty when no model)."""
-        entry = next((e for e in entries if e.inbound_id == inbound_id and e.direction == "in"), None)
-        if entry is None:
-            return []
-        return await run_in_threadpool(self._top, f"{entry.subject}\n{entry.text}")
-
-    def _top(self, text: str) -> list[tuple[str, float]]:
-        if self._model is None:
-            from classifiers.model import ModelLoadError
-            from classifiers.store import ModelHolder, model_dir
-            from daemon.stages.classify import _resolve
-            try:
-                holder = ModelHolder.open(model_dir(_resolve(self.config.classifier.model_dir,
-                                                             self.config.base_dir)))
-                self._model = holder.current or False
-            except ModelLoadError as exc:
-                log.warning("console: top labels unavailable: %s", exc)
-                self._model = False
-        if not self._model:
-            return []
-        probabilities = self._model.predict_proba([text])[0]
-        ranked = sorted(zip(self._model.labels, probabilities), key=lambda pair: -pair[1])
-        return [(label, float(p)) for label, p in ranked[:3]]
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         context.setdefault("who", getattr(request.state, "who", None))

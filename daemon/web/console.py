@@ -101,7 +101,8 @@ def _item_view(session: Session, item_id: int, responder: Any) -> dict[str, Any]
         except QueueError as exc:
             approval_error = str(exc)
     return {"item": it, "ticket": ticket, "entries": threads.thread(session, ticket), "approval": approval,
-            "approval_error": approval_error, "items": threads.ticket_items(session, ticket.id)}
+            "approval_error": approval_error, "items": threads.ticket_items(session, ticket.id),
+            "top": queue.recorded_top_labels(session, it.inbound_message_id)}
 
 
 async def item_page(request: Request) -> Response:
@@ -113,9 +114,8 @@ async def item_page(request: Request) -> Response:
         view = await web.read(lambda s: _item_view(s, item_id, responder))
     except QueueError as exc:
         raise HTTPException(404, str(exc)) from None
-    top = await web.top_labels(view["entries"], view["item"].inbound_message_id)
     templates = [t for t in LABELS if responder.renderer.has(t, view["ticket"].language)]
-    return web.page(request, "item.html", labels=LABELS, templates=templates, top=top, now=utcnow(),
+    return web.page(request, "item.html", labels=LABELS, templates=templates, now=utcnow(),
                     target=web.config.responders.target_hours, **view)
 
 

@@ -1,5 +1,6 @@
 """CSMS for publishers: the notices with their counts, the composer with a live
-preview of the text and HTML mail, scheduling in ET, the confirmation with
+preview of the text and HTML mail (also over a saved draft, until it is
+published), scheduling in ET, the confirmation with
 recipient counts, publishing with live progress, subscribers (search, CSV
 import, removal) and topics.  Analysts may look; only publishers change.
 Every change is a :mod:`csms` function, audited under the publisher's name."""
@@ -121,7 +122,48 @@ async def compose(request: Request) -> Response:
         except (FormError, service.CsmsError) as exc:
             error = str(exc)
     return web.page(request, "csms_compose.html", status=400 if error else 200, fields=fields, topics=topics,
-                    types=types, tags=TAGS, error=error, preview=preview_of(fields))
+                    types=types, tags=TAGS, error=error, preview=preview_of(fields), editing=None)
+
+
+async def edit(request: Request) -> Response:
+    """The composer over a saved draft (or scheduled notice): change it, with the live preview,
+    and save it again.  A notice publishing or published is no longer editable: said plainly."""
+    who = await require(request, PUBLISHER)
+    web = web_of(request)
+    notice_id = request.path_params["notice_id"]
+    topics = await web.read(service.topic_names)
+    types = await web.read(lambda s: audience.known_types(s, TYPES))
+
+    def saved(session: Session) -> tuple[dict[str, Any], str]:
+        notice = session.get(Notice, notice_id)
+        if notice is None:
+            raise HTTPException(404, f"no notice {notice_id}")
+        return ({"title": notice.title, "type": notice.type, "body": notice.body, "topics": list(notice.topics),
+                 "tags": list(notice.tags), "language": notice.language}, service.editable_refusal(notice))
+
+    fields, refusal = await web.read(saved)
+    if refusal:
+        return _back(f"/csms/{notice_id}", f"Not editable: {refusal}.")
+    error = ""
+    if request.method == "POST":
+        fields = _fields(await request.form(), topics)
+
+        def change(session: Session) -> list[str]:
+            notice = session.get(Notice, notice_id)
+            if notice is None:
+                raise HTTPException(404, f"no notice {notice_id}")
+            changed = service.update_draft(session, notice, **fields)
+            if changed:
+                audit(session, who, "csms.edit", "notice", notice.id, {"fields": changed})
+            return changed
+
+        try:
+            changed = await web.write(change)
+            return _back(f"/csms/{notice_id}", "Draft saved." if changed else "Nothing changed.")
+        except service.CsmsError as exc:
+            error = str(exc)
+    return web.page(request, "csms_compose.html", status=400 if error else 200, fields=fields, topics=topics,
+                    types=types, tags=TAGS, error=error, preview=preview_of(fields), editing=notice_id)
 
 
 async def preview(request: Request) -> Response:
@@ -316,6 +358,7 @@ def routes() -> list[Route]:
         Route("/csms/subscribers/{subscriber_id:int}/remove", remove_subscriber, methods=["POST"]),
         Route("/csms/topics", topics_page),
         Route("/csms/{notice_id:int}", notice_page),
+        Route("/csms/{notice_id:int}/edit", edit, methods=["GET", "POST"]),
         Route("/csms/{notice_id:int}/publish", confirm_publish, methods=["GET"]),
         Route("/csms/{notice_id:int}/publish", publish, methods=["POST"]),
         Route("/csms/{notice_id:int}/progress.json", progress),

@@ -10,6 +10,7 @@ subscriber or the request; a forged, expired or misused one changes nothing.
   GET  /c/<token>            a page with a button to confirm a request
   POST /c/<token>            confirm it
   GET  /archive/search?q=    the archive's search by number, title and text (the files are a mount)
+  GET  /archive/             the archive's index in the visitor's language (?lang=, Accept-Language)
 
 Pages are in the subscriber's language (English or Spanish), ``?lang=en|es``
 switches, and every page links to the other language; refusals are pages in
@@ -26,7 +27,7 @@ import re
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from csms import archive, service, subscriptions
@@ -282,7 +283,24 @@ async def archive_search(request: Request) -> Response:
             entries = []
         return archive.search(entries, query)
 
-    return HTMLResponse(archive.search_page(query, await web_of(request).read(lambda _s: found())))
+    return HTMLResponse(archive.search_page(query, await web_of(request).read(lambda _s: found()),
+                                            language_of(request)))
+
+
+async def archive_index(request: Request) -> Response:
+    """The archive's index in the visitor's language (``?lang=``, else Accept-Language): the
+    static mount alone would always serve the English ``index.html``."""
+    config = web_of(request).config
+    root = Path(config.path(config.daemon.state_dir)) / config.csms.archive_dir
+    language = language_of(request)
+    page = root / archive.index_path(language)
+    if not page.is_file():
+        # An archive written before the Spanish index existed: the English one until the next publish.
+        language, page = "en", root / "index.html"
+    if not page.is_file():
+        return PlainTextResponse("Nothing published yet.\n", 404)
+    return FileResponse(page, media_type="text/html; charset=utf-8",
+                        headers={"Vary": "Accept-Language", "Content-Language": language})
 
 
 def routes() -> list[Route]:
@@ -293,4 +311,6 @@ def routes() -> list[Route]:
         Route("/c/{token}", confirm, methods=["POST"]),
         # Before the archive's static mount, which would answer 404.
         Route("/archive/search", archive_search, methods=["GET"]),
+        Route("/archive/", archive_index, methods=["GET"]),
+        Route("/archive/index.html", archive_index, methods=["GET"]),
     ]
