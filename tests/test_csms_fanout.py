@@ -380,9 +380,10 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 def test_two_sender_processes_share_a_notice_and_each_subscriber_gets_it_once(engine, sessions, config_factory,
                                                                                gated_capture):
-    # Given a notice to 150 subscribers, claimed 10 at a time by two sender processes sharing 4 connections,
+    # Given a notice to 150 subscribers, claimed 10 at a time by two sender processes sharing 4 connections
+    # (a lease far longer than the relay holds the first replies: an expired claim may be sent twice),
     config = relay_config(config_factory, engine.url.render_as_string(hide_password=False), gated_capture.port,
-                          fanout_processes=2, connections=4, chunk_size=10)
+                          fanout_processes=2, connections=4, chunk_size=10, lease_seconds=30.0)
     emails = [f"user{i}@importer.example" for i in range(150)]
     subscribe(sessions, [(e, ["ACE"], "en") for e in emails])
     notice_id = start(sessions, ["ACE"])
