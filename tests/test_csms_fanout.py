@@ -354,7 +354,8 @@ def raw_config(tmp_path: Path, db_url: str, port: int, **csms: Any) -> dict:
     """A config as a dict (a publisher in another process reads the same one)."""
     (tmp_path / "csms.secret").write_text("a-test-secret-of-enough-length\n")
     return {"database": {"url": db_url}, "daemon": {"state_dir": str(tmp_path / "var")},
-            "outbound": {"relay_host": "127.0.0.1", "relay_port": port, "timeout": 5.0},
+            # The gated relay holds the first replies until both processes are connected.
+            "outbound": {"relay_host": "127.0.0.1", "relay_port": port, "timeout": 120.0},
             "csms": {**FAST, "secret_file": str(tmp_path / "csms.secret"), **csms}}
 
 
@@ -381,9 +382,11 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def test_two_sender_processes_share_a_notice_and_each_subscriber_gets_it_once(engine, sessions, config_factory,
                                                                                gated_capture):
     # Given a notice to 150 subscribers, claimed 10 at a time by two sender processes sharing 4 connections
-    # (a lease far longer than the relay holds the first replies: an expired claim may be sent twice),
-    config = relay_config(config_factory, engine.url.render_as_string(hide_password=False), gated_capture.port,
-                          fanout_processes=2, connections=4, chunk_size=10, lease_seconds=30.0)
+    # (a timeout and a lease far longer than the relay holds the first replies),
+    config = config_factory(engine.url.render_as_string(hide_password=False),
+                            outbound={"relay_host": "127.0.0.1", "relay_port": gated_capture.port, "timeout": 120.0},
+                            csms={**FAST, "fanout_processes": 2, "connections": 4, "chunk_size": 10,
+                                  "lease_seconds": 30.0})
     emails = [f"user{i}@importer.example" for i in range(150)]
     subscribe(sessions, [(e, ["ACE"], "en") for e in emails])
     notice_id = start(sessions, ["ACE"])
