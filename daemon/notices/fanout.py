@@ -72,7 +72,6 @@ from daemon.delivery.sender import Sender as MailSender, make_sender, retry_dela
 from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, SendResult
 from daemon.logs import setup_logging
 from daemon.notices import journal, keys
-from daemon.runner import owner_is_dead
 from models.base import utcnow
 from models.csms import DONE, FAILED, PENDING, PUBLISHING, Notice
 from models.csms import SENT as DELIVERY_SENT
@@ -142,7 +141,7 @@ def take_over(config: Config, sessions: sessionmaker[Session], notice_id: int) -
     (never sent again), then their other claims on the notice are freed.
     """
     with sessions() as s:
-        dead_owners = [o for o in service.claim_owners(s, notice_id) if owner_is_dead(o)]
+        dead_owners = [o for o in service.claim_owners(s, notice_id) if journal.gone(o)]
     # Read after the owners were judged dead: every dead owner's journal is complete by now.
     journals = journal.dead(journal_folder(config))
     now = utcnow()

@@ -63,11 +63,27 @@ def read(path: Path) -> Accepted:
     return accepted
 
 
+def gone(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid/...``) is a process of this host that no longer runs -- a zombie
+    too: killed, but not yet reaped by whoever inherited it (a container may have no init reaping)."""
+    if owner_is_dead(owner):
+        return True
+    host, _, rest = owner.partition(":")
+    pid = rest.split("/", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 def dead(folder: Path) -> list[Accepted]:
     """The journals of dead processes of this host."""
     if not folder.is_dir():
         return []
-    return [read(path) for path in sorted(folder.iterdir()) if path.is_dir() and owner_is_dead(path.name)]
+    return [read(path) for path in sorted(folder.iterdir()) if path.is_dir() and gone(path.name)]
 
 
 def remove(accepted: Accepted) -> None:
