@@ -424,3 +424,24 @@ def test_the_item_page_shows_the_top_labels_recorded_at_classification(site):
         session.execute(update(InboundMessage).values(top_labels=None))
     status, _, page = ann.request("GET", f"/items/{item.id}")
     assert status == 200 and "were not recorded for this message" in page
+
+
+def test_a_drafts_language_changes_but_an_original_and_its_spanish_version_stay_one_group(site, capsys,
+                                                                                        monkeypatch):
+    cfg, port, ctx = site
+    monkeypatch.setenv("ACEDESK_ANALYST", "pat")
+    body = cfg.parent / "notice.md"
+    body.write_text("Words.\n")
+    for args in (("--title", "Original"), ("--title", "Versión", "--language", "es", "--translation-of", "1"),
+                 ("--title", "Alone")):
+        assert acedesk(cfg, "csms", "create", "--topic", "ACE Portal", "--body", str(body), *args) == 0
+    capsys.readouterr()
+    assert acedesk(cfg, "csms", "edit", "3", "--language", "es") == 0
+    assert "language changed" in capsys.readouterr().out
+    assert acedesk(cfg, "csms", "edit", "2", "--language", "en") == 2
+    assert "is the Spanish version of another notice" in capsys.readouterr().err
+    assert acedesk(cfg, "csms", "edit", "1", "--language", "es") == 2
+    assert "has a Spanish version" in capsys.readouterr().err
+    with ctx.sessions() as session:
+        from models.csms import Notice
+        assert [session.get(Notice, i).language for i in (1, 2, 3)] == ["en", "es", "es"]

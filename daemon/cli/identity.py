@@ -57,7 +57,7 @@ def acting_name(session: Session, named: str, role: str = ANALYST) -> str:
     if analyst is None:
         if not named and not session.scalar(select(func.count()).select_from(Analyst)):
             return f"operator:{name}"[:200]
-        where = "--as/$" + ENV if named else f"your login name (give --as NAME or set ${ENV})"
+        where = f"named by --as or ${ENV}" if named else f"your login name; give --as NAME or set ${ENV}"
         raise CommandError(f"no analyst account {name!r} ({where}); see 'acedesk analysts list'. "
                            "Nothing was changed.")
     if analyst.disabled:
