@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
+from array import array
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,6 @@ class ArtifactError(Exception):
     """An archive that is not a usable model; the message says why."""
 
 
-def _l2_rows(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
-    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
-    norms[norms == 0] = 1.0
-    return sparse.csr_matrix(sparse.diags(1.0 / norms) @ matrix)
-
-
 @dataclass
 class WordFeatures:
     """Word uni- and bigram TF-IDF (sublinear TF, L2 rows), as scikit-learn's
@@ -49,22 +45,37 @@ class WordFeatures:
     vocabulary: dict[str, int]
     idf: np.ndarray
 
-    def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
-        vocab = self.vocabulary
-        rows, cols, vals = [], [], []
+    def transform(self, texts: Sequence[str], tokens: Sequence[list[str]] | None = None) -> sparse.csr_matrix:
+        """Return the TF-IDF rows of normalised ``texts`` (``tokens``: their :func:`word_tokens`,
+        when the caller has them already)."""
+        vocab_get = self.vocabulary.get
+        # Python only counts the grams (Counter and map run in C); the arithmetic is NumPy's
+        # over the whole batch.
+        columns = array("q")
+        counts = array("q")
+        lengths = array("q")
         for r, text in enumerate(texts):
-            tokens = word_tokens(text)
-            counts: dict[int, int] = {}
-            for gram in [*tokens, *(f"{a} {b}" for a, b in zip(tokens, tokens[1:]))]:
-                col = vocab.get(gram)
-                if col is not None:
-                    counts[col] = counts.get(col, 0) + 1
-            for col, n in counts.items():
-                rows.append(r)
-                cols.append(col)
-                vals.append((1.0 + math.log(n)) * float(self.idf[col]))
-        matrix = sparse.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(vocab)), dtype=np.float64)
-        return _l2_rows(matrix)
+            words = tokens[r] if tokens is not None else word_tokens(text)
+            unigrams = Counter(words)
+            # Pairs counted as tuples, joined into strings once each (a bigram has a space, a
+            # word none: the two never collide).
+            pairs = Counter(zip(words, words[1:]))
+            columns.extend(map(vocab_get, unigrams, repeat(-1, len(unigrams))))
+            columns.extend(map(vocab_get, map(" ".join, pairs), repeat(-1, len(pairs))))
+            counts.extend(unigrams.values())
+            counts.extend(pairs.values())
+            lengths.append(len(unigrams) + len(pairs))
+        cols = np.frombuffer(columns, dtype=np.int64) if len(columns) else np.zeros(0, dtype=np.int64)
+        tf = np.frombuffer(counts, dtype=np.int64) if len(counts) else np.zeros(0, dtype=np.int64)
+        rows = np.repeat(np.arange(len(texts)), np.frombuffer(lengths, dtype=np.int64) if len(lengths) else 0)
+        known = cols >= 0
+        cols, tf, rows = cols[known], tf[known], rows[known]
+        vals = (1.0 + np.log(tf)) * self.idf[cols]
+        norms = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=len(texts)))
+        norms[norms == 0] = 1.0
+        vals /= norms[rows]
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(texts)))))
+        return sparse.csr_matrix((vals, cols, indptr), shape=(len(texts), len(self.vocabulary)))
 
 
 @dataclass
@@ -101,21 +112,22 @@ class Artifact:
     heads: list[Head]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def features(self, prepared: Sequence[str]) -> sparse.csr_matrix:
+    def features(self, prepared: Sequence[str], tokens: Sequence[list[str]] | None = None) -> sparse.csr_matrix:
+        """Return the feature rows of normalised texts (``tokens``: their word tokens, if known)."""
         blocks = []
         if self.word is not None:
-            blocks.append(self.word.transform(prepared))
+            blocks.append(self.word.transform(prepared, tokens))
         if self.char is not None:
             blocks.append(self.char.transform(prepared))
         if self.cues:
             blocks.append(cue_matrix(prepared))
         return sparse.hstack(blocks, format="csr")
 
-    def predict_proba(self, prepared: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, prepared: Sequence[str], tokens: Sequence[list[str]] | None = None) -> np.ndarray:
         """Return probabilities (columns in :attr:`classes` order) of normalised texts."""
         if not prepared:
             return np.zeros((0, len(self.classes)))
-        x = self.features(prepared)
+        x = self.features(prepared, tokens)
         total = sum(h.weight for h in self.heads)
         out = np.zeros((len(prepared), len(self.classes)))
         for h in self.heads:

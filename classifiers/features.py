@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,17 @@ from sklearn.preprocessing import normalize
 CHAR_MIN, CHAR_MAX = 1, 5
 _CACHE: dict[str, tuple[str, ...]] = {}
 _CACHE_LIMIT = 200_000
+_ONES: dict[int, "array[float]"] = {}
+
+
+def _repeat_weight(count: int, length: int) -> "array[float]":
+    """Return ``length`` copies of ``count`` (the common count 1 from a cache)."""
+    if count != 1:
+        return array("f", [count]) * length
+    ones = _ONES.get(length)
+    if ones is None:
+        ones = _ONES[length] = array("f", [1.0]) * length
+    return ones
 
 
 def _word_ngrams(word: str) -> tuple[str, ...]:
@@ -110,18 +122,23 @@ class CharTfidf(TransformerMixin, BaseEstimator):
             columns.clear()
         # array('i') grows in C and converts to numpy without a per-item copy.
         indices = array("i")
+        weights = array("f")
         indptr = array("q", [0])
         for text in texts:
-            for word in text.split():
+            # Each distinct word once, weighted by how often it occurs: words repeat within a
+            # message, and every entry costs in the duplicate sum below.
+            for word, count in Counter(text.split()).items():
                 cols = columns.get(word)
                 if cols is None:
                     cols = array("i", [vocab[g] for g in _word_ngrams(word) if g in vocab])
                     columns[word] = cols
                 indices.extend(cols)
+                weights.extend(_repeat_weight(count, len(cols)))
             indptr.append(len(indices))
         idx = np.frombuffer(indices, dtype=np.int32) if len(indices) else np.zeros(0, dtype=np.int32)
+        data = np.frombuffer(weights, dtype=np.float32).copy() if len(weights) else np.zeros(0, dtype=np.float32)
         matrix = sparse.csr_matrix(
-            (np.ones(len(idx), dtype=np.float32), idx, np.frombuffer(indptr, dtype=np.int64)),
+            (data, idx, np.frombuffer(indptr, dtype=np.int64)),
             shape=(len(indptr) - 1, len(vocab)), dtype=np.float32)
         matrix.sum_duplicates()
         if self.sublinear_tf:

@@ -28,27 +28,33 @@ _EIN_PREFIXES = frozenset(
 _B = r"(?<![\w-])"  # not glued to a word or a dash before
 _E = r"(?![\w-]|-\d)"  # nor after
 
-_SSN = re.compile(_B + r"(\d{3})[- ](\d{2})[- ](\d{4})(?:-?\d{2})?" + r"(?![\w])")
+# Each pattern starts with a lookahead for the first characters a match can begin with: the
+# engine then skips other positions quickly instead of trying the whole pattern at each one
+# (the identifiers are read from every message).
+_SSN = re.compile(r"(?=\d)" + _B + r"(\d{3})[- ](\d{2})[- ](\d{4})(?:-?\d{2})?" + r"(?![\w])")
 _SSN_PLAIN = re.compile(
-    r"\b(?:ssn|social security|seguro social|ior|importer (?:of record )?(?:number|no\.?|#)|"
+    r"(?=[sin])\b(?:ssn|social security|seguro social|ior|importer (?:of record )?(?:number|no\.?|#)|"
     r"n[uú]mero de importador)\D{0,20}(\d{9})(?!\d)", re.IGNORECASE)
-_EIN = re.compile(_B + r"(\d{2})-(\d{7})(?:-?([A-Z0-9]{2}))?(?![\w-])")
-_CBP_IOR = re.compile(_B + r"(\d{2})(\d{2})(\d{2})-(\d{5})(?![\w-])")
+_EIN = re.compile(r"(?=\d)" + _B + r"(\d{2})-(\d{7})(?:-?([A-Z0-9]{2}))?(?![\w-])")
+_CBP_IOR = re.compile(r"(?=\d)" + _B + r"(\d{2})(\d{2})(\d{2})-(\d{5})(?![\w-])")
+
+_DIGIT_SEP_DIGIT = re.compile(r"\d[- ]\d")
+_NINE_DIGITS = re.compile(r"\d{9}")
 
 _KW_SEP = r"\s*(?:(?:is|es|#|no\.?|number|n[uú]mero|code|c[oó]digo|:|=|\(|-)\s*){0,3}"
-_SCAC = re.compile(r"\bSCAC(?:\s+code)?" + _KW_SEP + r"[\"']?([A-Za-z]{2,4})\b(?![\w-])")
+_SCAC = re.compile(r"(?=S)\bSCAC(?:\s+code)?" + _KW_SEP + r"[\"']?([A-Za-z]{2,4})\b(?![\w-])")
 _FILER = re.compile(
-    r"\b(?:filer(?:\s+code)?|c[oó]digo\s+(?:de\s+)?filer|clave\s+(?:de\s+)?filer)"
+    r"(?=[fc])\b(?:filer(?:\s+code)?|c[oó]digo\s+(?:de\s+)?filer|clave\s+(?:de\s+)?filer)"
     + _KW_SEP + r"[\"']?([A-Za-z0-9]{3})\b(?![\w-])",
     re.IGNORECASE,
 )
 _SURETY = re.compile(
-    r"\b(?:surety(?:\s+code)?|c[oó]digo\s+(?:de\s+)?(?:la\s+)?(?:fianza|afianzadora|surety))"
+    r"(?=[sc])\b(?:surety(?:\s+code)?|c[oó]digo\s+(?:de\s+)?(?:la\s+)?(?:fianza|afianzadora|surety))"
     + _KW_SEP + r"(\d{3})\b(?![\w-])",
     re.IGNORECASE,
 )
 _USER = re.compile(
-    r"\b(?:ace\s+)?(?:(?P<strong>user\s*-?\s*id|userid|user\s+name|username|login|"
+    r"(?=[aulin])\b(?:ace\s+)?(?:(?P<strong>user\s*-?\s*id|userid|user\s+name|username|login|"
     r"(?:id|nombre)\s+de\s+usuario)|usuario)"
     r"(?P<sep>(?:\s*(?:is|es|was|era|:|=|#|-)\s*){1,2}|\s+)[\"'(]?([A-Za-z][A-Za-z0-9._-]{2,29})\b",
     re.IGNORECASE,
@@ -110,14 +116,18 @@ def extract_identifiers(text: str) -> dict[str, Any]:
             values.append(value)
 
     # SSN-shaped numbers first, and blank them out so no other pattern sees their digits.
-    for pattern in (_SSN, _SSN_PLAIN):
+    # Every numeric identifier has a digit, a dash or space, and a digit; an SSN without
+    # separators nine digits in a row: without those, these scans cannot match.
+    separated = _DIGIT_SEP_DIGIT.search(text) is not None
+    nine = _NINE_DIGITS.search(text) is not None
+    for pattern in ((_SSN,) if separated else ()) + ((_SSN_PLAIN,) if nine else ()):
         def _blank(m: re.Match[str]) -> str:
             nonlocal ssn
             ssn = True
             return m.group(0)[: m.start(1) - m.start(0)] + "#" * (m.end(0) - m.start(1))
         text = pattern.sub(_blank, text)
 
-    for m in _EIN.finditer(text):
+    for m in (_EIN.finditer(text) if separated else ()):
         prefix, rest, suffix = m.group(1), m.group(2), m.group(3)
         if not _ein_ok(prefix):
             continue
@@ -129,7 +139,7 @@ def extract_identifiers(text: str) -> dict[str, Any]:
             add("ior", f"{number}{suffix}" if suffix else number)
         if is_ein:
             add("ein", number)
-    for m in _CBP_IOR.finditer(text):
+    for m in (_CBP_IOR.finditer(text) if separated else ()):
         if _cbp_ior_ok(m.group(2), m.group(3), m.group(3)):
             add("ior", m.group(0))
     lower = text.lower()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 
-_WORD = re.compile(r"[a-záéíóúüñ]+", re.IGNORECASE)
+# The letters ``[a-záéíóúüñ]`` matches ignoring case, spelt out (with the four Unicode case
+# partners of i, s and k): a class without IGNORECASE scans several times faster.
+_WORD = re.compile("[a-zA-ZáéíóúüñÁÉÍÓÚÜÑ\u0130\u0131\u017f\u212a]+")
 
 # Function words that are frequent in one language and rare in the other
 # (no "a", "me", "no", "son", "he" ...: shared, or words in both).
@@ -36,16 +38,18 @@ empresa mensaje mensajes fianza mercancía mercancia envío envio problema funci
 _ES_MARKS = re.compile(r"[ñáéíóú¿¡]", re.IGNORECASE)
 
 
+#: A word in both lists counts as English.
+_ES_ONLY = _ES - _EN
+
+
 def language_scores(text: str) -> tuple[float, float]:
     """Return ``(english, spanish)`` evidence counts for ``text``."""
-    en = es = 0.0
-    for match in _WORD.finditer(text[:4000]):
-        word = match.group().lower()
-        if word in _EN:
-            en += 1
-        elif word in _ES:
-            es += 1
-    es += 0.5 * len(_ES_MARKS.findall(text[:4000]))
+    head = text[:4000]
+    # Counted by set membership in C, not a Python loop: this runs on every message.
+    words = list(map(str.lower, _WORD.findall(head)))
+    en = float(sum(map(_EN.__contains__, words)))
+    es = float(sum(map(_ES_ONLY.__contains__, words)))
+    es += 0.5 * len(_ES_MARKS.findall(head))
     return en, es
 
 

@@ -211,16 +211,19 @@ class TextClassifier:
         """Return the calibrated probabilities, one row per text, columns in :attr:`labels` order."""
         return self._artifact().predict_proba(self.prepare(texts))
 
-    def familiarity(self, texts: Sequence[str], prepared: bool = False) -> list[tuple[int, float]]:
-        """Return ``(known words, share of known words)`` per text, from the word vocabulary."""
+    def familiarity(self, texts: Sequence[str], prepared: bool = False,
+                    tokens: Sequence[list[str]] | None = None) -> list[tuple[int, float]]:
+        """Return ``(known words, share of known words)`` per text, from the word vocabulary
+        (``tokens``: the prepared texts' word tokens, when the caller has them)."""
         vocab = self._word_vocabulary()
+        if tokens is None:
+            tokens = [word_tokens(text) for text in (texts if prepared else self.prepare(texts))]
         out = []
-        for text in (texts if prepared else self.prepare(texts)):
-            words = word_tokens(text)
+        for words in tokens:
             if not words:
                 out.append((0, 0.0))
                 continue
-            known = sum(1 for w in words if w in vocab)
+            known = sum(map(vocab.__contains__, words))
             out.append((known, known / len(words)))
         return out
 
@@ -236,17 +239,21 @@ class TextClassifier:
             return []
         artifact = self._artifact()
         prepared = self.prepare(texts, max_chars)
-        proba = artifact.predict_proba(prepared)
-        familiar = self.familiarity(prepared, prepared=True)
-        out = [self._decide(row, known, share, {**self.thresholds, **(thresholds or {})})
-               for row, (known, share) in zip(proba, familiar)]
+        tokens = [word_tokens(text) for text in prepared]  # once, for the features and familiarity
+        proba = artifact.predict_proba(prepared, tokens)
+        familiar = self.familiarity(prepared, prepared=True, tokens=tokens)
+        limits = {**self.thresholds, **(thresholds or {})}
+        labels = self.labels
+        # One sort for the batch (a stable sort of each row, as per row).
+        orders = np.argsort(-proba, axis=1, kind="stable")[:, :3]
+        out = [self._decide(row, order, known, share, limits, labels)
+               for row, order, (known, share) in zip(proba, orders, familiar)]
         mixed = self._mixed_topics([p for p, pred in zip(prepared, out) if pred.auto])
         flags = iter(mixed)
         return [dataclasses.replace(p, auto=False) if p.auto and next(flags) else p for p in out]
 
-    def _decide(self, row: np.ndarray, known: int, share: float, limits: dict[str, float]) -> Prediction:
-        labels = self.labels
-        order = np.argsort(-row, kind="stable")[:3]
+    def _decide(self, row: np.ndarray, order: np.ndarray, known: int, share: float,
+                limits: dict[str, float], labels: list[str]) -> Prediction:
         best = int(order[0])
         label, confidence = labels[best], float(row[best])
         if known == 0:
@@ -254,14 +261,17 @@ class TextClassifier:
             label = OTHER
             confidence = float(row[labels.index(OTHER)]) if OTHER in labels else 0.0
         auto = (confidence >= limits.get(label, 1.01) and known >= MIN_KNOWN_WORDS
-                and share >= MIN_FAMILIARITY and not self.abstains(labels, row))
+                and share >= MIN_FAMILIARITY and not self._close_pair(labels, row, order))
         return Prediction(label, round(confidence, 4), bool(auto),
                           tuple((labels[int(i)], round(float(row[int(i)]), 4)) for i in order))
 
     def abstains(self, labels: Sequence[str], row: np.ndarray) -> bool:
         """Whether the two best labels are a known confusable pair within :attr:`abstain_margin`."""
-        first, second = np.argsort(-row, kind="stable")[:2]
-        pair = frozenset((labels[int(first)], labels[int(second)]))
+        return self._close_pair(labels, row, np.argsort(-row, kind="stable"))
+
+    def _close_pair(self, labels: Sequence[str], row: np.ndarray, order: np.ndarray) -> bool:
+        first, second = int(order[0]), int(order[1])
+        pair = frozenset((labels[first], labels[second]))
         return pair in CONFUSABLE_PAIRS and float(row[first] - row[second]) < self.abstain_margin
 
     def _mixed_topics(self, prepared: Sequence[str]) -> list[bool]:
@@ -284,13 +294,21 @@ class TextClassifier:
         result = [False] * len(prepared)
         if not segments:
             return result
-        proba = self._artifact().predict_proba(segments)
+        # Each distinct clause once: greetings, boilerplate and repeated sentences recur
+        # within a message and across a batch, and the clauses cost more than the messages.
+        distinct = list(dict.fromkeys(segments))
+        proba = self._artifact().predict_proba(distinct)
         labels = self.labels
-        confident: dict[int, set[str]] = {}
-        for owner, row in zip(owners, proba):
+        verdict: dict[str, str | None] = {}
+        for segment, row in zip(distinct, proba):
             best = int(np.argmax(row))
-            if row[best] >= MIXED_CLAUSE_CONFIDENCE and labels[best] != OTHER:
-                confident.setdefault(owner, set()).add(labels[best])
+            sure = row[best] >= MIXED_CLAUSE_CONFIDENCE and labels[best] != OTHER
+            verdict[segment] = labels[best] if sure else None
+        confident: dict[int, set[str]] = {}
+        for owner, segment in zip(owners, segments):
+            label = verdict[segment]
+            if label is not None:
+                confident.setdefault(owner, set()).add(label)
         for owner, found in confident.items():
             result[owner] = len(found) >= MIXED_MIN_LABELS
         return result

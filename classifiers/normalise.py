@@ -42,15 +42,36 @@ def fold_accents(text: str) -> str:
     return text.translate(_FOLD)
 
 
+class _FoldTable(dict[int, str]):
+    """``str.translate`` table doing :func:`fold_accents` and then the :data:`_NON_TEXT`
+    replacement in one pass: each character's result is worked out on first sight and kept."""
+
+    def __missing__(self, code: int) -> str:
+        folded = _FOLD.get(code, chr(code))
+        value = _NON_TEXT.sub(" ", folded)
+        self[code] = value
+        return value
+
+
+_FOLD_AND_CLEAN = _FoldTable()
+#: Runs that :data:`_SPACE` would change: two or more blanks, or a single tab or no-break space
+#: (a lone space is already what the substitution would write).
+_SPACE_RUNS = re.compile(r"[ \t\u00a0]{2,}|[\t\u00a0]")
+
+
 def normalise(text: str, max_chars: int = 1000) -> str:
     """Return the model's view of ``text`` (subject + new text), at most ``max_chars`` long."""
     # Cap first (with slack for the replacements below) so that the cost is bounded.
     text = text[: max_chars * 2]
-    text = _URL.sub(" zurl ", text)
-    text = _EMAIL.sub(" zemail ", text)
+    # The guards skip a scan of the whole text where the pattern cannot match (most mail):
+    # every URL has "http" or "www" in some case, every address an "@".
+    lowered = text.lower()
+    if "http" in lowered or "www" in lowered:
+        text = _URL.sub(" zurl ", text)
+    if "@" in text:
+        text = _EMAIL.sub(" zemail ", text)
     text = _DIGITS.sub("0", text)
-    text = fold_accents(text.lower())
-    text = _NON_TEXT.sub(" ", text)
-    text = _SPACE.sub(" ", text)
+    text = text.lower().translate(_FOLD_AND_CLEAN)
+    text = _SPACE_RUNS.sub(" ", text)
     text = _NEWLINES.sub("\n", text)
     return text.strip()[:max_chars]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from classifiers.model import MODEL_PREFIX, MODEL_SUFFIX, ModelLoadError, TextClassifier
@@ -65,6 +66,8 @@ class ModelHolder:
         self.directory = directory
         self.current = model
         self._lock = threading.Lock()
+        #: Called after :meth:`reload` put a new model in place (the daemon freezes it for the GC).
+        self.on_change: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, directory: Path) -> "ModelHolder":
@@ -94,4 +97,9 @@ class ModelHolder:
             old = self.current.version if self.current else "none"
             self.current = model
             log.info("classifier model %s loaded (was %s)", model.version, old)
-            return True
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # noqa: BLE001 - the hook must not raise
+                log.exception("after loading classifier model %s", model.version)
+        return True

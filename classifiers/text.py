@@ -39,6 +39,10 @@ _FORWARD_STARTS = [
         r"^\s*Inicio del mensaje reenviado:\s*$",
     )
 ]
+# Each list as one pattern (matches where any of its members matches): one regex call per line
+# instead of a generator over ten, which was most of the cost of splitting a body.
+_FORWARD_ANY = re.compile("|".join(f"(?:{p.pattern})" for p in _FORWARD_STARTS), re.IGNORECASE)
+_REPLY_ANY = re.compile("|".join(f"(?:{p.pattern})" for p in _REPLY_STARTS), re.IGNORECASE)
 # Reply headers wrapped over two lines: "On Tue, Mar 10, 2026 at 4:02 PM Jane <" / "jane@x> wrote:".
 _WRAPPED_FIRST = re.compile(r"^\s*(On|El)\s.{5,}$", re.IGNORECASE)
 _WRAPPED_SECOND = re.compile(r".*\b(wrote|escribi[oó])\s*:\s*$", re.IGNORECASE)
@@ -102,9 +106,9 @@ def _is_header_line(line: str) -> bool:
 def _history_start(lines: list[str]) -> tuple[int, bool]:
     """Return where the history starts, and whether it is a forward."""
     for i, line in enumerate(lines):
-        if any(p.match(line) for p in _FORWARD_STARTS):
+        if _FORWARD_ANY.match(line):
             return i, True
-        if any(p.match(line) for p in _REPLY_STARTS):
+        if _REPLY_ANY.match(line):
             return i, False
         if (i + 1 < len(lines) and _WRAPPED_FIRST.match(line) and _WRAPPED_SECOND.match(lines[i + 1])
                 and len(line) + len(lines[i + 1]) < 300):
@@ -131,13 +135,13 @@ def _forwarded_text(quoted: list[str]) -> str:
     started = False
     for index, line in enumerate(quoted):
         bare = re.sub(r"^(\s*>)+ ?", "", line)
-        if index == 0 and (any(p.match(bare) for p in _FORWARD_STARTS) or any(p.match(bare) for p in _REPLY_STARTS)):
+        if index == 0 and (_FORWARD_ANY.match(bare) or _REPLY_ANY.match(bare)):
             continue
         if not started:
-            if not bare.strip() or _is_header_line(bare) or any(p.match(bare) for p in _FORWARD_STARTS):
+            if not bare.strip() or _is_header_line(bare) or _FORWARD_ANY.match(bare):
                 continue
             started = True
-        elif any(p.match(bare) for p in _FORWARD_STARTS) or any(p.match(bare) for p in _REPLY_STARTS) \
+        elif _FORWARD_ANY.match(bare) or _REPLY_ANY.match(bare) \
                 or (_OUTLOOK_FROM.match(bare) and index + 1 < len(quoted) and _OUTLOOK_NEXT.match(
                     re.sub(r"^(\s*>)+ ?", "", quoted[index + 1]))):
             break

@@ -82,7 +82,9 @@ def parse_rows(desk: DeskConfig, budget: PipelineConfig, session: Session, rows:
 
 def make_stage(ctx: AppContext) -> Stage:
     desk, budget = ctx.config.desk, ctx.config.pipeline
+    # Batches of the pipeline's size ([pipeline] batch_size): parsing runs before the write lock,
+    # and each commit has a fixed cost that smaller batches paid more often.
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
-                 process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=100,
+                 process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=0,
                  compute=lambda rows: parse_all(budget, rows),
                  apply=lambda session, rows, parsed: apply_parsed(desk, session, rows, parsed))
