@@ -100,6 +100,11 @@ protocol imap {{
   mail_max_userip_connections = 200
   imap_idle_notify_interval = 1 secs
 }}
+# IDLE learns of new mail through inotify; when the mail user's inotify instances run out
+# (fs.inotify.max_user_instances, 128, shared by every Dovecot on the machine as "mail"),
+# Dovecot falls back to looking every mailbox_idle_check_interval: 30 s by default, longer
+# than the tests wait.  One second keeps IDLE prompt on a busy machine.
+mailbox_idle_check_interval = 1 secs
 namespace inbox {{
   inbox = yes
   separator = /

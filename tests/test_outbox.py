@@ -12,7 +12,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from daemon.config import PipelineConfig
-from daemon.delivery.outbox import drain_outbox, run_once
+from daemon.delivery.outbox import BATCH, drain_outbox, run_once
 from daemon.worker import drain
 from models.base import utcnow
 from models.outbox import FAILED, PENDING, SENDING, SENT, OutboxMessage
@@ -127,3 +127,23 @@ def test_no_relay_writes_the_spool_atomically(sessions, engine, config_factory, 
     # Readable: the text is quoted-printable, not base64.
     assert b"Content-Transfer-Encoding: quoted-printable" in spooled and b"base64" not in spooled
     assert statuses(sessions) == [SENT]
+
+
+def test_a_stop_gives_back_the_batch_claimed_ahead(sessions, engine, config_factory, smtp_capture, tmp_path):
+    # More than a batch is due: the next batch is claimed while the first is sent.  A stop after the
+    # first batch must hand those rows back at once (not leave them "sending" until the lease runs
+    # out), and the next run sends each row exactly once.
+    config = config_factory(engine.url.render_as_string(hide_password=False),
+                            outbound={"relay_host": "127.0.0.1", "relay_port": smtp_capture.port, **FAST})
+    total = BATCH + 40
+    with transaction(sessions) as s:
+        s.add_all(OutboxMessage(mail_from="helpdesk@ace-support.example", rcpt_to=[f"u{i}@broker.example"],
+                                message_id=f"<{i}@ace-support.example>",
+                                raw=f"Subject: reply {i}\r\n\r\nbody {i}\r\n".encode()) for i in range(total))
+    assert run_once(sessions, config) == BATCH
+    assert sorted(statuses(sessions)) == [PENDING] * 40 + [SENT] * BATCH
+    assert not list((tmp_path / "var" / "outbox-journal").glob("*"))   # nothing left to take over
+    assert drain_outbox(sessions, config) == 40
+    got = smtp_capture.handler.wait_for(total)
+    assert sorted(m.rcpt_tos[0] for m in got) == sorted(f"u{i}@broker.example" for i in range(total))
+    assert statuses(sessions) == [SENT] * total

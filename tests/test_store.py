@@ -44,3 +44,15 @@ def test_intake_rows_read_back_through_the_orm_and_duplicates_count_zero(session
     assert first.message_id == "<0@broker.example>" and first.size == len(raw(0)) and len(first.sha256) == 64
     assert first.received_at.tzinfo is not None and before - dt.timedelta(seconds=1) <= first.received_at <= after
     assert rows[3].envelope_to == [] and rows[3].message_id == "<9@broker.example>"
+
+
+def test_the_same_message_twice_in_one_batch_is_stored_once(sessions):
+    # One fetch can hold a message twice (a copy re-delivered with LF line endings): one row.
+    desk = "helpdesk@ace-support.example"
+    items = [NewMessage(desk, "imap", raw(1)), NewMessage(desk, "imap", raw(1).replace(b"\r\n", b"\n")),
+             NewMessage(desk, "imap", raw(2))]
+    with transaction(sessions) as session:
+        assert insert_messages(session, items) == 2
+    with sessions() as session:
+        assert sorted(session.scalars(select(InboundMessage.message_id))) == ["<1@broker.example>",
+                                                                             "<2@broker.example>"]

@@ -31,6 +31,7 @@ when their lease expires; its marks were committed within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -39,9 +40,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy import Table, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config, OutboundConfig
 from daemon.context import AppContext
@@ -59,6 +61,10 @@ from responders.delivery import replies_sent, reply_failed
 log = logging.getLogger("acedesk.outbox")
 
 BATCH = 500
+#: The outbox table itself: the hot path's statements go through Core, without ORM objects.
+_TABLE = cast(Table, OutboxMessage.__table__)
+#: How long the recorder gathers outcomes before a commit (the journal holds acceptances meanwhile).
+RECORD_EVERY = 0.05
 
 
 @dataclass(frozen=True)
@@ -101,42 +107,60 @@ def journal_dir(config: Config) -> Path:
 
 
 def lease_seconds(cfg: OutboundConfig) -> float:
-    # Long enough for one batch over a slow relay; a crashed sender's rows come back after it
-    # (at once on the same host, through its journal).
-    return max(10.0, 2 * cfg.timeout + 0.05 * BATCH)
+    # Long enough for two batches over a slow relay (the next batch is claimed while one is sent);
+    # a crashed sender's rows come back after it (at once on the same host, through its journal).
+    sending = 2 * BATCH / cfg.rate_per_second if cfg.rate_per_second > 0 else 0.1 * BATCH
+    return max(10.0, 2 * cfg.timeout + sending)
+
+
+#: What a claim reads back of each row (the message itself included: read once, here).
+_CLAIMED = (OutboxMessage.id, OutboxMessage.mail_from, OutboxMessage.rcpt_to, OutboxMessage.raw,
+            OutboxMessage.attempts, OutboxMessage.created_at, OutboxMessage.ticket_id, OutboxMessage.message_id)
 
 
 def claim(factory: sessionmaker[Session], cfg: OutboundConfig, journal: Journal,
           limit: int = BATCH) -> list[Claimed]:
-    """Claim up to ``limit`` due rows (pending and due, or sending with an expired lease)."""
+    """Claim up to ``limit`` due rows (pending and due, or sending with an expired lease).
+
+    One ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+    RETURNING ...`` marks the batch and reads it back (SQLite 3.35+ and
+    PostgreSQL both have RETURNING): one statement per batch, no ORM objects.
+    """
     now = utcnow()
-    with transaction(factory) as session:
-        rows = list(session.scalars(
-            select(OutboxMessage)
-            .where(or_(
-                (OutboxMessage.status == PENDING)
-                & or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now),
-                (OutboxMessage.status == SENDING) & (OutboxMessage.lease_until < now)))
-            .order_by(OutboxMessage.id).limit(limit)
-            .with_for_update(skip_locked=True)
-            .options(undefer(OutboxMessage.raw))))
-        if not rows:
+    until = now + dt.timedelta(seconds=lease_seconds(cfg))
+    is_due = or_((OutboxMessage.status == PENDING)
+                 & or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now),
+                 (OutboxMessage.status == SENDING) & (OutboxMessage.lease_until < now))
+    with factory() as session:
+        # A read first: most calls find nothing due (a poll, a wake-up for rows already claimed), and
+        # on SQLite a write transaction would wait for -- and then hold -- the one write lock for nothing.
+        if session.execute(select(OutboxMessage.id).where(is_due).limit(1)).first() is None:
             return []
-        until = now + dt.timedelta(seconds=lease_seconds(cfg))
-        for row in rows:
-            row.status = SENDING
-            row.lease_until = until
-        journal.claimed(r.id for r in rows)   # before the commit: a crash after it is taken over
-        return [Claimed(r.id, r.mail_from, list(r.rcpt_to), r.raw, r.attempts, r.created_at, r.ticket_id,
-                        r.message_id) for r in rows]
+    due = select(OutboxMessage.id).where(is_due).order_by(OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
+    ids: list[int] = []
+    try:
+        with transaction(factory) as session:
+            returned = session.connection().execute(
+                update(_TABLE).where(_TABLE.c.id.in_(due.scalar_subquery()))
+                .values(status=SENDING, lease_until=until)
+                .returning(*_CLAIMED)).all()
+            if not returned:
+                return []
+            rows = sorted(returned, key=lambda r: r[0])   # RETURNING has no order; keep the outbox's
+            ids = [r[0] for r in rows]
+            journal.claimed(ids)   # before the commit: a crash after it is taken over
+    except BaseException:
+        journal.settled(ids)   # not committed: these rows are not ours (maybe another instance's)
+        raise
+    return [Claimed(r[0], r[1], list(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
 
 def mark_sent(session: Session, items: Sequence[Claimed], now: dt.datetime, hooks: Hooks) -> None:
     """Mark ``items`` sent and run ``on_sent`` (a few statements whatever their number)."""
     for start in range(0, len(items), BATCH):  # bounded IN lists
         chunk = items[start:start + BATCH]
-        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([item.id for item in chunk]))
-                        .values(status=ROW_SENT, sent_at=now, lease_until=None, last_error=None))
+        session.connection().execute(update(_TABLE).where(_TABLE.c.id.in_([item.id for item in chunk]))
+                                     .values(status=ROW_SENT, sent_at=now, lease_until=None, last_error=None))
         hooks.on_sent(session, chunk, now)
 
 
@@ -167,19 +191,22 @@ def record_failure(session: Session, cfg: OutboundConfig, item: Claimed, result:
 class Recorder:
     """Commits outcomes from a second thread, in arrival order, as soon as the database allows.
 
-    On PostgreSQL that is right after each answer; on SQLite, where a pipeline
-    batch holds the one write lock, the outcomes that piled up meanwhile go in
-    one transaction.  The journal already holds every acceptance, so nothing
+    The outcomes of ``RECORD_EVERY`` seconds go in one transaction (more when
+    the database is busy: on SQLite a pipeline batch holds the one write lock
+    and the outcomes that piled up meanwhile go in together).  The journal already holds every acceptance, so nothing
     here needs to be quick for a crash to be harmless.
     """
 
-    def __init__(self, factory: sessionmaker[Session], cfg: OutboundConfig, hooks: Hooks) -> None:
+    def __init__(self, factory: sessionmaker[Session], cfg: OutboundConfig, hooks: Hooks,
+                 journal: Journal) -> None:
         self.factory = factory
         self.cfg = cfg
         self.hooks = hooks
+        self.journal = journal
         self.queue: queue.SimpleQueue[tuple[Claimed, SendResult] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
         self.failed = False
+        self.closing = threading.Event()
         self.thread.start()
 
     def put(self, item: Claimed, result: SendResult) -> None:
@@ -189,6 +216,11 @@ class Recorder:
         done = False
         while not done:
             entries = [self.queue.get()]
+            # Outcomes arriving within RECORD_EVERY go in one transaction: a commit per reply would cost
+            # more CPU than the sending (the journal holds the acceptances meanwhile).  The thread sleeps
+            # meanwhile rather than waking at each put, which would take the GIL from the event loop.
+            if entries[0] is not None:
+                self.closing.wait(RECORD_EVERY)
             while True:
                 try:
                     entries.append(self.queue.get_nowait())
@@ -200,6 +232,7 @@ class Recorder:
                 continue
             try:
                 self._commit(outcomes)
+                self.journal.settled(item.id for item, _ in outcomes)
             except Exception as exc:  # noqa: BLE001 - the journal or the lease brings these back
                 self.failed = True
                 log.error("outbox: could not record %d outcome(s) (the journal keeps the accepted ones): %s",
@@ -216,27 +249,31 @@ class Recorder:
     def close(self) -> bool:
         """Wait until every outcome handed over is committed; return whether all were."""
         self.queue.put(None)
+        self.closing.set()
         self.thread.join()
         return not self.failed
+
+
+def settle(session: Session, record: journals.Record, now: dt.datetime, hooks: Hooks) -> None:
+    """Apply what a journal says: accepted rows sent, rows claimed and not accepted back to pending."""
+    accepted = sorted(record.accepted)
+    if accepted:
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(accepted),
+                                                           OutboxMessage.status != ROW_SENT)).all()
+        mark_sent(session, [Claimed(r.id, r.mail_from, list(r.rcpt_to), b"", r.attempts, r.created_at,
+                                    r.ticket_id, r.message_id) for r in rows], now, hooks)
+    back = sorted(record.claimed - record.accepted)
+    if back:
+        session.connection().execute(update(_TABLE).where(_TABLE.c.id.in_(back), _TABLE.c.status == SENDING)
+                                     .values(status=PENDING, lease_until=None))
 
 
 def take_over(factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> int:
     """Take over the journals of dead processes of this host; return how many rows they held."""
     held = 0
     for record in journals.orphans(journal_dir(config)):
-        now = utcnow()
         with transaction(factory) as session:
-            accepted = sorted(record.accepted)
-            if accepted:
-                rows = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(accepted),
-                                                                   OutboxMessage.status != ROW_SENT)).all()
-                mark_sent(session, [Claimed(r.id, r.mail_from, list(r.rcpt_to), b"", r.attempts, r.created_at,
-                                            r.ticket_id, r.message_id) for r in rows], now, hooks)
-            back = sorted(record.claimed - record.accepted)
-            if back:
-                session.execute(update(OutboxMessage)
-                                .where(OutboxMessage.id.in_(back), OutboxMessage.status == SENDING)
-                                .values(status=PENDING, lease_until=None))
+            settle(session, record, utcnow(), hooks)
         record.path.unlink(missing_ok=True)
         held += len(record.claimed | record.accepted)
         log.info("outbox: took over %s (a process gone): %d accepted, %d back to pending",
@@ -245,7 +282,13 @@ def take_over(factory: sessionmaker[Session], config: Config, hooks: Hooks = TIC
 
 
 class Outbox:
-    """One process's delivery of the outbox: its sender, journal and hooks."""
+    """One process's delivery of the outbox: its sender, journal, recorder and hooks.
+
+    While a full batch is being sent the next one is claimed in a database
+    thread, so the relay connections do not wait for the database between
+    batches (on SQLite a claim may wait behind a pipeline transaction); the
+    recorder lives as long as the outbox, committing outcomes as they come.
+    """
 
     def __init__(self, factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> None:
         self.factory = factory
@@ -254,6 +297,9 @@ class Outbox:
         self.hooks = hooks
         self.journal = Journal(journal_dir(config))
         self.sender: Sender | None = None
+        self.recorder: Recorder | None = None
+        #: The next batch, claimed while the current one is sent.
+        self._next: asyncio.Future[list[Claimed]] | None = None
 
     def _sender(self) -> Sender:
         if self.sender is None:
@@ -261,22 +307,38 @@ class Outbox:
                                       rate_per_second=self.cfg.rate_per_second, hourly_cap=self.cfg.hourly_cap)
         return self.sender
 
+    def _recorder(self) -> Recorder:
+        if self.recorder is None:
+            self.recorder = Recorder(self.factory, self.cfg, self.hooks, self.journal)
+        return self.recorder
+
+    def _claim(self) -> asyncio.Future[list[Claimed]]:
+        return asyncio.ensure_future(asyncio.to_thread(claim, self.factory, self.cfg, self.journal))
+
     async def run_once(self) -> int:
-        """Claim one batch and deliver it; return how many rows were settled (sent or failed for good).
+        """Deliver one batch; return how many rows were settled (sent or failed for good).
 
         A batch that only met temporary failures counts 0: its rows wait for their retry time.
         """
-        items = await asyncio.to_thread(claim, self.factory, self.cfg, self.journal)
+        claiming, self._next = self._next or self._claim(), None
+        items = await claiming
         if not items:
             return 0
         sender = self._sender()
-        recorder = Recorder(self.factory, self.cfg, self.hooks)
+        recorder = self._recorder()
         pending = iter(items)
+        unsent = len(items)
+        # A full batch means more may be due: claim the next when half of this one is out.
+        prefetch_at = len(items) // 2 if len(items) >= BATCH else -1
         relay_down: list[SendResult] = []
         settled = 0
 
         async def connection() -> None:
+            nonlocal settled, unsent
             for item in pending:
+                unsent -= 1
+                if unsent == prefetch_at and self._next is None and not relay_down:
+                    self._next = self._claim()
                 if relay_down:   # the relay is unreachable: the rest wait for the next try
                     recorder.put(item, relay_down[0])
                     continue
@@ -285,22 +347,41 @@ class Outbox:
                 if result.status == TEMPORARY and result.code in (0, 421):
                     relay_down.append(result)
                 elif result.status != TEMPORARY:
-                    nonlocal settled
                     settled += 1
                 recorder.put(item, result)
 
-        try:
-            await asyncio.gather(*(connection() for _ in range(min(self.cfg.connections, len(items)))))
-        finally:
-            if await asyncio.to_thread(recorder.close):
-                self.journal.clear()
+        await asyncio.gather(*(connection() for _ in range(min(self.cfg.connections, len(items)))))
         return settled
 
     async def close(self) -> None:
+        """Stop: outcomes committed, a batch claimed ahead given back, the journal removed once all is settled."""
+        if self._next is not None:
+            claiming, self._next = self._next, None
+            with contextlib.suppress(Exception):   # not claimed: nothing to give back
+                await asyncio.shield(claiming)
+        recorded = True
+        if self.recorder is not None:
+            recorded = await asyncio.to_thread(self.recorder.close)
+            self.recorder = None
         if self.sender is not None:
             await self.sender.close()
             self.sender = None
-        self.journal.close()
+        # What is still open (a batch claimed ahead, a stop in mid-batch, outcomes the database
+        # refused): settled here like a dead process's journal, or left for the next process.
+        kept = self.journal.open
+        if kept.claimed or kept.accepted:
+            try:
+                await asyncio.to_thread(self._settle_own, kept)
+            except Exception as exc:  # noqa: BLE001 - the journal stays for the next process
+                recorded = False
+                log.error("outbox: could not settle %d claimed row(s) at stop (the journal keeps them): %s",
+                          len(kept.claimed | kept.accepted), exc)
+        self.journal.close(remove=recorded)
+
+    def _settle_own(self, record: journals.Record) -> None:
+        with transaction(self.factory) as session:
+            settle(session, record, utcnow(), self.hooks)
+        self.journal.clear()
 
 
 def run_once(factory: sessionmaker[Session], config: Config, hooks: Hooks = TICKET_HOOKS) -> int:

@@ -125,17 +125,27 @@ def _insert_sqlite(driver: Any, rows: list[tuple[object, ...]]) -> int:
         cursor.close()
 
 
+#: PostgreSQL types of the per-row columns, in the order of :data:`COLUMNS` (the last four are per batch).
+_PG_TYPES = ("text", "text", "integer", "bigint", "bigint", "text", "jsonb", "bytea", "integer", "text", "text")
+
+
 def _insert_postgresql(driver: Any, rows: list[tuple[object, ...]]) -> int:
+    # One statement for the batch: each column goes as one array (in binary, so the messages are not
+    # escaped to text) and unnest() turns them back into rows.  Duplicates within the batch and
+    # against the table are skipped alike by ON CONFLICT DO NOTHING; rowcount counts the new rows.
+    per_row = len(_PG_TYPES)
+    names = ", ".join(COLUMNS[:per_row])
+    arrays = ", ".join(f"%b::{kind}[]" for kind in _PG_TYPES)
     sql = (f"INSERT INTO {InboundMessage.__tablename__} ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT DO NOTHING RETURNING id")
+           f"SELECT {names}, %b, %b, %b, %b FROM unnest({arrays}) AS t({names}) ON CONFLICT DO NOTHING")
+    from psycopg.types.json import Jsonb
+
+    columns: list[list[object]] = [list(values) for values in zip(*(row[:per_row] for row in rows))]
+    columns[_ENVELOPE_TO] = [Jsonb(value) for value in columns[_ENVELOPE_TO]]
+    received_at, state, attempts, updated_at = rows[0][per_row:]
     with driver.cursor() as cursor:
-        # psycopg pipelines the batch; RETURNING (one result set per row) counts the new rows.
-        cursor.executemany(sql, [_postgresql_row(row) for row in rows], returning=True)
-        inserted = 0
-        while True:
-            inserted += len(cursor.fetchall())
-            if not cursor.nextset():
-                return inserted
+        cursor.execute(sql, [received_at, state, attempts, updated_at, *columns])
+        return max(cursor.rowcount, 0)
 
 
 _ENVELOPE_TO = COLUMNS.index("envelope_to")
