@@ -17,8 +17,13 @@ message), starts ``smtp-sink`` on a free loopback port, and times
 and then :func:`daemon.notices.fanout.publish` (the fan-out itself) until the
 notice is done.  Creating the subscribers is not timed.
 
+CPU: ``process_cpu_s`` is this process's CPU time during the fan-out plus
+that of the sender processes it spawned (``--processes``, default one per
+core), so it compares across process counts; ``cpu_ms_per_msg`` divides it.
+
 Memory: the peak RSS of the process over the whole run (``getrusage``), and
-the RSS sampled every 50 ms during the fan-out (its growth is what has to be
+the RSS sampled every 50 ms during the fan-out (this process's; each spawned
+sender holds at most two chunks the same way) (its growth is what has to be
 flat in the number of subscribers: run with ``--subscribers 10000`` and
 ``100000`` and compare).  smtp-sink's own counter confirms how many messages
 it took.  Progress goes to stderr; the last line on stdout is one JSON object
@@ -50,6 +55,7 @@ from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binar
 from csms import service  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
+from daemon.notices import fanout  # noqa: E402
 from daemon.notices.fanout import Progress, publish  # noqa: E402
 from models.base import utcnow  # noqa: E402
 from models.csms import ACTIVE, Notice, Subscriber, Subscription  # noqa: E402
@@ -64,6 +70,11 @@ SEEDS = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -124,6 +135,7 @@ def main() -> int:
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: a fresh SQLite file)")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=0, help="sender processes (default: one per core)")
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s limit (default: none)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--dkim", action="store_true", help="DKIM-sign every copy (a 2048-bit RSA key)")
@@ -156,6 +168,7 @@ def main() -> int:
             "ingress": {"enabled": False, "port": free_port()},
             "outbound": {"relay_host": "127.0.0.1", "relay_port": sink_port, "timeout": 30.0},
             "csms": {"connections": args.connections, "chunk_size": args.chunk_size,
+                     "fanout_processes": args.processes,
                      "rate_per_second": args.rate, "base_url": "https://csms.ace-support.example",
                      "secret_file": str(secret_file), "dkim_key_file": str(key_file) if args.dkim else ""},
         }, base_dir=str(root))
@@ -190,11 +203,13 @@ def main() -> int:
         sampler = RssSampler()
         rss_before = rss_mb()
         sampler.start()
-        cpu0 = time.process_time()
+        cpu0, children0 = time.process_time(), children_cpu_s()
         t0 = time.perf_counter()
         result = asyncio.run(asyncio.wait_for(publish(ctx, notice_id, progress=show), args.timeout))
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        # The spawned sender processes (joined by now); smtp-sink is still running, so not in it.
+        senders_cpu = children_cpu_s() - children0
         sampler.halt.set()
         sampler.join()
         time.sleep(0.3)   # smtp-sink updates its counter when a session ends
@@ -205,7 +220,10 @@ def main() -> int:
             "pending": result.pending, "notice_status": status, "sink_received": sink_count(sink_out),
             "plan_seconds": round(plan_seconds, 2), "publish_seconds": round(seconds, 2),
             "msgs_per_s": round(result.sent / seconds, 1) if seconds else None,
-            "process_cpu_s": round(cpu, 2),
+            "process_cpu_s": round(cpu + senders_cpu, 2), "main_process_cpu_s": round(cpu, 2),
+            "sender_processes_cpu_s": round(senders_cpu, 2),
+            "cpu_ms_per_msg": round(1000 * (cpu + senders_cpu) / result.sent, 3) if result.sent else None,
+            "fanout_processes": fanout.sender_processes(config),
             "rss_mb_before_publish": round(rss_before, 1), "rss_mb_peak_during_publish": round(sampler.peak, 1),
             "rss_mb_growth_during_publish": round(sampler.peak - rss_before, 1),
             "rss_mb_before_planning": round(rss_before_plan, 1), "peak_rss_mb_process": round(peak_rss_mb(), 1),

@@ -20,6 +20,9 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%
                             r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
 def is_plain_address(address: str) -> bool:
     """Whether ``address`` is a plain ASCII ``local@domain`` safe to put in a header and an envelope."""
     return len(address) <= 254 and _PLAIN_ADDRESS.fullmatch(address) is not None
@@ -46,7 +49,9 @@ def list_unsubscribe(request_address: str, base_url: str, token: str) -> str:
     cookies, no login): the signed token does.  The mailto carries the same
     token so the request address can honour it without a confirmation round.
     """
-    mailto = f"mailto:{request_address}?subject={quote('unsubscribe ' + token)}"
+    # A token is URL-safe as it is (base64url and a dot): quoting it would only cost time.
+    subject = "unsubscribe%20" + (token if _URL_SAFE.fullmatch(token) else quote(token))
+    mailto = f"mailto:{request_address}?subject={subject}"
     return f"<{mailto}>,\r\n <{unsubscribe_url(base_url, token)}>"
 
 

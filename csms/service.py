@@ -488,6 +488,11 @@ def _due_rows(session: Session, notice: Notice, after_id: int, limit: int, now: 
            .where(Delivery.notice_id == notice.id, Delivery.status == PENDING, Delivery.id > after_id)
            .where(or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
            .order_by(Delivery.id).limit(limit).subquery())
+    return _detail_rows(session, notice, due)
+
+
+def _detail_rows(session: Session, notice: Notice, due) -> list:  # type: ignore[no-untyped-def]
+    """Each delivery of the subquery ``due`` with its subscriber and matched topics, in id order."""
     # The subscriber's topics among the notice's, joined in the same query: no second round trip
     # with a thousand ids in an IN list.
     topic_ids = select(Topic.id).where(Topic.name.in_(list(notice.topics))).scalar_subquery()
@@ -528,6 +533,67 @@ def fetch_due(session: Session, notice: Notice, after_id: int, limit: int, now: 
     return _due_deliveries(notice, _due_rows(session, notice, after_id, limit, now))
 
 
+def _claimable(notice_id: int, now: dt.datetime):  # type: ignore[no-untyped-def]
+    """Pending, due, and claimed by nobody (or by a claim whose lease ran out)."""
+    return (Delivery.notice_id == notice_id, Delivery.status == PENDING,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            or_(Delivery.claim_owner.is_(None), Delivery.claim_until < now))
+
+
+def claim_due(session: Session, notice: Notice, owner: str, now: dt.datetime, lease_seconds: float,
+              limit: int) -> list[DueDelivery]:
+    """Claim the next ``limit`` claimable deliveries of ``notice`` for ``owner`` until ``now`` +
+    ``lease_seconds``, in the caller's transaction; return them with their subscribers.
+
+    One ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``: on SQLite the caller's
+    ``BEGIN IMMEDIATE`` makes the claim exclusive; on PostgreSQL ``FOR UPDATE SKIP LOCKED``
+    lets several senders and instances claim side by side, never the same row.
+    """
+    pick = select(Delivery.id).where(*_claimable(notice.id, now)).order_by(Delivery.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    claimed = list(session.scalars(
+        update(Delivery).where(Delivery.id.in_(pick.scalar_subquery()))
+        .values(claim_owner=owner, claim_until=now + dt.timedelta(seconds=lease_seconds))
+        .returning(Delivery.id).execution_options(synchronize_session=False)))
+    if not claimed:
+        return []
+    due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
+           .where(Delivery.id.in_(claimed)).subquery())
+    return _due_deliveries(notice, _detail_rows(session, notice, due))
+
+
+def claimable_count(session: Session, notice_id: int, now: dt.datetime) -> int:
+    """How many deliveries of a notice a sender could claim now."""
+    return int(session.scalar(select(func.count()).select_from(Delivery).where(*_claimable(notice_id, now))) or 0)
+
+
+def renew_claims(session: Session, notice_id: int, owner: str, now: dt.datetime, lease_seconds: float) -> None:
+    """Extend the lease of what ``owner`` still holds of a notice."""
+    session.execute(update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
+                                           Delivery.claim_owner == owner)
+                    .values(claim_until=now + dt.timedelta(seconds=lease_seconds))
+                    .execution_options(synchronize_session=False))
+
+
+def claim_owners(session: Session, notice_id: int) -> list[str]:
+    """The owners holding claims on a notice's pending deliveries."""
+    return [str(o) for o in session.scalars(
+        select(Delivery.claim_owner).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
+                                           Delivery.claim_owner.is_not(None)).distinct())]
+
+
+def release_claims(session: Session, notice_id: int, owners: Sequence[str]) -> int:
+    """Give ``owners``' pending deliveries of a notice back to whoever claims next; return how many."""
+    if not owners:
+        return 0
+    result = session.execute(update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
+                                                    Delivery.claim_owner.in_(list(owners)))
+                             .values(claim_owner=None, claim_until=None)
+                             .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+
+
 def next_retry_at(session: Session, notice_id: int) -> dt.datetime | None:
     return session.scalar(select(func.min(Delivery.next_attempt_at))
                           .where(Delivery.notice_id == notice_id, Delivery.status == PENDING))
@@ -557,15 +623,18 @@ def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datet
         if o.result == "sent":
             sent.setdefault(o.language, []).append(o.delivery_id)
     for language, ids in sent.items():
-        session.execute(update(Delivery).where(Delivery.id.in_(ids))
+        # Only while pending: a takeover may record an acceptance its sender committed already.
+        session.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.status == PENDING)
                         .values(status=SENT, sent_at=now, attempts=Delivery.attempts + 1, language=language,
-                                first_attempt_at=func.coalesce(Delivery.first_attempt_at, now)))
+                                first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
+                                claim_owner=None, claim_until=None)
+                        .execution_options(synchronize_session=False))
     temps = [o for o in outcomes if o.result == "temporary" and o.retry_at is not None]
     if temps:
         session.connection().execute(
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
             .values(attempts=Delivery.__table__.c.attempts + 1, next_attempt_at=bindparam("b_next"),
-                    last_error=bindparam("b_err"),
+                    last_error=bindparam("b_err"), claim_owner=None, claim_until=None,
                     first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_next": o.retry_at, "b_err": o.detail[:2000]} for o in temps])
     perms = [o for o in outcomes
@@ -574,6 +643,7 @@ def record_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datet
         session.connection().execute(
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id"))
             .values(status=FAILED, attempts=Delivery.__table__.c.attempts + 1, last_error=bindparam("b_err"),
+                    claim_owner=None, claim_until=None,
                     first_attempt_at=func.coalesce(Delivery.__table__.c.first_attempt_at, now)),
             [{"b_id": o.delivery_id, "b_err": o.detail[:2000]} for o in perms])
         for o in perms:

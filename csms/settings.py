@@ -44,8 +44,12 @@ class CsmsConfig:
     late_after: float = 300.0
     #: Seconds the publishing lease on a notice lasts (renewed while it runs; a crash frees it).
     lease_seconds: float = 30.0
-    #: SMTP connections the fan-out keeps open to the relay ([outbound] relay_host/port/tls).
+    #: SMTP connections the fan-out keeps open to the relay ([outbound] relay_host/port/tls), shared
+    #: by its sender processes.
     connections: int = 8
+    #: Sender processes one notice is fanned out by (each claims ``chunk_size`` deliveries at a
+    #: time; a notice smaller than that many chunks gets fewer); 0 = one per core.
+    fanout_processes: int = 0
     #: Notice messages per second at most (0: as fast as the relay takes them).
     rate_per_second: float = 0.0
     #: Notice messages per sliding hour at most (0: no cap).
@@ -55,7 +59,7 @@ class CsmsConfig:
     retry_min: float = 60.0
     retry_max: float = 3600.0
     give_up_hours: float = 48.0
-    #: Deliveries read per database round trip while fanning out.
+    #: Deliveries a sender claims at a time while fanning out.
     chunk_size: int = 1000
     #: Seconds between commits of delivery results: the most a kill can resend is what
     #: was in flight plus this much sending.

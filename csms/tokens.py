@@ -66,6 +66,12 @@ class Signer:
         self._key = secret
         self._keys = {key_id(k): k for k in keys}
         self.kid = key_id(secret)
+        # Keyed once: a copy skips re-deriving the padded keys, a third of an HMAC's cost, which
+        # counts when a notice signs one token and one return path per subscriber.
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+        verp = self._keyed.copy()
+        verp.update(b"verp:")
+        self._keyed_verp = verp
 
     @property
     def key_ids(self) -> list[str]:
@@ -80,7 +86,9 @@ class Signer:
         """Return a token for ``subject`` (an id) valid for ``ttl_seconds``, signed with the current key."""
         expires = int((time.time() if now is None else now) + ttl_seconds)
         payload = f"{purpose}:{subject:x}:{expires:x}:{self.kid}".encode("ascii")
-        return f"{_b64(payload)}.{_b64(self._mac_with(self._key, payload))}"
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return f"{_b64(payload)}.{_b64(mac.digest()[:16])}"
 
     def check(self, purpose: str, token: str, now: float | None = None) -> int:
         """Return the subject of a valid ``token``.
@@ -122,7 +130,9 @@ class Signer:
     def verp_local(self, bounce_local: str, subscriber_id: int, notice_number: int) -> str:
         """Return ``<bounce_local>+<sid>-<number>-<mac>`` (lower-case: MTAs may fold case)."""
         core = f"{subscriber_id:x}-{notice_number:x}"
-        return f"{bounce_local}+{core}-{self._verp_mac(self._key, core)}"
+        mac = self._keyed_verp.copy()
+        mac.update(core.encode())
+        return f"{bounce_local}+{core}-{mac.hexdigest()[:12]}"
 
     def parse_verp(self, address: str) -> tuple[int, int] | None:
         """Return ``(subscriber_id, notice_number)`` from a VERP address, or None if not ours/forged.

@@ -172,6 +172,9 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     #: The language version sent (chosen per subscriber when their turn comes).
     language: Mapped[str | None] = mapped_column(String(8))
+    #: The fan-out sender (``host:pid/...``) that claimed it, until ``claim_until``.
+    claim_owner: Mapped[str | None] = mapped_column(String(200))
+    claim_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class BounceEvent(Base):

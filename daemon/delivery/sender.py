@@ -34,7 +34,7 @@ class Sender(Protocol):
     """Where a message goes: ``spool_name`` names its file when the spool is the way out."""
 
     async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
-                   accepted: Callable[[], None] | None = None) -> SendResult: ...
+                   accepted: Callable[[], None] | None = None, dot_safe: bool = False) -> SendResult: ...
 
     async def close(self) -> None: ...
 
@@ -58,8 +58,8 @@ class RelaySender:
             limiter=self.limiter)
 
     async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
-                   accepted: Callable[[], None] | None = None) -> SendResult:
-        return await self.pool.send(mail_from, list(rcpts), raw, accepted)
+                   accepted: Callable[[], None] | None = None, dot_safe: bool = False) -> SendResult:
+        return await self.pool.send(mail_from, list(rcpts), raw, accepted, dot_safe)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -84,7 +84,7 @@ class SpoolSender:
         self.folder = config.path(config.outbound.spool_dir)
 
     async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
-                   accepted: Callable[[], None] | None = None) -> SendResult:
+                   accepted: Callable[[], None] | None = None, dot_safe: bool = False) -> SendResult:
         path = self.folder / spool_name
         try:
             await asyncio.to_thread(write_spool, path, mail_from, rcpts, raw)

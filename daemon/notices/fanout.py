@@ -1,73 +1,88 @@
 """The CSMS fan-out: sending one published notice to every subscriber it was
-planned for, once, fast, and resumably.  :func:`publish` is the one entry
-point; the CLI (``acedesk csms publish``) and the daemon's scheduler call it.
+planned for, once, fast, resumably, and on every core.  :func:`publish` is
+the one entry point; the CLI (``acedesk csms publish``) and the daemon's
+scheduler call it.
 
 The notice is already ``publishing``: :func:`csms.service.start_publish`
 allocated its number and wrote one delivery row per subscriber in one
 transaction.  ``publish`` then
 
-1. takes the notice's lease (another instance holding it: return at once);
-2. sweeps the due deliveries in id order, ``chunk_size`` rows at a time (memory
-   stays flat in the number of subscribers), personalises each message by
-   splicing bytes (:class:`csms.message.MessageTemplate`) and sends it through
-   the one way out (:mod:`daemon.delivery.sender`: reused, pipelined SMTP
-   connections under ``[csms]`` connections and rates, or the spool folder
-   ``csms/<number>/<subscriber>.eml`` when no relay is configured);
-3. commits the results every ``mark_interval`` seconds in one short
-   transaction that also renews the lease;
-4. when a sweep finds nothing more due, sleeps until the next retry of a
-   temporary failure is due (capped exponential back-off per recipient) and
-   sweeps again, until no delivery is pending: then the notice is ``done``.
+1. takes back at once what dead sender processes of this host held
+   (:func:`take_over`: their journals say what the relay accepted);
+2. runs up to ``[csms] fanout_processes`` senders (default: one per core;
+   one in this process, the others spawned, fewer when the notice is small),
+   which share ``connections``, ``rate_per_second`` and ``hourly_cap``;
+3. each sender claims ``chunk_size`` due deliveries at a time with a lease
+   (:func:`csms.service.claim_due`: ``BEGIN IMMEDIATE`` on SQLite, ``FOR
+   UPDATE SKIP LOCKED`` on PostgreSQL, so that the senders of several
+   instances share a notice too), renders the notice once per language (and
+   prepares its DKIM signing: signatures are spread over the processes),
+   personalises each copy by splicing bytes (:mod:`csms.message`) and sends it
+   through the one way out (:mod:`daemon.delivery.sender`), and commits the
+   results every ``mark_interval`` seconds in one short transaction that
+   also renews its claims' lease;
+4. when nothing is claimable, waits for the next retry of a temporary failure
+   (capped exponential back-off per recipient) or for other instances'
+   claims, until no delivery is pending: then the notice is ``done``.
 
-Exactly once, and its one window.  A delivery is marked ``sent`` only after
-the relay's 250 for it; a kill before that leaves it pending and it is sent
-on resume.  A kill after the 250 and before the commit of its mark resends
-it: that window is the messages in flight (at most ``connections``) plus those
-accepted since the last commit began -- ``mark_interval`` plus the commit's own
-time, so rate x (50 ms + a few ms; under load on SQLite up to ~150 ms): a few
-hundred messages at full speed, one or two at a throttled rate.  Each copy
-has the same Message-ID, so a recipient's mail system may even fold a resend
-away.  A new sweep starts only after every result of the previous one is
-committed, so nothing still in flight is picked up twice by the same
-publisher; and a publisher sends only while its lease is fresh by its own
-clock (the lease is renewed at each commit), so a publisher that was paused
-past its lease stops before another one takes over.  (A relay that times out
-after the final dot is a ``temporary`` result and is retried: SMTP's own
-duplicate window, see :mod:`daemon.delivery.smtp_pool`.)
+Exactly once.  A delivery is marked ``sent`` only after the relay's 250 for
+it; a kill before that leaves it pending and it is sent again.  Right after
+the 250, before that connection takes another message, the sender appends the
+delivery to its journal (:mod:`daemon.notices.journal`), which a SIGKILL
+cannot undo; whoever takes over a dead sender's claims first records what its
+journal says was accepted.  A kill can therefore resend at most the message in
+flight on each connection.  (When the dead process's host is another one, its
+claims come back when their lease runs out, and its journal is out of reach:
+then the window is also what it sent since its last commit, ``mark_interval``
+of sending.)  A sender sends only while its claims' lease is fresh by its own
+clock (the lease is renewed at each commit), so a sender paused past its lease
+stops before another one can take its deliveries.  Each copy has the same
+Message-ID, so a recipient's mail system may even fold a resend away.  (A
+relay that times out after the final dot is a ``temporary`` result and is
+retried: SMTP's own duplicate window, see :mod:`daemon.delivery.smtp_pool`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import datetime as dt
 import logging
+import math
+import multiprocessing
+import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from csms import service
-from csms.message import MessageTemplate, Sender, TemplateSet
+from csms.message import DOT_SAFE, MessageTemplate, Sender, TemplateSet
 from csms.render import NoticeView
 from csms.service import CsmsError, DueDelivery, Outcome
 from csms.tokens import Signer
 from daemon.config import Config
-from daemon.notices import keys
-from daemon.context import AppContext
+from daemon.context import AppContext, make_context
 from daemon.delivery.sender import Sender as MailSender, make_sender, retry_delay
 from daemon.delivery.smtp_pool import PERMANENT, SENT, TEMPORARY, SendResult
+from daemon.logs import setup_logging
+from daemon.notices import journal, keys
 from models.base import utcnow
-from models.csms import DONE, PENDING, PUBLISHING, Notice
+from models.csms import DONE, FAILED, PENDING, PUBLISHING, Notice
+from models.csms import SENT as DELIVERY_SENT
 from models.session import transaction
 
 log = logging.getLogger("acedesk.csms.fanout")
 
 #: Seconds of history behind :attr:`Progress.rate`.
 RATE_WINDOW = 5.0
+#: Spawned, not forked: the daemon's main process has threads.
+_MP = multiprocessing.get_context("spawn")
 
 
 @dataclass
@@ -110,134 +125,143 @@ def retry_at(config: Config, delivery: DueDelivery, now: dt.datetime) -> dt.date
     return now + dt.timedelta(seconds=retry_delay(delivery.attempts + 1, cfg.retry_min, cfg.retry_max))
 
 
-# --- the fan-out -------------------------------------------------------------------
+def sender_processes(config: Config) -> int:
+    """How many senders one notice gets at most: ``[csms] fanout_processes``, 0 = one per core."""
+    return config.csms.fanout_processes if config.csms.fanout_processes > 0 else (os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class _Start:
-    held: bool
-    number: int
-    total: int
-    counts: dict[str, int]
-    view: list[NoticeView] | None
+def journal_folder(config: Config) -> Path:
+    return journal.folder_of(config.path(config.daemon.state_dir))
 
 
-class _Fanout:
-    """One run of :func:`publish`: its lease, its counters and its pending results."""
+def take_over(config: Config, sessions: sessionmaker[Session], notice_id: int) -> int:
+    """Take back at once what dead sender processes of this host held; return the claims freed.
 
-    def __init__(self, ctx: AppContext, notice_id: int, progress: Callable[[Progress], None] | None,
-                 stop: asyncio.Event) -> None:
-        self.config = ctx.config
-        self.cfg = ctx.config.csms
-        self.sessions: sessionmaker[Session] = ctx.sessions
+    First what their journals say the relay accepted is recorded ``sent``
+    (never sent again), then their other claims on the notice are freed.
+    """
+    with sessions() as s:
+        dead_owners = [o for o in service.claim_owners(s, notice_id) if journal.gone(o)]
+    # Read after the owners were judged dead: every dead owner's journal is complete by now.
+    journals = journal.dead(journal_folder(config))
+    now = utcnow()
+    with transaction(sessions) as s:
+        for accepted in journals:
+            service.record_outcomes(s, [Outcome(i, 0, "sent", language=language)
+                                        for language, ids in accepted.by_language.items() for i in ids], now)
+        freed = service.release_claims(s, notice_id, dead_owners)
+    for accepted in journals:
+        journal.remove(accepted)
+        if accepted.count:
+            log.info("took over the journal of %s (process gone): %d accepted deliveries recorded",
+                     accepted.owner, accepted.count)
+    if freed:
+        log.info("notice %s: took back %d deliveries claimed by %s (process gone)", notice_id, freed,
+                 ", ".join(dead_owners))
+    return freed
+
+
+# --- one sender ---------------------------------------------------------------------
+
+
+class _Sender:
+    """One sender (in the publishing process or a spawned one): claims chunks, sends, records."""
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], notice_id: int, *, share: int,
+                 halted: Callable[[], bool], name: str, on_commit: Callable[[int, int], None] | None = None) -> None:
+        self.config = config
+        self.cfg = config.csms
+        self.sessions = sessions
         self.notice_id = notice_id
-        self.on_progress = progress
-        self.stop = stop
-        # Per run, not per process: two runs in one process must not share a lease.
-        self.owner = f"{ctx.instance}/{secrets.token_hex(4)}"
+        self.share = max(1, share)
+        self.should_halt = halted
+        self.owner = f"{journal.process_name()}/{name}"
+        self.journal = journal.Journal(journal_folder(config), name)
+        self.on_commit = on_commit
+        self.notice: Notice | None = None
         self.number = 0
-        self.total = 0
         self.sent = 0
         self.failed = 0
         self.results: list[Outcome] = []
         self.commit_lock = asyncio.Lock()
         self.lease_fresh_until = 0.0   # monotonic
         self.lease_renewed = asyncio.Event()
-        self.lease_lost = False
         self.last_renewal = 0.0
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()
-        self.notice: Notice | None = None
-        self.done = False
+
+    @property
+    def halted(self) -> bool:
+        return self.should_halt()
 
     # -- database (each in a worker thread, each one short transaction) --
 
-    def _start(self) -> _Start:
-        """Take the lease; read the counts so far and, when ours, what rendering needs."""
-        now = utcnow()
-        with transaction(self.sessions) as s:
+    def _load(self) -> list[NoticeView] | None:
+        """Every published language version of the notice (each subscriber's is chosen at their turn)."""
+        with self.sessions() as s:
             notice = s.get(Notice, self.notice_id)
-            if notice is None:
-                raise CsmsError(f"no notice {self.notice_id}")
-            if notice.status not in (PUBLISHING, DONE):
-                raise CsmsError(f"notice {notice.id} is {notice.status}: start publishing it first (start_publish)")
-            held = service.take_lease(s, notice.id, self.owner, now, self.cfg.lease_seconds)
-            counts = service.counts(s, notice.id)
-            view = None
-            if held:
-                s.refresh(notice)
-                # Every published language version: each subscriber's is chosen when their turn comes.
-                view = [service.view(s, v) for v in service.versions(s, notice)]
-                s.expunge(notice)
-                self.notice = notice
-            return _Start(held, notice.number or 0, notice.total, counts, view)
+            if notice is None or notice.status != PUBLISHING:
+                return None
+            views = [service.view(s, v) for v in service.versions(s, notice)]
+            s.expunge(notice)
+        self.notice, self.number = notice, notice.number or 0
+        return views
 
     def _template(self, views: list[NoticeView]) -> TemplateSet:
         """The notice's language versions rendered once (and DKIM-prepared), ready to be personalised."""
-        signer, key, seed = load_signer(self.config), keys.dkim_key(self.config), secrets.token_hex(6)
+        signer, key = load_signer(self.config), keys.dkim_key(self.config)
+        # The boundary is the same in every process: one notice, one shape.
+        seed = f"{self.notice_id:x}"
         ttl = self.cfg.unsubscribe_token_days * 86400.0
         return TemplateSet({v.language: MessageTemplate(v, sender_of(self.config), signer, ttl, boundary_seed=seed,
                                                         dkim=key) for v in reversed(views)},
                            default=views[0].language)
 
-    def _fetch(self, after_id: int) -> list[DueDelivery]:
+    def _claim(self) -> list[DueDelivery]:
         assert self.notice is not None
-        # A read (no transaction()): on SQLite a WAL snapshot that neither waits
-        # for nor holds the write lock the result commits need.  A delivery seen
-        # pending here and sent meanwhile cannot be: only this lease holder sends.
-        with self.sessions() as s:
-            return service.fetch_due(s, self.notice, after_id, self.cfg.chunk_size, utcnow())
+        with transaction(self.sessions) as s:
+            return service.claim_due(s, self.notice, self.owner, utcnow(), self.cfg.lease_seconds,
+                                     self.cfg.chunk_size)
 
-    def _commit(self, outcomes: list[Outcome]) -> bool:
-        """Record ``outcomes`` and renew the lease, in one transaction; return whether the lease is ours."""
+    def _commit(self, outcomes: list[Outcome]) -> None:
+        """Record ``outcomes`` and renew the lease of what is still claimed, in one transaction."""
         now = utcnow()
         with transaction(self.sessions) as s:
-            # Once done, the lease went with the publishing state: nothing left to renew.
-            held = self.done or service.take_lease(s, self.notice_id, self.owner, now, self.cfg.lease_seconds)
             service.record_outcomes(s, outcomes, now, notice_number=self.number)
-        return held
+            service.renew_claims(s, self.notice_id, self.owner, now, self.cfg.lease_seconds)
 
-    def _next_retry(self) -> tuple[dt.datetime | None, bool]:
-        """When the next pending delivery is due, and whether the notice is done (nothing pending)."""
-        now = utcnow()
+    def _release(self) -> None:
         with transaction(self.sessions) as s:
-            if service.finish_if_done(s, self.notice_id, now):
-                return None, True
-            return service.next_retry_at(s, self.notice_id), False
-
-    def _finish(self) -> dict[str, int]:
-        with transaction(self.sessions) as s:
-            service.release_lease(s, self.notice_id, self.owner)
-            return service.counts(s, self.notice_id)
+            service.release_claims(s, self.notice_id, [self.owner])
 
     # -- results and lease --
 
-    async def commit(self) -> None:
+    async def commit(self) -> bool:
         """Commit every result gathered so far (and renew the lease); serialised, so it is also a flush."""
         async with self.commit_lock:
             outcomes, self.results = self.results, []
+            # Acceptances from now on go to a new file; the old one goes once these are committed.
+            generation = self.journal.rotate()
             started = time.monotonic()
             try:
-                held = await asyncio.to_thread(self._commit, outcomes)
+                await asyncio.to_thread(self._commit, outcomes)
             except Exception:
-                # Not lost: kept for the next commit.  Meanwhile the lease may run out, which stops sending.
+                # Not lost: kept for the next commit (and in the journal).  Meanwhile the lease may
+                # run out, which stops sending.
                 self.results[:0] = outcomes
                 log.exception("CSMS #%s: could not record %d results; will try again", self.number, len(outcomes))
-                return
+                return False
+            self.journal.committed(generation)
             self.last_renewal = started
-            if held:
-                self.lease_fresh_until = self.fresh_until(started)
-                self.lease_renewed.set()
-            elif not self.lease_lost:
-                self.lease_lost = True
-                self.lease_renewed.set()
-                log.warning("CSMS #%s: lease lost to another instance; stopping", self.number)
-            self.report()
+            self.lease_fresh_until = max(self.lease_fresh_until, self.fresh_until(started))
+            self.lease_renewed.set()
+            if self.on_commit is not None:
+                self.on_commit(self.sent, self.failed)
+            return True
 
     def fresh_until(self, renewed_at: float) -> float:
         """Until when (monotonic) a lease renewed at ``renewed_at`` may be sent under.
 
-        By our own clock, from before the renewal was asked for, less a margin: a publisher
-        stalled past its lease stops sending before another instance can take over.
+        By our own clock, from before the renewal was asked for, less a margin: a sender
+        stalled past its lease stops sending before another one can take its deliveries over.
         """
         return renewed_at + self.cfg.lease_seconds - min(5.0, self.cfg.lease_seconds * 0.2)
 
@@ -250,100 +274,75 @@ class _Fanout:
                 # Shielded: cancelling the recorder must not abandon a commit half-way.
                 await asyncio.shield(self.commit())
 
-    @property
-    def halted(self) -> bool:
-        """Stop asked for, or the lease lost: send nothing more."""
-        return self.stop.is_set() or self.lease_lost
-
     async def lease_ok(self) -> bool:
-        """Wait until the lease is fresh by our clock; False if it is lost or the run is stopping."""
+        """Wait until the lease is fresh by our clock; False if the run is stopping."""
         while time.monotonic() >= self.lease_fresh_until:
             if self.halted:
                 return False
             self.lease_renewed.clear()
-            stopped = asyncio.ensure_future(self.stop.wait())
-            renewed = asyncio.ensure_future(self.lease_renewed.wait())
             try:
-                await asyncio.wait([stopped, renewed], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopped.cancel()
-                renewed.cancel()
+                async with asyncio.timeout(0.2):   # also notices a stop asked meanwhile
+                    await self.lease_renewed.wait()
+            except TimeoutError:
+                pass
         return not self.halted
 
-    def outcome(self, delivery: DueDelivery, result: SendResult) -> Outcome:
+    def outcome(self, delivery: DueDelivery, result: SendResult, language: str | None = None) -> Outcome:
         if result.status == SENT:
             self.sent += 1
-            return Outcome(delivery.id, delivery.subscriber_id, "sent")
+            return Outcome(delivery.id, delivery.subscriber_id, "sent", language=language)
         if result.status == PERMANENT:
             self.failed += 1
-            return Outcome(delivery.id, delivery.subscriber_id, "permanent", result.detail)
+            return Outcome(delivery.id, delivery.subscriber_id, "permanent", result.detail, language=language)
         when = retry_at(self.config, delivery, utcnow())
         if when is None:
             self.failed += 1
             log.warning("CSMS #%s to %s: gave up after %g h: %s", self.number, delivery.email,
                         self.cfg.give_up_hours, result.detail)
-        return Outcome(delivery.id, delivery.subscriber_id, "temporary", result.detail, when)
-
-    def progress(self, rate: float | None = None) -> Progress:
-        done = self.sent + self.failed
-        if rate is None:
-            now = time.monotonic()
-            self.samples.append((now, done))
-            while len(self.samples) > 2 and self.samples[0][0] < now - RATE_WINDOW:
-                self.samples.popleft()
-            span = now - self.samples[0][0]
-            rate = (done - self.samples[0][1]) / span if span > 0 else 0.0
-        return Progress(self.notice_id, self.number, self.total, self.sent, self.failed,
-                        max(0, self.total - done), round(rate, 1))
-
-    def report(self, progress: Progress | None = None) -> None:
-        if self.on_progress is None:
-            return
-        try:
-            self.on_progress(progress or self.progress())
-        except Exception:  # noqa: BLE001 - a broken progress bar must not stop the recorder
-            log.exception("CSMS #%s: progress callback failed", self.number)
+        return Outcome(delivery.id, delivery.subscriber_id, "temporary", result.detail, when, language)
 
     # -- sending --
 
     async def worker(self, queue: asyncio.Queue[DueDelivery | None], sender: MailSender,
                      template: TemplateSet) -> None:
+        accepted = self.journal.accepted
         while (delivery := await queue.get()) is not None:
             if not await self.lease_ok():
-                continue   # stopping: what is queued stays pending for the next run
+                continue   # stopping: what is queued is given back at the end
             if not delivery.still_wanted:
                 self.failed += 1
                 self.results.append(Outcome(delivery.id, delivery.subscriber_id, "skipped",
                                             "not sent: unsubscribed or disabled before delivery"))
                 continue
+            language = template.language_for(delivery.language)
             try:
-                mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics,
-                                                 delivery.language)
+                mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics, language)
             except ValueError as exc:
                 self.failed += 1
                 self.results.append(Outcome(delivery.id, delivery.subscriber_id, "permanent", f"554 {exc}"))
                 continue
             try:
                 result = await sender.send(mail_from, [delivery.email], data,
-                                           f"csms/{self.number}/{delivery.subscriber_id}.eml")
+                                           f"csms/{self.number}/{delivery.subscriber_id}.eml",
+                                           lambda: accepted(delivery.id, language), dot_safe=DOT_SAFE)
             except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
                 log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
                 result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
-            self.results.append(dataclasses.replace(self.outcome(delivery, result),
-                                                    language=template.language_for(delivery.language)))
+            self.results.append(self.outcome(delivery, result, language))
 
     async def sweep(self, sender: MailSender, template: TemplateSet) -> None:
-        """Send every delivery due now, in id order, and commit every result."""
-        queue: asyncio.Queue[DueDelivery | None] = asyncio.Queue(maxsize=2 * self.cfg.chunk_size)
-        workers = [asyncio.create_task(self.worker(queue, sender, template))
-                   for _ in range(max(1, self.cfg.connections))]
+        """Claim and send chunk after chunk until nothing is claimable; commit every result."""
+        # One chunk queued while the next is claimed: the connections never wait for the database.
+        queue: asyncio.Queue[DueDelivery | None] = asyncio.Queue(maxsize=self.cfg.chunk_size)
+        connections = max(1, self.cfg.connections // self.share)
+        workers = [asyncio.create_task(self.worker(queue, sender, template)) for _ in range(connections)]
         try:
-            after = 0
             while not self.halted:
-                rows = await asyncio.to_thread(self._fetch, after)
+                asked = time.monotonic()
+                rows = await asyncio.to_thread(self._claim)
                 if not rows:
                     break
-                after = rows[-1].id
+                self.lease_fresh_until = max(self.lease_fresh_until, self.fresh_until(asked))
                 for row in rows:
                     await queue.put(row)
                     if self.halted:
@@ -355,63 +354,232 @@ class _Fanout:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            # The barrier: a new sweep must not pick up a delivery whose result is not committed.
-            await self.commit()
 
-    async def wait_for_retry(self, due: dt.datetime | None) -> None:
-        """Sleep until ``due`` (the lease is renewed meanwhile), or until stopped or the lease is lost."""
-        delay = max(0.0, (due - utcnow()).total_seconds()) if due else self.cfg.mark_interval
-        if delay >= 1.0:
-            log.info("CSMS #%s: %d pending; next retry in %.1f s", self.number,
-                     self.total - self.sent - self.failed, delay)
-        until = time.monotonic() + delay
-        # In slices, so that a lost lease ends the wait too.
-        while not self.halted and (left := until - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(min(left, 1.0)):
-                    await self.stop.wait()
-            except TimeoutError:
-                pass
-
-    async def run(self) -> Progress:
-        asked = time.monotonic()
-        start = await asyncio.to_thread(self._start)
-        self.number, self.total = start.number, start.total
-        self.sent, self.failed = start.counts.get("sent", 0), start.counts.get("failed", 0)
-        if not start.held or start.view is None:
-            log.info("CSMS #%s: not publishing here (done, not publishing, or leased by another instance)",
-                     self.number)
-            return self.progress(rate=0.0)
-        self.lease_fresh_until = self.fresh_until(asked)
-        self.last_renewal = asked
-        try:
-            template = await asyncio.to_thread(self._template, start.view)
-            sender = make_sender(self.config, connections=self.cfg.connections,
-                                 rate_per_second=self.cfg.rate_per_second, hourly_cap=self.cfg.hourly_cap)
-        except BaseException:
-            await asyncio.to_thread(self._finish)
-            raise
+    async def run(self) -> None:
+        views = await asyncio.to_thread(self._load)
+        if views is None:
+            return
+        template = await asyncio.to_thread(self._template, views)
+        cfg = self.cfg
+        sender = make_sender(self.config, connections=max(1, cfg.connections // self.share),
+                             rate_per_second=cfg.rate_per_second / self.share,
+                             hourly_cap=math.ceil(cfg.hourly_cap / self.share) if cfg.hourly_cap else 0)
         recorder = asyncio.create_task(self.recorder())
-        started = time.monotonic()
         try:
-            while not self.halted:
-                await self.sweep(sender, template)
-                if self.halted:
-                    break
-                due, self.done = await asyncio.to_thread(self._next_retry)
-                if self.done:
-                    break
-                await self.wait_for_retry(due)
+            await self.sweep(sender, template)
         finally:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
-            await asyncio.shield(self.commit())
+            committed = await asyncio.shield(self.commit())
             await sender.close()
-            counts = await asyncio.to_thread(self._finish)
-        self.sent, self.failed = counts.get("sent", 0), counts.get("failed", 0)
+            # What stayed queued (stopping) goes back to whoever claims next, at once.
+            await asyncio.to_thread(self._release)
+            if committed:
+                self.journal.close()
+
+
+def _sender_main(config: Config, notice_id: int, share: int, name: str, stopping: Any, parent: int,
+                 counters: Any, slot: int, level: str) -> None:
+    """A spawned sender: runs until nothing is claimable, the publisher says stop, or it is gone."""
+    # The publisher asks it to stop (systemd and the terminal signal every process of the group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(config.logging, level)
+    ctx = make_context(config)
+
+    def on_commit(sent: int, failed: int) -> None:
+        counters[2 * slot], counters[2 * slot + 1] = sent, failed
+
+    try:
+        asyncio.run(_Sender(config, ctx.sessions, notice_id, share=share, name=name, on_commit=on_commit,
+                            halted=lambda: stopping.is_set() or os.getppid() != parent).run())
+    finally:
+        ctx.dispose()
+
+
+# --- the publisher ------------------------------------------------------------------------
+
+
+class _Publish:
+    """One run of :func:`publish`: its senders, its counters and its progress reports."""
+
+    def __init__(self, ctx: AppContext, notice_id: int, progress: Callable[[Progress], None] | None,
+                 stop: asyncio.Event) -> None:
+        self.config = ctx.config
+        self.cfg = ctx.config.csms
+        self.sessions: sessionmaker[Session] = ctx.sessions
+        self.notice_id = notice_id
+        self.on_progress = progress
+        self.stop = stop
+        self.number = 0
+        self.total = 0
+        #: Sent and failed as counted in the database, plus what the current round's senders report.
+        self.base = (0, 0)
+        self.round: list[tuple[int, int]] = []
+        self.counters: Any = None
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.done = False
+
+    # -- database --
+
+    def _start(self) -> tuple[str, dict[str, int]]:
+        with self.sessions() as s:
+            notice = s.get(Notice, self.notice_id)
+            if notice is None:
+                raise CsmsError(f"no notice {self.notice_id}")
+            if notice.status not in (PUBLISHING, DONE):
+                raise CsmsError(f"notice {notice.id} is {notice.status}: start publishing it first (start_publish)")
+            self.number, self.total = notice.number or 0, notice.total
+            return notice.status, service.counts(s, notice.id)
+
+    def _state(self) -> tuple[dt.datetime | None, bool, int]:
+        """When the next pending delivery is due, whether the notice is done, and how many are claimable."""
+        now = utcnow()
+        with transaction(self.sessions) as s:
+            if service.finish_if_done(s, self.notice_id, now):
+                return None, True, 0
+            return service.next_retry_at(s, self.notice_id), False, service.claimable_count(s, self.notice_id, now)
+
+    def _counts(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return service.counts(s, self.notice_id)
+
+    # -- progress --
+
+    def _rebase(self, counts: dict[str, int]) -> None:
+        self.base = (counts.get(DELIVERY_SENT, 0), counts.get(FAILED, 0))
+        self.round = []
+
+    def progress(self, rate: float | None = None) -> Progress:
+        sent = self.base[0] + sum(s for s, _ in self.round)
+        failed = self.base[1] + sum(f for _, f in self.round)
+        if self.counters is not None:
+            sent += sum(self.counters[0::2])
+            failed += sum(self.counters[1::2])
+        done = sent + failed
+        if rate is None:
+            now = time.monotonic()
+            self.samples.append((now, done))
+            while len(self.samples) > 2 and self.samples[0][0] < now - RATE_WINDOW:
+                self.samples.popleft()
+            span = now - self.samples[0][0]
+            rate = (done - self.samples[0][1]) / span if span > 0 else 0.0
+        return Progress(self.notice_id, self.number, self.total, sent, failed, max(0, self.total - done),
+                        round(rate, 1))
+
+    def report(self, progress: Progress | None = None) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(progress or self.progress())
+        except Exception:  # noqa: BLE001 - a broken progress bar must not stop the fan-out
+            log.exception("CSMS #%s: progress callback failed", self.number)
+
+    async def reporter(self) -> None:
+        """Report the spawned senders' progress too, when this process's own sender is quiet."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.report()
+
+    # -- senders --
+
+    def _spawn(self, index: int, share: int, stopping: Any) -> Any:
+        level = logging.getLevelName(logging.getLogger().level)
+        process = _MP.Process(target=_sender_main, name=f"acedesk-fanout-{self.notice_id}-{index}",
+                              args=(self.config, self.notice_id, share, f"{self.notice_id}-{index}-{secrets.token_hex(3)}",
+                                    stopping, os.getpid(), self.counters, index - 1, level), daemon=True)
+        process.start()
+        return process
+
+    async def _watch(self, process: Any) -> None:
+        """Wait for a spawned sender; if it died, take its deliveries back at once."""
+        await asyncio.to_thread(process.join)
+        if process.exitcode != 0:
+            log.warning("CSMS #%s: sender process %s ended with %s; taking its deliveries back", self.number,
+                        process.pid, process.exitcode)
+            await asyncio.to_thread(take_over, self.config, self.sessions, self.notice_id)
+
+    async def send_round(self, claimable: int) -> None:
+        """Run the senders until none of them finds anything more to claim."""
+        count = min(sender_processes(self.config), max(1, math.ceil(claimable / max(1, self.cfg.chunk_size))))
+        stopping = _MP.Event()
+        self.counters = _MP.Array("q", 2 * (count - 1), lock=False) if count > 1 else None
+        self.round = [(0, 0)]
+
+        def on_commit(sent: int, failed: int) -> None:
+            self.round[0] = (sent, failed)
+            self.report()
+
+        own = _Sender(self.config, self.sessions, self.notice_id, share=count, halted=self.stop.is_set,
+                      name=f"{self.notice_id}-0-{secrets.token_hex(3)}", on_commit=on_commit)
+        processes = [self._spawn(i, count, stopping) for i in range(1, count)]
+        watchers = [asyncio.create_task(self._watch(p)) for p in processes]
+
+        async def pass_stop() -> None:
+            await self.stop.wait()
+            stopping.set()
+
+        passer = asyncio.create_task(pass_stop())
+        try:
+            await own.run()
+            await asyncio.gather(*watchers)
+        finally:
+            stopping.set()
+            passer.cancel()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(passer, *watchers, return_exceptions=True)
+            for process in processes:
+                if process.is_alive():
+                    await asyncio.to_thread(process.join, 30)
+                if process.is_alive():
+                    process.kill()
+                    await asyncio.to_thread(process.join)
+            if any(p.exitcode != 0 for p in processes):
+                await asyncio.to_thread(take_over, self.config, self.sessions, self.notice_id)
+            self._rebase(await asyncio.to_thread(self._counts))
+            self.counters = None
+
+    async def wait(self, due: dt.datetime | None) -> None:
+        """Sleep until ``due`` (a retry), at most a poll interval (another instance's claims), or a stop."""
+        # Polled, not slept through: another instance's claims may come free (or die) meanwhile.
+        poll = min(1.0, max(self.cfg.mark_interval, self.cfg.lease_seconds / 3))
+        delay = min(poll, max(0.0, (due - utcnow()).total_seconds())) if due else poll
+        try:
+            async with asyncio.timeout(delay):
+                await self.stop.wait()
+        except TimeoutError:
+            pass
+
+    async def run(self) -> Progress:
+        status, counts = await asyncio.to_thread(self._start)
+        self._rebase(counts)
+        if status == DONE:
+            final = self.progress(rate=0.0)
+            final.pending = counts.get(PENDING, 0)
+            return final
+        await asyncio.to_thread(take_over, self.config, self.sessions, self.notice_id)
+        first = self.base[0] + self.base[1]
+        started = time.monotonic()
+        reporter = asyncio.create_task(self.reporter()) if self.on_progress is not None else None
+        try:
+            while not self.stop.is_set():
+                due, self.done, claimable = await asyncio.to_thread(self._state)
+                if self.done:
+                    break
+                if claimable:
+                    await self.send_round(claimable)
+                else:
+                    # Retries not due yet, or deliveries another instance is sending.
+                    await self.wait(due if due is not None and due > utcnow() else None)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+        counts = await asyncio.to_thread(self._counts)
+        self._rebase(counts)
         elapsed = time.monotonic() - started
-        final = self.progress(rate=(self.sent + self.failed - start.counts.get("sent", 0)
-                                    - start.counts.get("failed", 0)) / elapsed if elapsed > 0 else 0.0)
+        final = self.progress(rate=(self.base[0] + self.base[1] - first) / elapsed if elapsed > 0 else 0.0)
         final.pending = counts.get(PENDING, 0)
         log.info("CSMS #%s %s: %d sent, %d failed, %d pending", self.number,
                  "done" if self.done else "paused", final.sent, final.failed, final.pending)
@@ -424,9 +592,10 @@ async def publish(ctx: AppContext, notice_id: int, *, progress: Callable[[Progre
     """Fan notice ``notice_id`` (already ``publishing``) out to its subscribers; return the final counts.
 
     Returns when every delivery is sent or failed permanently (the notice is
-    then ``done``), or, with deliveries still pending, when ``stop`` is set,
-    the lease is lost, or another instance holds it already; a later call
-    resumes.  ``progress`` is called after each commit of results.
+    then ``done``), or, with deliveries still pending, when ``stop`` is set; a
+    later call resumes.  Several calls at once (other instances, the CLI
+    beside the daemon) share the notice: each delivery is claimed by one
+    sender.  ``progress`` is called after each commit of results here and
+    twice a second while spawned senders work.
     """
-    return await _Fanout(ctx, notice_id, progress, stop or asyncio.Event()).run()
-
+    return await _Publish(ctx, notice_id, progress, stop or asyncio.Event()).run()

@@ -10,9 +10,9 @@ when something calls ``ctx.wake("csms")``:
    time -- which is also what happens to a notice that fell due while the
    daemon was down: it goes out on start, once, flagged late;
 2. every notice in state ``publishing`` without a task here gets one running
-   :func:`daemon.notices.fanout.publish` (which holds the notice's lease, so two
-   instances or the CLI never fan out the same notice at once; a crash
-   leaves the notice ``publishing`` and the next sweep resumes it);
+   :func:`daemon.notices.fanout.publish` (its senders claim deliveries in
+   chunks, so instances and the CLI share a notice and nobody gets it twice;
+   a crash leaves the notice ``publishing`` and the next sweep resumes it);
 3. when a publish finishes, the static archive is rewritten.
 
 On stop the publish tasks see the same stop event, record what they sent,
