@@ -253,7 +253,8 @@ class SmtpConnection:
             raise
 
     async def _open(self) -> None:
-        ctx = self.ssl_context or tls_context()
+        # A TLS context costs ~20 ms to build: only made when this connection will use TLS.
+        ctx = self.ssl_context or (tls_context() if self.tls != "none" else None)
         self.reader, self.writer = await asyncio.open_connection(
             self.host, self.port, ssl=ctx if self.tls == "implicit" else None)
         code, msg = await self._reply()
@@ -267,7 +268,7 @@ class SmtpConnection:
             code, msg = await self._command("STARTTLS")
             if code != 220:
                 raise SmtpError(code, msg)
-            await self.writer.start_tls(ctx, server_hostname=self.host)
+            await self.writer.start_tls(ctx or tls_context(), server_hostname=self.host)
             await self._ehlo()
         if self.username:
             secret = base64.b64encode(f"\0{self.username}\0{self.password}".encode()).decode()
