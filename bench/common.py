@@ -70,6 +70,31 @@ def postgres_schema(base: str) -> tuple[str, str]:
     return url.render_as_string(hide_password=False), schema
 
 
+def bench_database(root: Path, postgres: str) -> tuple[str, str]:
+    """Return (the bench's database URL, its PostgreSQL schema or ""): a fresh schema on
+    ``postgres`` when given (drop it with :func:`drop_schema`), else a fresh SQLite file in ``root``."""
+    if postgres:
+        return postgres_schema(postgres)
+    return f"sqlite:///{root / 'acedesk.db'}", ""
+
+
+def signing_secret(root: Path) -> Path:
+    """Write a random signing secret under ``root`` and return its path: production configures
+    one, and PostgreSQL requires it (every instance must sign CSMS links alike)."""
+    secret = root / "signing.secret"
+    secret.write_text(os.urandom(32).hex())
+    return secret
+
+
+def clean_up(sink: subprocess.Popen[bytes], root: Path, postgres: str, schema: str) -> None:
+    """Stop smtp-sink, remove the bench's directory and drop its PostgreSQL schema, if any."""
+    sink.terminate()
+    sink.wait(10)
+    shutil.rmtree(root, ignore_errors=True)
+    if schema:
+        drop_schema(postgres, schema)
+
+
 def drop_schema(base: str, schema: str) -> None:
     """Drop a schema made by :func:`postgres_schema`."""
     admin = create_engine(base)

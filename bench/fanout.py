@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, select  # noqa: E402
 
-from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from bench.common import bench_database, clean_up, progress, signing_secret, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from csms import service  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.context import make_context  # noqa: E402
@@ -148,16 +147,13 @@ def main() -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="acedesk-fanout-"))
     schema = ""
-    db_url = f"sqlite:///{root / 'acedesk.db'}"
-    if args.database_url:
-        db_url, schema = postgres_schema(args.database_url)
+    db_url, schema = bench_database(root, args.database_url)
     sink_port = free_port()
     sink_out = root / "sink.out"
     # Its message counter confirms what the sink took.
     sink = start_smtp_sink(sink_bin, sink_port, counter=sink_out)
     ctx = None
-    secret_file = root / "csms.secret"
-    secret_file.write_text(os.urandom(16).hex() + "\n")
+    secret_file = signing_secret(root)
     key_file = root / "dkim.pem"
     if args.dkim:
         subprocess.run(["openssl", "genrsa", "-out", str(key_file), "2048"], check=True, capture_output=True)
@@ -236,13 +232,9 @@ def main() -> int:
         print(json.dumps(figures))
         return 0 if result.pending == 0 and result.sent == total else 1
     finally:
-        sink.terminate()
-        sink.wait(10)
         if ctx is not None:
             ctx.dispose()
-        if schema:
-            drop_schema(args.database_url, schema)
-        shutil.rmtree(root, ignore_errors=True)
+        clean_up(sink, root, args.database_url, schema)
 
 
 def _message_size(ctx, notice_id: int) -> int:

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import select  # noqa: E402
 
-from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from bench.common import bench_database, clean_up, progress, signing_secret, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from bench.pipeline import desk_context, message  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.delivery.outbox import OutboxSender  # noqa: E402
@@ -93,12 +92,8 @@ def main() -> int:
         server.client(user).logout()  # the maildir exists before the watcher selects it
         pw = root / "imap.pw"
         pw.write_text(server.password)
-        # PostgreSQL requires a configured signing secret (every instance must sign links alike).
-        secret = root / "signing.secret"
-        secret.write_text("bench-secret-0123456789abcdef\n")
-        db_url = f"sqlite:///{root / 'acedesk.db'}"
-        if args.database:
-            db_url, schema = postgres_schema(args.database)
+        secret = signing_secret(root)
+        db_url, schema = bench_database(root, args.database)
         config = config_from_dict({
             "database": {"url": db_url}, "daemon": {"state_dir": str(root / "var")},
             "ingress": {"enabled": False, "port": free_port()},
@@ -159,12 +154,8 @@ def main() -> int:
         print(json.dumps(figures))
         return 0 if values else 1
     finally:
-        sink.terminate()
-        sink.wait(10)
         server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        if schema:
-            drop_schema(args.database, schema)
+        clean_up(sink, root, args.database, schema)
 
 
 def expected_replies(count: int) -> int:

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from models.migrate import upgrade  # noqa: E402
 from models.outbox import SENT, OutboxMessage  # noqa: E402
 from models.session import transaction  # noqa: E402
 from responders.users import parse_users_csv, upsert_users  # noqa: E402
-from bench.common import drop_schema, fill, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from bench.common import bench_database, clean_up, fill, progress, signing_secret, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from tests.servers import Dovecot, Together, find_dovecot, free_port  # noqa: E402
 
 TRUSTED = "mx.ace-support.example"
@@ -192,15 +191,8 @@ def main() -> int:
         progress(f"  appended at {rate:.0f} msgs/s (not timed)")
         pw = root / "imap.pw"
         pw.write_text(server.password)
-        # PostgreSQL requires a configured signing secret (every instance must sign links alike).
-        secret = root / "signing.secret"
-        secret.write_text("bench-secret-0123456789abcdef\n")
-        db_url = args.database or f"sqlite:///{root / 'acedesk.db'}"
-        if db_url.startswith("postgresql"):
-            db_url, schema = postgres_schema(args.database)  # a fresh schema, dropped at the end
-        # A configured signing secret, as production has (PostgreSQL requires one for CSMS links).
-        secret = root / "signing.secret"
-        secret.write_text(os.urandom(32).hex())
+        secret = signing_secret(root)
+        db_url, schema = bench_database(root, args.database)
         config = config_from_dict({
             "database": {"url": db_url},
             "daemon": {"state_dir": str(root / "var")},
@@ -281,12 +273,8 @@ def main() -> int:
         print(json.dumps(figures))
         return 0 if seconds else 1
     finally:
-        sink.terminate()
-        sink.wait(10)
         server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        if schema:
-            drop_schema(args.database, schema)
+        clean_up(sink, root, args.database, schema)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import drop_schema, postgres_schema, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
+from bench.common import bench_database, clean_up, progress, smtp_sink_binary, start_smtp_sink  # noqa: E402
 from bench.pipeline import desk_context, message  # noqa: E402
 from daemon.config import config_from_dict  # noqa: E402
 from daemon.delivery.outbox import drain_outbox  # noqa: E402
@@ -93,9 +92,7 @@ def main() -> int:
     sink = start_smtp_sink(sink_bin, sink_port)
     schema = ""
     try:
-        db_url = f"sqlite:///{root / 'acedesk.db'}"
-        if args.database:
-            db_url, schema = postgres_schema(args.database)
+        db_url, schema = bench_database(root, args.database)
         config = config_from_dict({
             "database": {"url": db_url}, "daemon": {"state_dir": str(root / "var")},
             "ingress": {"enabled": False, "port": free_port()},
@@ -140,11 +137,7 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
     finally:
-        sink.terminate()
-        sink.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
-        if schema:
-            drop_schema(args.database, schema)
+        clean_up(sink, root, args.database, schema)
 
 
 if __name__ == "__main__":
