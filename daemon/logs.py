@@ -54,5 +54,5 @@ def setup_logging(cfg: LoggingConfig, level_override: str | None = None) -> None
     root.handlers[:] = [handler]
     root.setLevel(level_override or cfg.level)
     # Libraries are chatty at INFO; their warnings still show.
-    for name in ("mail-parser", "mailparser", "aiosmtpd", "mail.log", "imapclient", "alembic", "sqlalchemy"):
+    for name in ("aiosmtpd", "mail.log", "imapclient", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
