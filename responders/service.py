@@ -50,7 +50,7 @@ from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned
 from responders.incidents import IncidentConfig
 from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
 from responders.redact import redact
-from responders.render import Renderer, Reply, build_reply
+from responders.render import Draft, Renderer, Reply, build_reply, complete, draft_reply, stand_in
 from responders.screen import Screen, ScreenContext, screen
 from responders.settings import ResponderConfig
 from responders.tickets import priority, quoted_number, reply_subject, ticket_number
@@ -324,20 +324,65 @@ def foreign_ticket(session: Session, responder: Responder, msg: ParsedMessage) -
 
 
 @dataclass
-class Writes:
-    """Rows that need no id back, inserted in one executemany per table at the end of a batch."""
+class NewTicket:
+    """A ticket the batch opens: a row inserted with its id and number in one executemany (no ORM)."""
 
+    values: dict[str, Any]
+
+    @property
+    def id(self) -> int | None:
+        return self.values.get("id")
+
+    @property
+    def number(self) -> str | None:
+        return self.values.get("number")
+
+    @property
+    def status(self) -> str:
+        return str(self.values["status"])
+
+    @status.setter
+    def status(self, value: str) -> None:
+        self.values["status"] = value
+
+
+@dataclass
+class Writes:
+    """Rows written in one executemany per table at the end of a batch (ids reserved beforehand)."""
+
+    tickets: list[NewTicket] = field(default_factory=list)
+    #: Each reply's outbox row and its history row (which names the outbox row).
+    replies: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     triage: list[dict[str, Any]] = field(default_factory=list)
     autoreplies: list[dict[str, Any]] = field(default_factory=list)
 
     def insert(self, session: Session) -> None:
-        for model, rows in ((ResponseRecord, self.records), (TicketMessage, self.history),
-                            (TriageItem, self.triage), (AutoReplyLog, self.autoreplies)):
+        tickets, outbox = [t.values for t in self.tickets], [out for out, _ in self.replies]
+        for model, rows in ((Ticket, tickets), (OutboxMessage, outbox), (ResponseRecord, self.records),
+                            (TicketMessage, self.history), (TriageItem, self.triage),
+                            (AutoReplyLog, self.autoreplies)):
             if rows:
-                # Core executemany: no RETURNING, no per-row round trips.
+                # Core executemany: no RETURNING, no per-row round trips (tickets first: the others refer to them).
                 session.connection().execute(model.__table__.insert(), rows)
+
+
+def reserved_ids(session: Session, model: Any, n: int) -> list[int]:
+    """Return the ids the next ``n`` rows of ``model``'s table would get, taken for this transaction.
+
+    SQLite (inside the write lock) gives a new row the largest id plus one;
+    PostgreSQL takes them from the column's sequence.  Either way the numbers
+    are those an INSERT would have given, known before the INSERT.
+    """
+    if n <= 0:
+        return []
+    table = model.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        sequence = func.pg_get_serial_sequence(table.name, "id")
+        return sorted(session.scalars(select(func.nextval(sequence)).select_from(func.generate_series(1, n))))
+    first = int(session.scalar(select(func.max(table.c.id))) or 0) + 1
+    return list(range(first, first + n))
 
 
 @dataclass
@@ -385,6 +430,8 @@ class BatchFacts:
     #: Automatic answers per address in the cap's window, as read (before this batch's own).
     counts: dict[str, int]
     library: Library
+    #: The newest automatic answer's id in the snapshot: later ones are what :func:`replanned` reads.
+    autoreplies_seen: int = 0
 
 
 @dataclass(frozen=True)
@@ -397,6 +444,8 @@ class Planned:
     #: The ticket it follows up on (by id: the plan may be made in another session).
     thread_id: int | None = None
     error: tuple[str, str] | None = None
+    #: Its reply, rendered before the write (None: none, or built in the write as before).
+    draft: Draft | None = None
 
 
 def plan_rows(session: Session, responder: Responder, rows: Sequence[InboundMessage],
@@ -420,7 +469,8 @@ def plan_rows(session: Session, responder: Responder, rows: Sequence[InboundMess
     facts = BatchFacts(now=now, directory=directory, held=held, repeats=duplicates(session, rows, parsed),
                        counts=recent_counts(session, answered_addresses(parsed, directory),
                                             responder.cfg.autoreply_window, now),
-                       library=load_library(session))
+                       library=load_library(session),
+                       autoreplies_seen=int(session.scalar(select(func.max(AutoReplyLog.id))) or 0))
     return plan_batch(session, responder, rows, parsed, facts, dict(facts.counts), raw_of, message_seconds, guard)
 
 
@@ -437,6 +487,7 @@ def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMes
     probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
                               responder.cfg.autoreply_max)
     planned: dict[int, Planned] = {}
+    outage: list[bool] = []  # whether an incident is open (read once, for the first outage report)
     for row, msg in zip(rows, parsed):
         started = time.monotonic()
         try:
@@ -459,8 +510,41 @@ def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMes
             continue
         if p.decision.template and p.decision.to:
             counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
-        planned[row.id] = Planned(facts, msg, p, thread.id if thread is not None else None)
+        draft = None
+        if p.decision.template and p.decision.to:
+            # A report an open incident takes is answered with the outage answer (written in the write).
+            if incidents.wants(responder.incidents, p, thread) and not outage:
+                outage.append(incidents.open_incident_for(session, responder.incidents.label) is not None)
+            if not (outage and outage[0] and incidents.wants(responder.incidents, p, thread)):
+                draft = drafted(responder, msg, p, thread.number if thread is not None else None, facts)
+        planned[row.id] = Planned(facts, msg, p, thread.id if thread is not None else None, draft=draft)
     return planned
+
+
+def drafted(responder: Responder, msg: ParsedMessage, p: Plan, number: str | None, facts: BatchFacts) -> Draft | None:
+    """Return the reply of ``p`` rendered before the write, with the ticket's ``number`` or (a new
+    ticket) a stand-in for it; None where it cannot be (the write then builds it as it always did)."""
+    d = p.decision
+    assert d.template and d.to
+    stem = number or f"{responder.cfg.ticket_prefix}-{facts.now.year:04d}-"
+    shown = number or stand_in(stem)
+    try:
+        extra = duty_context(responder, facts.library, d.template, p.label, p.language, facts.now)
+        return draft_reply(
+            responder.renderer, template=d.template, language=p.language, to=d.to,
+            from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
+            subject=redact(reply_subject(msg.subject, shown, responder.cfg.ticket_prefix, p.language)),
+            number=shown, stem=stem, secret=responder.secret, in_reply_to=msg.message_id,
+            references=msg.references, context=reply_data(responder, msg, p, extra))
+    except Exception:  # noqa: BLE001 - whatever it is, the write meets it again and records it as before
+        return None
+
+
+def reply_data(responder: Responder, msg: ParsedMessage, p: Plan, extra: dict[str, Any]) -> dict[str, Any]:
+    """Return the template data of :func:`render` (without the ticket number)."""
+    return {**reply_context(responder, msg, p.verification), **extra,
+            # The reply that discloses nothing does not even greet the account's holder by name.
+            **({"name": ""} if p.decision.template == SECURITY_NEUTRAL else {})}
 
 
 def replanned(session: Session, responder: Responder, rows: Sequence[InboundMessage],
@@ -471,14 +555,21 @@ def replanned(session: Session, responder: Responder, rows: Sequence[InboundMess
     Plans made on a snapshot may be stale in one way that matters: another
     worker answered one of the batch's addresses after the snapshot was
     read, and the cap (``autoreply_max`` per window) must count that answer.
-    One query; the batch is planned again only then (rare: workers take
-    different senders' rows most of the time).
+    One query, of the answers logged since the snapshot (SQLite's writers
+    take turns and number rows in order, and the log is never pruned, so
+    those are all it did not see); the batch is planned again only when one
+    of them counts (rare: workers take different senders' rows most of the time).
     """
     facts = next((p.facts for p in planned.values()), None)
     if facts is None:
         return planned
-    addresses = answered_addresses((p.msg for p in planned.values()), facts.directory)
-    fresh = recent_counts(session, addresses, responder.cfg.autoreply_window, facts.now)
+    wanted = {a.lower() for a in answered_addresses((p.msg for p in planned.values()), facts.directory) if a}
+    fresh = {r: n for r, n in facts.counts.items() if r in wanted}
+    since = facts.now - dt.timedelta(seconds=responder.cfg.autoreply_window)
+    for recipient, at in session.execute(select(AutoReplyLog.recipient, AutoReplyLog.at)
+                                         .where(AutoReplyLog.id > facts.autoreplies_seen)):
+        if recipient in wanted and at > since:
+            fresh[recipient] = fresh.get(recipient, 0) + 1
     if fresh == facts.counts:
         return planned
     log.info("respond: an address of the batch was answered meanwhile; planning the batch again")
@@ -509,7 +600,7 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
     now = facts.now if facts is not None else responder.clock()
     library = facts.library if facts is not None else Library()
     writes = Writes()
-    pending: list[tuple[InboundMessage, ParsedMessage, Plan, Ticket | None, dict[str, Any]]] = []
+    pending: list[tuple[InboundMessage, Planned, Plan, Ticket | NewTicket | None, dict[str, Any]]] = []
     outage: list[tuple[InboundMessage, ParsedMessage, Plan]] = []
     with session.no_autoflush:
         for row in rows:
@@ -530,25 +621,24 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
                 outage.append((row, msg, p))
                 continue
             ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes)
-            pending.append((row, msg, p, ticket, record))
+            pending.append((row, one, p, ticket, record))
         # Outage reports: attached to the open incident (or one this burst opens), else tickets as usual.
         for row, msg, p in incidents.act_on_reports(session, responder, outage, now, writes, library, stats):
             ticket, record = open_ticket(session, responder, row, msg, p, None, now, stats, writes)
-            pending.append((row, msg, p, ticket, record))
-    session.flush()  # one INSERT ... RETURNING for the batch's new tickets
-    links: list[tuple[dict[str, Any], OutboxMessage]] = []
-    with session.no_autoflush:
-        for row, msg, p, ticket, record in pending:
-            if ticket is None:
-                continue
-            out = finish(session, responder, row, msg, p, ticket, record, now, stats, writes, library)
-            if out is not None:
-                links.append(out)
-    session.flush()
-    for history, out in links:
-        history["outbox_id"] = out.id
+            pending.append((row, planned[row.id], p, ticket, record))
+    # The new tickets' ids (so their numbers) and the replies' outbox ids, known before anything is inserted.
+    for ticket_id, new in zip(reserved_ids(session, Ticket, len(writes.tickets)), writes.tickets):
+        new.values["id"] = ticket_id
+        new.values["number"] = ticket_number(responder.cfg.ticket_prefix, now.year, ticket_id)
+    for row, one, p, ticket, record in pending:
+        if ticket is not None:
+            finish(session, responder, row, one.msg, p, ticket, record, now, stats, writes, library,
+                   one.draft if one.plan is p else None)
+    for outbox_id, (out, history) in zip(reserved_ids(session, OutboxMessage, len(writes.replies)),
+                                         writes.replies):
+        out["id"] = history["outbox_id"] = outbox_id
     writes.insert(session)
-    for row, _msg, p, ticket, record in pending:
+    for row, one, p, ticket, record in pending:
         if ticket is not None:  # drops were logged with their reasons
             log.info("message %s (Message-ID %s): %s %.2f, sender %s -> %s, ticket %s%s", row.id, row.message_id,
                      p.label, p.confidence, p.verification.status, p.decision.kind, ticket.number,
@@ -576,8 +666,9 @@ def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, dire
 
 def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
                 thread: Ticket | None, now: dt.datetime, stats: BatchStats,
-                writes: Writes) -> tuple[Ticket | None, dict[str, Any]]:
-    """Record the decision and open (or reopen) the ticket; nothing is flushed here."""
+                writes: Writes) -> tuple[Ticket | NewTicket | None, dict[str, Any]]:
+    """Record the decision and open (or reopen) the ticket; nothing is written here (a new ticket
+    is a row of ``writes``, given its id and number before the batch's inserts)."""
     d = p.decision
     record: dict[str, Any] = dict(
         inbound_message_id=row.id, screen=p.screen.reason, screen_reasons=list(p.screen.reasons),
@@ -598,23 +689,30 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
             thread.priority = "high"
         stats.followups += 1
         return thread, record
-    ticket = Ticket(status=TICKET_OPEN, priority=p.priority, label=p.label, language=p.language,
-                    requester=msg.sender.lower(), user_id=p.verification.user_id,
-                    verification=p.verification.status, subject=redacted_record(msg.subject or "", 998),
-                    security=d.security, created_at=now,
-                    due_at=responder.hours.due(row.received_at or now, responder.cfg.target_hours),
-                    updated_at=now)
-    session.add(ticket)
+    # Written once, numbered and with its final status: as the ORM's insert then update left it
+    # (that update set ``updated_at`` to the time of the write).
+    ticket = NewTicket(dict(
+        id=None, number=None, status=TICKET_OPEN, priority=p.priority, label=p.label, language=p.language,
+        requester=msg.sender.lower(), user_id=p.verification.user_id, verification=p.verification.status,
+        subject=redacted_record(msg.subject or "", 998), security=d.security, created_at=now,
+        due_at=responder.hours.due(row.received_at or now, responder.cfg.target_hours), first_response_at=None,
+        resolved_at=None, last_error=None, updated_at=utcnow(), escalated_at=None, escalated_to=None))
+    writes.tickets.append(ticket)
     stats.tickets += 1
     return ticket, record
 
 
 def finish(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
-           ticket: Ticket, record: dict[str, Any], now: dt.datetime, stats: BatchStats,
-           writes: Writes, library: Library | None = None) -> tuple[dict[str, Any], OutboxMessage] | None:
-    """Number the ticket, keep the message on it, queue the triage item and the reply."""
+           ticket: Ticket | NewTicket, record: dict[str, Any], now: dt.datetime, stats: BatchStats,
+           writes: Writes, library: Library | None = None, draft: Draft | None = None) -> None:
+    """Keep the message on the (numbered) ticket, queue the triage item and the reply.
+
+    The reply is ``draft`` completed with the ticket's number when it can be
+    (the same bytes, see :func:`responders.render.complete`), else built here.
+    """
     d = p.decision
     if ticket.number is None:
+        assert isinstance(ticket, Ticket)  # a new ticket is numbered with its reserved id
         ticket.number = ticket_number(responder.cfg.ticket_prefix, now.year, ticket.id)
     record["ticket_id"] = ticket.id
     excerpt = redacted_record(msg.new_text or msg.text or "", 4000)
@@ -629,10 +727,12 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
                                               "reasons": list(d.reasons)}))
         stats.triage += 1
     if not d.template or not d.to:
-        return None
+        return
+    number = ticket.number or ""
     try:
-        reply = render(responder, msg, p, ticket.number or "",
-                       duty_context(responder, library or Library(), d.template, p.label, p.language, now))
+        reply = completed(responder, msg, p, number, draft) or render(
+            responder, msg, p, number, duty_context(responder, library or Library(), d.template, p.label,
+                                                    p.language, now))
     except Exception as exc:  # noqa: BLE001 - RenderError, or anything a hostile message provokes: no reply
         record["reasons"] = list(record["reasons"] or []) + [f"no reply: {exc}"]
         record["recipient"] = None
@@ -641,19 +741,30 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
             writes.triage.append(dict(ticket_id=ticket.id, inbound_message_id=row.id, reason="reply_failed",
                                       security=d.security, status="open", label=p.label, confidence=p.confidence,
                                       created_at=now, suggestion=None))
-        return None
-    out = OutboxMessage(inbound_message_id=row.id, ticket_id=ticket.id, mail_from=reply.mail_from,
-                        rcpt_to=[reply.to], message_id=reply.message_id, template=reply.template, raw=reply.raw,
-                        status=PENDING, attempts=0, next_attempt_at=now, created_at=now)
-    session.add(out)
+        return
+    out = dict(inbound_message_id=row.id, ticket_id=ticket.id, mail_from=reply.mail_from, rcpt_to=[reply.to],
+               message_id=reply.message_id, template=reply.template, raw=reply.raw, status=PENDING, attempts=0,
+               next_attempt_at=now, lease_until=None, last_error=None, created_at=now, sent_at=None)
     history = dict(ticket_id=ticket.id, direction="out", inbound_message_id=None, outbox_id=None,
                    message_id=reply.message_id, author=reply.mail_from, text=reply.text[:4000], created_at=now)
+    writes.replies.append((out, history))
     writes.history.append(history)
     if d.kind == REPLY:
         ticket.status = TICKET_ANSWERED
         stats.replies += 1
     writes.autoreplies.append(dict(recipient=reply.to, at=now))
-    return history, out
+
+
+def completed(responder: Responder, msg: ParsedMessage, p: Plan, number: str, draft: Draft | None) -> Reply | None:
+    """Return ``draft`` completed with ticket ``number`` (what :func:`render` would build), or None."""
+    if draft is None:
+        return None
+    try:
+        return complete(draft, number, redact(reply_subject(msg.subject, number, responder.cfg.ticket_prefix,
+                                                            p.language)), responder.secret)
+    except Exception:  # noqa: BLE001 - not expected; then it is built as it always was
+        log.debug("message: draft not completed", exc_info=True)
+        return None
 
 
 def enqueue(session: Session, reply: Reply, ticket: Ticket, inbound_id: int | None,
