@@ -43,7 +43,7 @@ from models.responders import TICKET_CLOSED, ResponseRecord, Ticket
 from responders.articles import Library, links_context, load_library
 from responders.hours import DeskHours
 from responders.policy import DROP_ACTION, REPLY
-from responders.render import build_reply
+from responders.render import Draft, Reply, build_reply
 
 if TYPE_CHECKING:  # service imports this module
     from responders.service import BatchStats, Plan, Responder, Writes
@@ -135,12 +135,14 @@ def outage_plan(p: Plan) -> Plan:
 
 
 def act_on_reports(session: Session, responder: Responder, reports: list[tuple[InboundMessage, Any, Plan]],
-                   now: dt.datetime, writes: Writes, library: Library,
-                   stats: BatchStats) -> list[tuple[InboundMessage, Any, Plan]]:
+                   now: dt.datetime, writes: Writes, library: Library, stats: BatchStats,
+                   drafts: dict[int, Draft] | None = None) -> list[tuple[InboundMessage, Any, Plan]]:
     """Attach outage reports to the open incident, opening one on a burst; return those left for tickets.
 
     Each attached report gets its decision record and, where its plan had an
-    answer, the outage answer in the outbox (same transaction as the batch).
+    answer, the outage answer in the outbox (same transaction as the batch);
+    all are rows of ``writes``, inserted with the batch's (``drafts``: the
+    answers rendered before the write, by row id).
     """
     if not reports:
         return []
@@ -155,21 +157,19 @@ def act_on_reports(session: Session, responder: Responder, reports: list[tuple[I
         log.warning("incident %s opened: %d %s reports in %g minutes (usual %.1f); on-call alerted, "
                     "CSMS draft %s", incident.number, burst.reports, cfg.label, cfg.window_minutes,
                     burst.usual, incident.csms_notice_id)
-    queued = [attach(session, responder, incident, row, msg, outage_plan(p), now, writes, library, stats)
-              for row, msg, p in reports]
-    session.flush()  # one round trip for the batch's reports and answers
-    for pair in queued:
-        if pair is not None:
-            pair[0].outbox_id = pair[1].id
+    for row, msg, p in reports:
+        attach(session, responder, incident, row, msg, outage_plan(p), now, writes, library, stats,
+               (drafts or {}).get(row.id))
     return []
 
 
 def attach(session: Session, responder: Responder, incident: Incident, row: InboundMessage, msg: Any, p: Plan,
-           now: dt.datetime, writes: Writes, library: Library,
-           stats: BatchStats) -> tuple[IncidentReport, OutboxMessage] | None:
-    """Attach one report to ``incident``: its record, its report row, and the outage answer if any."""
+           now: dt.datetime, writes: Writes, library: Library, stats: BatchStats,
+           draft: Draft | None = None) -> None:
+    """Attach one report to ``incident``: its record, its report row, and the outage answer if any
+    (``draft`` completed with the incident's number when it was rendered for it, else built here)."""
     from responders.render import RenderError
-    from responders.service import duty_context, render
+    from responders.service import completed, duty_context, render
 
     d = p.decision
     record: dict[str, Any] = dict(
@@ -179,25 +179,26 @@ def attach(session: Session, responder: Responder, incident: Incident, row: Inbo
         recipient=d.to, reasons=list(d.reasons) + [f"incident {incident.number}: attached, no ticket"],
         ticket_id=None, created_at=now)
     writes.records.append(record)
-    report = IncidentReport(incident_id=incident.id, inbound_message_id=row.id, requester=msg.sender.lower(),
-                            language=p.language, created_at=now)
-    session.add(report)
+    report = dict(incident_id=incident.id, ticket_id=None, inbound_message_id=row.id, outbox_id=None,
+                  requester=msg.sender.lower(), language=p.language, created_at=now)
+    writes.reports.append(report)
     if not d.template or not d.to:
-        return None
-    extra = {**duty_context(responder, library, d.template, p.label, p.language, now),
-             **outage_context(incident, library, responder.hours, responder.incidents.dashboard_article,
-                              p.language)}
-    try:
-        reply = render(responder, msg, p, incident.number or "", extra)
-    except RenderError as exc:
-        record["reasons"].append(f"no reply: {exc}")
-        record["recipient"] = None
-        log.warning("message %s: outage answer not built: %s", row.id, exc)
-        return None
-    out = _outbox(session, reply, now, inbound_id=row.id)
+        return
+    reply = completed(responder, msg, p, incident.number or "", draft)
+    if reply is None:
+        extra = {**duty_context(responder, library, d.template, p.label, p.language, now),
+                 **outage_context(incident, library, responder.hours, responder.incidents.dashboard_article,
+                                  p.language)}
+        try:
+            reply = render(responder, msg, p, incident.number or "", extra)
+        except RenderError as exc:
+            record["reasons"].append(f"no reply: {exc}")
+            record["recipient"] = None
+            log.warning("message %s: outage answer not built: %s", row.id, exc)
+            return
+    writes.replies.append((outbox_row(reply, now, inbound_id=row.id), report))
     writes.autoreplies.append(dict(recipient=reply.to, at=now))
     stats.replies += 1
-    return report, out
 
 
 def open_incident_for(session: Session, label: str) -> Incident | None:
@@ -284,6 +285,14 @@ def draft_notice(session: Session, responder: Responder, incident: Incident, bur
     create_notice(session, title=spanish.title, type=cfg.csms_type, body=spanish.body, topics=cfg.csms_topics,
                   language="es", author=author, event=event, translation_of=notice)
     return int(notice.id)
+
+
+def outbox_row(reply: Reply, now: dt.datetime, ticket_id: int | None = None,
+               inbound_id: int | None = None) -> dict[str, Any]:
+    """Return the outbox row of ``reply`` as values for the batch's executemany (``id`` set later)."""
+    return dict(inbound_message_id=inbound_id, ticket_id=ticket_id, mail_from=reply.mail_from, rcpt_to=[reply.to],
+                message_id=reply.message_id, template=reply.template, raw=reply.raw, status=PENDING, attempts=0,
+                next_attempt_at=now, lease_until=None, last_error=None, created_at=now, sent_at=None)
 
 
 def _outbox(session: Session, reply: Any, now: dt.datetime, ticket_id: int | None = None,

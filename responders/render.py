@@ -297,9 +297,18 @@ class Draft:
 
 
 def _lines(text: str, marker: str) -> tuple[bytes | str, ...]:
-    """Return the lines of a body, encoded, except those that print ``marker`` (left as text)."""
-    return tuple(line if marker and marker in line else _qp_line(line)
-                 for line in text.replace("\r\n", "\n").split("\n"))
+    """Return a body encoded as :func:`_body_part` encodes it (without its final line end), in
+    pieces: the runs of lines without ``marker`` encoded and joined, the lines with it as text."""
+    pieces: list[bytes | str] = []
+    run: list[bytes] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if marker and marker in line:
+            pieces.extend((b"\r\n".join(run) + (b"\r\n" if run else b""), line))
+            run = [b""]  # the line end after the marker's line starts the next run
+        else:
+            run.append(_qp_line(line))
+    pieces.append(b"\r\n".join(run))
+    return tuple(pieces)
 
 
 def _header_lines(headers: list[tuple[str, str]]) -> str:
@@ -354,9 +363,9 @@ def draft_reply(renderer: Renderer, *, template: str, language: str, to: str, fr
                  tail=tail.encode("ascii"), boundary=boundary, domain=from_address.rpartition("@")[2])
 
 
-def _part(lines: tuple[bytes | str, ...], marker: str, number: str) -> bytes:
-    data = b"\r\n".join(line if isinstance(line, bytes) else _qp_line(line.replace(marker, number))
-                        for line in lines)
+def _part(pieces: tuple[bytes | str, ...], marker: str, number: str) -> bytes:
+    data = b"".join([piece if isinstance(piece, bytes) else _qp_line(piece.replace(marker, number))
+                     for piece in pieces])
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from classifiers.language import detect_language
 from models.base import utcnow
 from models.core import DONE, FAILED, QUARANTINED, InboundMessage
+from models.duties import Incident, IncidentReport
 from models.outbox import PENDING, OutboxMessage
 from models.parsed import ParsedMessage
 from models.responders import (
@@ -351,17 +352,21 @@ class Writes:
     """Rows written in one executemany per table at the end of a batch (ids reserved beforehand)."""
 
     tickets: list[NewTicket] = field(default_factory=list)
-    #: Each reply's outbox row and its history row (which names the outbox row).
+    #: Each reply's outbox row and the row that names it (its ticket history, or its incident report).
     replies: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    #: Outage reports attached to an incident (``responders.incidents``).
+    reports: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     triage: list[dict[str, Any]] = field(default_factory=list)
     autoreplies: list[dict[str, Any]] = field(default_factory=list)
 
     def insert(self, session: Session) -> None:
+        # What the ORM holds first (the rows' states, an incident this batch opened and its first reports).
+        session.flush()
         tickets, outbox = [t.values for t in self.tickets], [out for out, _ in self.replies]
-        for model, rows in ((Ticket, tickets), (OutboxMessage, outbox), (ResponseRecord, self.records),
-                            (TicketMessage, self.history), (TriageItem, self.triage),
+        for model, rows in ((Ticket, tickets), (OutboxMessage, outbox), (IncidentReport, self.reports),
+                            (ResponseRecord, self.records), (TicketMessage, self.history), (TriageItem, self.triage),
                             (AutoReplyLog, self.autoreplies)):
             if rows:
                 # Core executemany: no RETURNING, no per-row round trips (tickets first: the others refer to them).
@@ -446,6 +451,11 @@ class Planned:
     error: tuple[str, str] | None = None
     #: Its reply, rendered before the write (None: none, or built in the write as before).
     draft: Draft | None = None
+    #: What its ticket keeps, worked out before the write too: the subject and the message's words
+    #: (redacted, capped) and, for a new ticket, when it is due.
+    subject: str = ""
+    excerpt: str = ""
+    due: dt.datetime | None = None
 
 
 def plan_rows(session: Session, responder: Responder, rows: Sequence[InboundMessage],
@@ -487,7 +497,7 @@ def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMes
     probe_ctx = ScreenContext(responder.desk.own_addresses, responder.desk.domain, responder.secret, 0,
                               responder.cfg.autoreply_max)
     planned: dict[int, Planned] = {}
-    outage: list[bool] = []  # whether an incident is open (read once, for the first outage report)
+    outage: list[Incident | None] = []  # the open incident (read once, for the first outage report)
     for row, msg in zip(rows, parsed):
         started = time.monotonic()
         try:
@@ -510,18 +520,45 @@ def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMes
             continue
         if p.decision.template and p.decision.to:
             counts[p.decision.to] = counts.get(p.decision.to, 0) + 1
-        draft = None
+        kept, new = p.decision.kind != DROP_ACTION, p.decision.kind != DROP_ACTION and thread is None
+        one = Planned(facts, msg, p, thread.id if thread is not None else None,
+                      subject=redacted_record(msg.subject or "", 998) if new else "",
+                      excerpt=redacted_record(msg.new_text or msg.text or "", 4000) if kept else "",
+                      due=responder.hours.due(row.received_at or facts.now, responder.cfg.target_hours)
+                      if new else None)
         if p.decision.template and p.decision.to:
-            # A report an open incident takes is answered with the outage answer (written in the write).
-            if incidents.wants(responder.incidents, p, thread) and not outage:
-                outage.append(incidents.open_incident_for(session, responder.incidents.label) is not None)
-            if not (outage and outage[0] and incidents.wants(responder.incidents, p, thread)):
-                draft = drafted(responder, msg, p, thread.number if thread is not None else None, facts)
-        planned[row.id] = Planned(facts, msg, p, thread.id if thread is not None else None, draft=draft)
+            number = thread.number if thread is not None else None
+            if incidents.wants(responder.incidents, p, thread):
+                if not outage:
+                    outage.append(incidents.open_incident_for(session, responder.incidents.label))
+                if outage[0] is not None:
+                    # The open incident takes the report: its answer is the outage answer.
+                    planned[row.id] = dataclasses.replace(one, draft=drafted_outage(responder, msg, p, outage[0], facts))
+                    continue
+            one = dataclasses.replace(one, draft=drafted(responder, msg, p, number, facts))
+        planned[row.id] = one
     return planned
 
 
-def drafted(responder: Responder, msg: ParsedMessage, p: Plan, number: str | None, facts: BatchFacts) -> Draft | None:
+def drafted_outage(responder: Responder, msg: ParsedMessage, p: Plan, incident: Incident,
+                   facts: BatchFacts) -> Draft | None:
+    """Return the outage answer to a report ``incident`` takes, rendered before the write (as
+    :func:`responders.incidents.attach` would render it), or None."""
+    p = incidents.outage_plan(p)
+    d = p.decision
+    if not d.template or not d.to or not incident.number:
+        return None
+    try:
+        extra = {**duty_context(responder, facts.library, d.template, p.label, p.language, facts.now),
+                 **incidents.outage_context(incident, facts.library, responder.hours,
+                                            responder.incidents.dashboard_article, p.language)}
+    except Exception:  # noqa: BLE001 - the write meets it again and records it as before
+        return None
+    return drafted(responder, msg, p, incident.number, facts, extra)
+
+
+def drafted(responder: Responder, msg: ParsedMessage, p: Plan, number: str | None, facts: BatchFacts,
+            extra: dict[str, Any] | None = None) -> Draft | None:
     """Return the reply of ``p`` rendered before the write, with the ticket's ``number`` or (a new
     ticket) a stand-in for it; None where it cannot be (the write then builds it as it always did)."""
     d = p.decision
@@ -529,7 +566,8 @@ def drafted(responder: Responder, msg: ParsedMessage, p: Plan, number: str | Non
     stem = number or f"{responder.cfg.ticket_prefix}-{facts.now.year:04d}-"
     shown = number or stand_in(stem)
     try:
-        extra = duty_context(responder, facts.library, d.template, p.label, p.language, facts.now)
+        if extra is None:
+            extra = duty_context(responder, facts.library, d.template, p.label, p.language, facts.now)
         return draft_reply(
             responder.renderer, template=d.template, language=p.language, to=d.to,
             from_address=responder.desk.reply_from, from_name=responder.cfg.from_name,
@@ -620,11 +658,12 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
             if incidents.wants(responder.incidents, p, thread):
                 outage.append((row, msg, p))
                 continue
-            ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes)
+            ticket, record = open_ticket(session, responder, row, msg, p, thread, now, stats, writes, one)
             pending.append((row, one, p, ticket, record))
         # Outage reports: attached to the open incident (or one this burst opens), else tickets as usual.
-        for row, msg, p in incidents.act_on_reports(session, responder, outage, now, writes, library, stats):
-            ticket, record = open_ticket(session, responder, row, msg, p, None, now, stats, writes)
+        drafts = {row.id: d for row, _, _ in outage if (d := planned[row.id].draft) is not None}
+        for row, msg, p in incidents.act_on_reports(session, responder, outage, now, writes, library, stats, drafts):
+            ticket, record = open_ticket(session, responder, row, msg, p, None, now, stats, writes, planned[row.id])
             pending.append((row, planned[row.id], p, ticket, record))
     # The new tickets' ids (so their numbers) and the replies' outbox ids, known before anything is inserted.
     for ticket_id, new in zip(reserved_ids(session, Ticket, len(writes.tickets)), writes.tickets):
@@ -633,10 +672,9 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
     for row, one, p, ticket, record in pending:
         if ticket is not None:
             finish(session, responder, row, one.msg, p, ticket, record, now, stats, writes, library,
-                   one.draft if one.plan is p else None)
-    for outbox_id, (out, history) in zip(reserved_ids(session, OutboxMessage, len(writes.replies)),
-                                         writes.replies):
-        out["id"] = history["outbox_id"] = outbox_id
+                   one if one.plan is p else None)
+    for outbox_id, (out, link) in zip(reserved_ids(session, OutboxMessage, len(writes.replies)), writes.replies):
+        out["id"] = link["outbox_id"] = outbox_id
     writes.insert(session)
     for row, one, p, ticket, record in pending:
         if ticket is not None:  # drops were logged with their reasons
@@ -665,10 +703,11 @@ def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, dire
 
 
 def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
-                thread: Ticket | None, now: dt.datetime, stats: BatchStats,
-                writes: Writes) -> tuple[Ticket | NewTicket | None, dict[str, Any]]:
+                thread: Ticket | None, now: dt.datetime, stats: BatchStats, writes: Writes,
+                planned: Planned | None = None) -> tuple[Ticket | NewTicket | None, dict[str, Any]]:
     """Record the decision and open (or reopen) the ticket; nothing is written here (a new ticket
-    is a row of ``writes``, given its id and number before the batch's inserts)."""
+    is a row of ``writes``, given its id and number before the batch's inserts).  ``planned``:
+    what was worked out for it before the write."""
     d = p.decision
     record: dict[str, Any] = dict(
         inbound_message_id=row.id, screen=p.screen.reason, screen_reasons=list(p.screen.reasons),
@@ -694,8 +733,10 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
     ticket = NewTicket(dict(
         id=None, number=None, status=TICKET_OPEN, priority=p.priority, label=p.label, language=p.language,
         requester=msg.sender.lower(), user_id=p.verification.user_id, verification=p.verification.status,
-        subject=redacted_record(msg.subject or "", 998), security=d.security, created_at=now,
-        due_at=responder.hours.due(row.received_at or now, responder.cfg.target_hours), first_response_at=None,
+        subject=planned.subject if planned and planned.due else redacted_record(msg.subject or "", 998),
+        security=d.security, created_at=now, first_response_at=None,
+        due_at=planned.due if planned and planned.due else responder.hours.due(row.received_at or now,
+                                                                               responder.cfg.target_hours),
         resolved_at=None, last_error=None, updated_at=utcnow(), escalated_at=None, escalated_to=None))
     writes.tickets.append(ticket)
     stats.tickets += 1
@@ -704,18 +745,18 @@ def open_ticket(session: Session, responder: Responder, row: InboundMessage, msg
 
 def finish(session: Session, responder: Responder, row: InboundMessage, msg: ParsedMessage, p: Plan,
            ticket: Ticket | NewTicket, record: dict[str, Any], now: dt.datetime, stats: BatchStats,
-           writes: Writes, library: Library | None = None, draft: Draft | None = None) -> None:
+           writes: Writes, library: Library | None = None, planned: Planned | None = None) -> None:
     """Keep the message on the (numbered) ticket, queue the triage item and the reply.
 
-    The reply is ``draft`` completed with the ticket's number when it can be
-    (the same bytes, see :func:`responders.render.complete`), else built here.
+    The reply is ``planned.draft`` completed with the ticket's number when it
+    can be (the same bytes, see :func:`responders.render.complete`), else built here.
     """
     d = p.decision
     if ticket.number is None:
         assert isinstance(ticket, Ticket)  # a new ticket is numbered with its reserved id
         ticket.number = ticket_number(responder.cfg.ticket_prefix, now.year, ticket.id)
     record["ticket_id"] = ticket.id
-    excerpt = redacted_record(msg.new_text or msg.text or "", 4000)
+    excerpt = planned.excerpt if planned else redacted_record(msg.new_text or msg.text or "", 4000)
     writes.history.append(dict(ticket_id=ticket.id, direction="in", inbound_message_id=row.id, outbox_id=None,
                                message_id=msg.message_id, author=msg.sender.lower(), text=excerpt, created_at=now))
     followup = d.followup
@@ -730,7 +771,7 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
         return
     number = ticket.number or ""
     try:
-        reply = completed(responder, msg, p, number, draft) or render(
+        reply = completed(responder, msg, p, number, planned.draft if planned else None) or render(
             responder, msg, p, number, duty_context(responder, library or Library(), d.template, p.label,
                                                     p.language, now))
     except Exception as exc:  # noqa: BLE001 - RenderError, or anything a hostile message provokes: no reply
@@ -757,7 +798,8 @@ def finish(session: Session, responder: Responder, row: InboundMessage, msg: Par
 
 def completed(responder: Responder, msg: ParsedMessage, p: Plan, number: str, draft: Draft | None) -> Reply | None:
     """Return ``draft`` completed with ticket ``number`` (what :func:`render` would build), or None."""
-    if draft is None:
+    d = p.decision
+    if draft is None or (draft.template, draft.language, draft.to) != (d.template, p.language, d.to):
         return None
     try:
         return complete(draft, number, redact(reply_subject(msg.subject, number, responder.cfg.ticket_prefix,
