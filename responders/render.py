@@ -16,6 +16,11 @@ Safety, by construction:
   3.6.4), marked ``Auto-Submitted: auto-replied`` (RFC 3834 section 5) and
   ``X-Auto-Response-Suppress: All`` (so Exchange does not answer the answer),
   and carry our signed Message-ID (``responders.msgid``).
+
+A reply can also be built in two steps (:func:`draft_reply`, then
+:func:`complete`): rendered and encoded before its ticket has a number --
+outside the database's write lock -- and given the number in the write,
+byte for byte what :func:`build_reply` makes with it.
 """
 
 from __future__ import annotations
@@ -287,6 +292,7 @@ class Draft:
     encoded_subject: str | None
     text: str
     html: str
+    #: Each body encoded (quoted-printable), in pieces: bytes as they are, the lines printing the number as text.
     text_lines: tuple[bytes | str, ...]
     html_lines: tuple[bytes | str, ...]
     head: str
@@ -409,4 +415,4 @@ def complete(draft: Draft, number: str, subject: str, secret: bytes, date: str |
 
 def stand_in(stem: str, digits: int = 6) -> str:
     """Return ``stem`` and random digits: what a :class:`Draft` prints until the real number is known."""
-    return stem + "".join(secrets.choice("0123456789") for _ in range(digits))
+    return f"{stem}{secrets.randbelow(10 ** digits):0{digits}d}"

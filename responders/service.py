@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from classifiers.language import detect_language
 from models.base import utcnow
@@ -356,14 +357,24 @@ class Writes:
     replies: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     #: Outage reports attached to an incident (``responders.incidents``).
     reports: list[dict[str, Any]] = field(default_factory=list)
+    #: The rows the batch finishes: set ``done`` by one UPDATE, not one a row.
+    done: list[InboundMessage] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     triage: list[dict[str, Any]] = field(default_factory=list)
     autoreplies: list[dict[str, Any]] = field(default_factory=list)
 
     def insert(self, session: Session) -> None:
-        # What the ORM holds first (the rows' states, an incident this batch opened and its first reports).
+        # What the ORM holds first (an incident this batch opened and its first reports, follow-ups' tickets).
         session.flush()
+        if self.done:
+            values = dict(state=DONE, error=None, updated_at=utcnow())
+            table = InboundMessage.__table__
+            session.connection().execute(table.update().where(table.c.id.in_([row.id for row in self.done]))
+                                         .values(**values))
+            for row in self.done:  # as the ORM's own UPDATE would have left them
+                for key, value in values.items():
+                    set_committed_value(row, key, value)
         tickets, outbox = [t.values for t in self.tickets], [out for out, _ in self.replies]
         for model, rows in ((Ticket, tickets), (OutboxMessage, outbox), (IncidentReport, self.reports),
                             (ResponseRecord, self.records), (TicketMessage, self.history), (TriageItem, self.triage),
@@ -465,8 +476,10 @@ def plan_rows(session: Session, responder: Responder, rows: Sequence[InboundMess
 
     The daemon runs this on a read snapshot *outside* the write transaction
     (``daemon.worker``: on SQLite, two workers then plan side by side), and
-    :func:`act_on_plans` writes the outcome.  The parsed record is what the
-    parse stage stored; the raw mail is read only for the optional DKIM check.
+    :func:`act_on_plans` writes the outcome.  The replies are rendered here
+    too (:class:`responders.render.Draft`: a new ticket's number is spliced
+    in by the write).  The parsed record is what the parse stage stored; the
+    raw mail is read only for the optional DKIM check.
     ``guard`` False lets a plan's exception propagate instead of recording it.
     """
     parsed = [ParsedMessage.from_dict(row.parsed or {}) for row in rows]
@@ -625,8 +638,11 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
     ``snapshot``: the plans were made outside this transaction, so the cap's
     counts are checked again first (:func:`replanned`).  Rows without a
     plan are left as they are; a row whose plan failed goes to ``on_error``.
-    Writes are flushed three times a batch (tickets, then replies, then their
-    links) and the rest inserted in one executemany a table, not per message.
+    Only what needs the database's word is done here: the new tickets' ids
+    are reserved (:func:`reserved_ids`), so their numbers are known before
+    any INSERT; the replies rendered with the plans get those numbers spliced
+    in (:func:`responders.render.complete`); then every table gets one
+    executemany and the rows one UPDATE (:meth:`Writes.insert`).
     """
     stats = BatchStats()
     if snapshot:
@@ -653,8 +669,7 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
                 continue
             msg, p = one.msg, one.plan
             thread = threads.get(one.thread_id) if one.thread_id is not None else None
-            row.state = DONE
-            row.error = None
+            writes.done.append(row)
             if incidents.wants(responder.incidents, p, thread):
                 outage.append((row, msg, p))
                 continue

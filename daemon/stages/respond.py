@@ -3,11 +3,11 @@
 The pure steps live in ``responders``; this module builds the responder from
 the configuration (the Message-ID secret, the optional local DKIM check, which
 does DNS and so belongs here), and runs the respond step in two parts: the
-plans (``responders.service.plan_rows``: screen, verify, decide -- reads
-only) on a read snapshot before the write lock, and then
-``act_on_plans`` inside the worker's claiming transaction: tickets, triage
-items, records and outbox rows commit together with the rows' move to
-``done``.  (Where the worker has no snapshot step -- PostgreSQL, whose row
+plans (``responders.service.plan_rows``: screen, verify, decide, and the
+replies rendered -- reads only) on a read snapshot before the write lock,
+and then ``act_on_plans`` inside the worker's claiming transaction: tickets
+(numbered), triage items, records and outbox rows commit together with the
+rows' move to ``done``.  (Where the worker has no snapshot step -- PostgreSQL, whose row
 claims do not block each other -- both run in the transaction:
 ``respond_rows``.)  After that commit it wakes the outbox sender.
 """
