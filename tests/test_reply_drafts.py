@@ -2,8 +2,9 @@
 replies the write would have built: byte for byte, for the adversarial corpus
 and the parsing corpora, in English and Spanish, with ASCII, non-ASCII, long
 and truncated subjects; and the respond stage writes the same tickets, outbox
-rows, records and history with drafts as without them, on SQLite (the plans
-on a snapshot, then the write) and on PostgreSQL (both in one transaction).
+rows, records and history with drafts as without them.  And the write still
+counts, for the per-recipient cap, an answer another worker gave after the
+plans' snapshot was read.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from daemon.config import PipelineConfig
 from daemon.intake.parse import Unparseable, parse_message
 from daemon.worker import drain
 from models.migrate import upgrade
+from daemon.stages.respond import make_responder
+from models.base import utcnow
+from models.core import CLASSIFIED, DONE, InboundMessage
 from models.outbox import OutboxMessage
-from models.responders import ResponseRecord, Ticket, TicketMessage, TriageItem
-from models.session import make_engine, make_sessionmaker
+from models.responders import AutoReplyLog, ResponseRecord, Ticket, TicketMessage, TriageItem
+from models.session import make_engine, make_sessionmaker, transaction
 from responders import render as render_module
 from responders import service
 from responders.redact import redact
@@ -170,3 +174,34 @@ def test_the_stage_writes_the_same_with_drafts_as_without(tmp_path, config_facto
     without = written(f"sqlite:///{tmp_path / 'plain.db'}", config_factory, False)
     assert len(with_drafts[0]) > 20 and any(t[2] == "answered" for t in with_drafts[1])
     assert with_drafts == without
+
+
+@pytest.mark.parametrize("answered, replies", [("alice@broker.example", 0), ("someone@else.example", 1)])
+def test_the_cap_counts_an_answer_another_worker_gave_after_the_snapshot(sqlite_url, config_factory, answered,
+                                                                         replies):
+    config = config_factory(sqlite_url, responders={"autoreply_max": 1})
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        ctx = make_ctx(config, engine)
+        import_users(sessions)
+        ingest(sessions, mail())
+        drain(sessions, stages(ctx)[:2], PipelineConfig())  # parsed and classified, not answered
+        responder = make_responder(config)
+        with sessions() as reader:  # the plans, on a snapshot (as a worker makes them before the lock)
+            rows = list(reader.scalars(select(InboundMessage).where(InboundMessage.state == CLASSIFIED)))
+            planned = service.plan_rows(reader, responder, rows)
+        assert [p.plan.decision.template for p in planned.values() if p.plan] == ["password_reset"]
+        with transaction(sessions) as s:  # meanwhile, the other worker answers someone
+            s.add(AutoReplyLog(recipient=answered, at=utcnow()))
+        with transaction(sessions) as s:
+            claimed = list(s.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(planned)))))
+            service.act_on_plans(s, responder, claimed, planned)
+        with sessions() as s:
+            assert len(s.scalars(select(OutboxMessage)).all()) == replies
+            assert s.scalars(select(InboundMessage.state)).all() == [DONE]
+            record = s.scalars(select(ResponseRecord)).one()
+            assert (record.template is not None) == bool(replies)
+    finally:
+        engine.dispose()
