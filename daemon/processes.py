@@ -41,7 +41,8 @@ from daemon.context import AppContext, make_context
 from daemon.logs import setup_logging
 from daemon.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from daemon.runner import backoff, wait_any
-from daemon.worker import Share, run_stage_once
+from daemon.worker import Share
+from daemon.worker import run_round as worker_round
 
 log = logging.getLogger("acedesk.processes")
 
@@ -239,13 +240,8 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
 
 
 def run_round(ctx: AppContext, stages: list[Any], share: Share | None, stopping: Any) -> int:
-    """One batch per stage, in table order (no stage starves the others); return the rows handled."""
-    handled = 0
-    for stage in stages:
-        handled += run_stage_once(ctx.sessions, stage, ctx.config.pipeline, share)
-        if stopping.is_set():
-            break
-    return handled
+    """A fused batch of new mail, then one batch per stage (:func:`daemon.worker.run_round`)."""
+    return worker_round(ctx.sessions, stages, ctx.config.pipeline, share, stopping.is_set)
 
 
 def _name_worker_in_logs(index: int) -> None:
