@@ -46,7 +46,7 @@ from responders.articles import Library, links_context, load_library
 from responders.escalation import EscalationConfig
 from responders.hours import DeskHours
 from responders.hours import reply_context as hours_context
-from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned_user_ids
+from responders.identity import DirectoryIndex, mentions
 from responders.incidents import IncidentConfig
 from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
 from responders.redact import redact
@@ -222,9 +222,15 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
     """
     senders = {s.lower() for s in senders if s}
     mentioned: set[str] = set()
+    # What each text mentions is kept on the directory: each message's verification reads it again.
+    found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     for text in texts:
-        mentioned.update(mentioned_user_ids(text, index))
-        for key in mentioned_identifiers(text, index):
+        if text in found:
+            continue
+        users_of, keys = mentions(text, index)
+        found[text] = (tuple(users_of), tuple(keys))
+        mentioned.update(users_of)
+        for key in keys:
             mentioned.update(index.user_ids[u] for u in index.identifiers.get(key, ()) if u in index.user_ids)
     users: dict[str, UserRecord] = {}
     if senders:
@@ -242,7 +248,9 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
     if conds:
         for u in _records(session, or_(*conds)):
             users[u.user_id] = u
-    return Directory(tuple(users.values()), domains, index)
+    directory = Directory(tuple(users.values()), domains, index)
+    directory.mentioned.update(found)
+    return directory
 
 
 def duplicates(session: Session, rows: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]) -> dict[int, str]:
