@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -135,19 +136,22 @@ class _Known:
 #: one cached frozenset for minutes: ``responders.service.known_domains``).
 _INDEXED: dict[int, tuple[frozenset[str], _Known]] = {}
 _INDEXED_MAX = 8
+_INDEXED_LOCK = threading.Lock()
 
 
 def _indexed(known: Iterable[str]) -> _Known:
     if not isinstance(known, frozenset):
         return _Known.build(known)
-    cached = _INDEXED.get(id(known))
+    with _INDEXED_LOCK:
+        cached = _INDEXED.get(id(known))
     if cached is not None and cached[0] is known:
         return cached[1]
     index = _Known.build(known)
-    if len(_INDEXED) >= _INDEXED_MAX:
-        _INDEXED.pop(next(iter(_INDEXED)), None)
-    # The frozenset is kept with its index, so its id is not reused while the entry lives.
-    _INDEXED[id(known)] = (known, index)
+    with _INDEXED_LOCK:
+        if len(_INDEXED) >= _INDEXED_MAX:
+            _INDEXED.pop(next(iter(_INDEXED)))
+        # The frozenset is kept with its index, so its id is not reused while the entry lives.
+        _INDEXED[id(known)] = (known, index)
     return index
 
 
