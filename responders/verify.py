@@ -121,6 +121,21 @@ class Directory:
                 keyed["identifier"].setdefault(u.identifier.upper(), []).append(u)
         return keyed
 
+    def user_ids(self, key: str, value: str) -> frozenset[str]:
+        """Return the UserIDs (lower-case) of :meth:`by_email`, :meth:`by_owner` or :meth:`by_identifier`
+        (``key``: ``email``, ``owner``, ``identifier``) of ``value``; worked out once per batch (the
+        colleagues of one Account Owner are every one of their users' company)."""
+        normalised = value.upper() if key == "identifier" else value.lower()
+        found = self._user_ids.get((key, normalised))
+        if found is None:
+            found = self._user_ids[key, normalised] = frozenset(
+                u.user_id.lower() for u in self._keyed[key].get(normalised, ()))
+        return found
+
+    @cached_property
+    def _user_ids(self) -> dict[tuple[str, str], frozenset[str]]:
+        return {}
+
     def by_email(self, email: str) -> list[UserRecord]:
         return list(self._keyed["email"].get(email.lower(), ()))
 
@@ -264,12 +279,12 @@ def company_of(own: Iterable[UserRecord], directory: Directory, sender: str) -> 
     own = list(own)
     owners = {u.account_owner_email.lower() for u in own if u.account_owner_email} | {sender}
     identifiers = {u.identifier.upper() for u in own if u.identifier}
-    company = [*directory.by_email(sender)]
+    company = set(directory.user_ids("email", sender))
     for owner in owners:
-        company += directory.by_owner(owner)
+        company |= directory.user_ids("owner", owner)
     for identifier in identifiers:
-        company += directory.by_identifier(identifier)
-    return frozenset(u.user_id.lower() for u in company)
+        company |= directory.user_ids("identifier", identifier)
+    return frozenset(company)
 
 
 def subject_of(msg: ParsedMessage, directory: Directory, trust: Trust) -> Subject:
