@@ -568,11 +568,15 @@ def claimable_count(session: Session, notice_id: int, now: dt.datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(Delivery).where(*_claimable(notice_id, now))) or 0)
 
 
-def renew_claims(session: Session, notice_id: int, owner: str, now: dt.datetime, lease_seconds: float) -> None:
-    """Extend the lease of what ``owner`` still holds of a notice."""
-    session.execute(update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
-                                           Delivery.claim_owner == owner)
-                    .values(claim_until=now + dt.timedelta(seconds=lease_seconds))
+def renew_claims(session: Session, notice_id: int, owner: str, now: dt.datetime, lease_seconds: float,
+                 ids: tuple[int, int] | None = None) -> None:
+    """Extend the lease of what ``owner`` still holds of a notice (only between ``ids``, first and
+    last, when given: the index then reads that range instead of every pending delivery)."""
+    stmt = update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
+                                  Delivery.claim_owner == owner)
+    if ids is not None:
+        stmt = stmt.where(Delivery.id.between(ids[0], ids[1]))
+    session.execute(stmt.values(claim_until=now + dt.timedelta(seconds=lease_seconds))
                     .execution_options(synchronize_session=False))
 
 

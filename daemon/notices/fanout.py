@@ -184,9 +184,13 @@ class _Sender:
         self.failed = 0
         self.results: list[Outcome] = []
         self.commit_lock = asyncio.Lock()
-        self.lease_fresh_until = 0.0   # monotonic
+        #: Claimed and not committed yet: the rows whose lease matters.
+        self.held: set[int] = set()
+        #: Until when (monotonic) the lease of every held row is fresh by our clock.
+        self.lease_fresh_until = 0.0
         self.lease_renewed = asyncio.Event()
         self.last_renewal = 0.0
+        self.renew_every = max(0.05, self.cfg.lease_seconds / 3)
 
     @property
     def halted(self) -> bool:
@@ -221,12 +225,14 @@ class _Sender:
             return service.claim_due(s, self.notice, self.owner, utcnow(), self.cfg.lease_seconds,
                                      self.cfg.chunk_size)
 
-    def _commit(self, outcomes: list[Outcome]) -> None:
-        """Record ``outcomes`` and renew the lease of what is still claimed, in one transaction."""
+    def _commit(self, outcomes: list[Outcome], renew: tuple[int, int] | None) -> None:
+        """Record ``outcomes`` and renew the lease of what is still claimed between ``renew`` (first
+        and last id), in one transaction."""
         now = utcnow()
         with transaction(self.sessions) as s:
             service.record_outcomes(s, outcomes, now, notice_number=self.number)
-            service.renew_claims(s, self.notice_id, self.owner, now, self.cfg.lease_seconds)
+            if renew is not None:
+                service.renew_claims(s, self.notice_id, self.owner, now, self.cfg.lease_seconds, renew)
 
     def _release(self) -> None:
         with transaction(self.sessions) as s:
@@ -235,14 +241,19 @@ class _Sender:
     # -- results and lease --
 
     async def commit(self) -> bool:
-        """Commit every result gathered so far (and renew the lease); serialised, so it is also a flush."""
+        """Commit every result gathered so far (and renew the lease when a third of it has passed);
+        serialised with claims, so it is also a flush."""
         async with self.commit_lock:
             outcomes, self.results = self.results, []
             # Acceptances from now on go to a new file; the old one goes once these are committed.
             generation = self.journal.rotate()
             started = time.monotonic()
+            # Renewing every commit rewrote every held row 20 times a second; a third of the lease
+            # is as safe.  Only the held range: the whole notice's pending rows were read each time.
+            renew = ((min(self.held), max(self.held)) if self.held and started - self.last_renewal >= self.renew_every
+                     else None)
             try:
-                await asyncio.to_thread(self._commit, outcomes)
+                await asyncio.to_thread(self._commit, outcomes, renew)
             except Exception:
                 # Not lost: kept for the next commit (and in the journal).  Meanwhile the lease may
                 # run out, which stops sending.
@@ -250,12 +261,18 @@ class _Sender:
                 log.exception("CSMS #%s: could not record %d results; will try again", self.number, len(outcomes))
                 return False
             self.journal.committed(generation)
-            self.last_renewal = started
-            self.lease_fresh_until = max(self.lease_fresh_until, self.fresh_until(started))
-            self.lease_renewed.set()
+            self.held.difference_update([o.delivery_id for o in outcomes])
+            if renew is not None:
+                self.renewed(started)
             if self.on_commit is not None:
                 self.on_commit(self.sent, self.failed)
             return True
+
+    def renewed(self, at: float) -> None:
+        """Every held row's lease was renewed (or claimed) at ``at`` (monotonic) or later."""
+        self.last_renewal = at
+        self.lease_fresh_until = max(self.lease_fresh_until, self.fresh_until(at))
+        self.lease_renewed.set()
 
     def fresh_until(self, renewed_at: float) -> float:
         """Until when (monotonic) a lease renewed at ``renewed_at`` may be sent under.
@@ -267,10 +284,9 @@ class _Sender:
 
     async def recorder(self) -> None:
         """Commit results every ``mark_interval``; renew the lease while idle, too."""
-        renew_every = max(0.05, self.cfg.lease_seconds / 3)
         while True:
             await asyncio.sleep(self.cfg.mark_interval)
-            if self.results or time.monotonic() - self.last_renewal >= renew_every:
+            if self.results or time.monotonic() - self.last_renewal >= self.renew_every:
                 # Shielded: cancelling the recorder must not abandon a commit half-way.
                 await asyncio.shield(self.commit())
 
@@ -338,11 +354,16 @@ class _Sender:
         workers = [asyncio.create_task(self.worker(queue, sender, template)) for _ in range(connections)]
         try:
             while not self.halted:
-                asked = time.monotonic()
-                rows = await asyncio.to_thread(self._claim)
-                if not rows:
-                    break
-                self.lease_fresh_until = max(self.lease_fresh_until, self.fresh_until(asked))
+                # Not beside a commit: the held rows' range it renews must be the whole of them.
+                async with self.commit_lock:
+                    asked = time.monotonic()
+                    rows = await asyncio.to_thread(self._claim)
+                    if not rows:
+                        break
+                    if not self.held:
+                        # Nothing older held: the lease is as fresh as this claim.
+                        self.renewed(asked)
+                    self.held.update([row.id for row in rows])
                 for row in rows:
                     await queue.put(row)
                     if self.halted:
