@@ -18,16 +18,19 @@ transaction.  ``publish`` then
    instances share a notice too), renders the notice once per language (and
    prepares its DKIM signing: signatures are spread over the processes),
    personalises each copy by splicing bytes (:mod:`csms.message`) and sends it
-   through the one way out (:mod:`daemon.delivery.sender`), and commits the
+   through the one way out (:mod:`daemon.delivery.sender`; one session per
+   connection held for the whole sweep, each next copy's envelope written with
+   the last one's final dot when it is queued already), and commits the
    results every ``mark_interval`` seconds in one short transaction that
-   also renews its claims' lease;
+   also renews its claims' lease once a third of it has passed;
 4. when nothing is claimable, waits for the next retry of a temporary failure
    (capped exponential back-off per recipient) or for other instances'
    claims, until no delivery is pending: then the notice is ``done``.
 
 Exactly once.  A delivery is marked ``sent`` only after the relay's 250 for
 it; a kill before that leaves it pending and it is sent again.  Right after
-the 250, before that connection takes another message, the sender appends the
+the 250, before that connection takes another message (the next envelope may
+be there already, never the next content), the sender appends the
 delivery to its journal (:mod:`daemon.notices.journal`), which a SIGKILL
 cannot undo; whoever takes over a dead sender's claims first records what its
 journal says was accepted.  A kill can therefore resend at most the message in
@@ -162,6 +165,17 @@ def take_over(config: Config, sessions: sessionmaker[Session], notice_id: int) -
 
 
 # --- one sender ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """One delivery's copy, built and ready for the relay."""
+
+    delivery: DueDelivery
+    language: str
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
 
 
 class _Sender:
@@ -319,32 +333,60 @@ class _Sender:
 
     # -- sending --
 
+    def prepare(self, delivery: DueDelivery, template: TemplateSet) -> _Copy | None:
+        """The copy for ``delivery``; None when it is settled without sending (left, or a bad address)."""
+        if not delivery.still_wanted:
+            self.failed += 1
+            self.results.append(Outcome(delivery.id, delivery.subscriber_id, "skipped",
+                                        "not sent: unsubscribed or disabled before delivery"))
+            return None
+        language = template.language_for(delivery.language)
+        try:
+            mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics, language)
+        except ValueError as exc:
+            self.failed += 1
+            self.results.append(Outcome(delivery.id, delivery.subscriber_id, "permanent", f"554 {exc}"))
+            return None
+        return _Copy(delivery, language, mail_from, [delivery.email], data)
+
+    def lease_fresh(self) -> bool:
+        return not self.halted and time.monotonic() < self.lease_fresh_until
+
     async def worker(self, queue: asyncio.Queue[DueDelivery | None], sender: MailSender,
                      template: TemplateSet) -> None:
+        """Send what the queue holds over one session, each copy's envelope ahead with the last one's end."""
         accepted = self.journal.accepted
-        while (delivery := await queue.get()) is not None:
-            if not await self.lease_ok():
-                continue   # stopping: what is queued is given back at the end
-            if not delivery.still_wanted:
-                self.failed += 1
-                self.results.append(Outcome(delivery.id, delivery.subscriber_id, "skipped",
-                                            "not sent: unsubscribed or disabled before delivery"))
-                continue
-            language = template.language_for(delivery.language)
-            try:
-                mail_from, data = template.build(delivery.email, delivery.subscriber_id, delivery.topics, language)
-            except ValueError as exc:
-                self.failed += 1
-                self.results.append(Outcome(delivery.id, delivery.subscriber_id, "permanent", f"554 {exc}"))
-                continue
-            try:
-                result = await sender.send(mail_from, [delivery.email], data,
-                                           f"csms/{self.number}/{delivery.subscriber_id}.eml",
-                                           lambda: accepted(delivery.id, language), dot_safe=DOT_SAFE)
-            except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
-                log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
-                result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
-            self.results.append(self.outcome(delivery, result, language))
+        ahead: _Copy | None = None
+        end = False
+        async with sender.series() as series:
+            while True:
+                if ahead is not None:
+                    copy, ahead = ahead, None
+                    if not (self.lease_fresh() or await self.lease_ok()):
+                        continue   # stopping: what is queued is given back at the end
+                else:
+                    if end or (delivery := await queue.get()) is None:
+                        break
+                    if not (self.lease_fresh() or await self.lease_ok()):
+                        continue
+                    if (copy := self.prepare(delivery, template)) is None:   # type: ignore[assignment]
+                        continue
+                # The next copy, if it is queued already: its envelope goes with this one's end.
+                while ahead is None and not end and not queue.empty() and self.lease_fresh():
+                    if (following := queue.get_nowait()) is None:
+                        end = True
+                    else:
+                        ahead = self.prepare(following, template)
+                delivery, language = copy.delivery, copy.language
+                try:
+                    result = await series.send(copy.mail_from, copy.rcpts, copy.data,
+                                               f"csms/{self.number}/{delivery.subscriber_id}.eml",
+                                               lambda: accepted(delivery.id, language), DOT_SAFE,
+                                               (ahead.mail_from, ahead.rcpts) if ahead is not None else None)
+                except Exception as exc:  # noqa: BLE001 - a bug here must not stall the sweep; retried later
+                    log.exception("CSMS #%s to %s: unexpected error", self.number, delivery.email)
+                    result = SendResult(TEMPORARY, 0, f"{type(exc).__name__}: {exc}")
+                self.results.append(self.outcome(delivery, result, language))
 
     async def sweep(self, sender: MailSender, template: TemplateSet) -> None:
         """Claim and send chunk after chunk until nothing is claimable; commit every result."""
