@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from email.message import Message
-from email.policy import compat32
+from typing import Any
 from html.parser import HTMLParser
 
 from classifiers.text import split_body
@@ -94,7 +94,8 @@ def parse_message(raw: bytes, envelope_from: str | None = None) -> ParsedMessage
     check_looks_like_mail(raw)
     check_header_size(raw)
     try:
-        msg: Message = simple_message(raw) or email.message_from_bytes(raw)
+        simple = simple_message(raw)
+        msg: Message = simple[0] if simple else email.message_from_bytes(raw)
     except RecursionError:
         # One recursion per multipart nesting level: a crafted deep nest is a quarantine reason.
         raise Unparseable("parser_error", "message nesting too deep to parse") from None
@@ -107,7 +108,7 @@ def parse_message(raw: bytes, envelope_from: str | None = None) -> ParsedMessage
         sender_name, sender = first_address(headers.get("sender", []))
     if not sender:
         raise Unparseable("no_sender", "no usable From or Sender address")
-    content_type = msg.get_content_type()
+    content_type = simple[1] if simple else msg.get_content_type()
     text, attachments, defects = extract_text(msg, content_type)
     defects = from_defects(headers.get("from", []), from_pairs) + defects
     # Every string is made safe for storage (clean()) once.  The fields cleaned here are the ones
@@ -210,14 +211,15 @@ def check_header_size(raw: bytes) -> None:
 _FIELD_START = re.compile(r"[\041-\071\073-\176]+:")
 
 
-def simple_message(raw: bytes) -> Message | None:
-    """Return what ``email.message_from_bytes(raw)`` returns, for a message that is not
-    multipart (nor message/*) and whose header section is plain fields ended by a blank line;
-    None for anything else, which the stdlib parser then reads.
+def simple_message(raw: bytes) -> tuple[Message, str] | None:
+    """Return what ``email.message_from_bytes(raw)`` returns, and its content type, for a
+    message that is not multipart (nor message/*) and whose header section is plain fields
+    ended by a blank line; None for anything else, which the stdlib parser then reads.
 
     The stdlib's FeedParser walks every line of the body through generators and a line
     buffer only to join them again; here the header lines are split the way it splits them
-    (CR, LF or CRLF), stored as its compat32 policy stores them, and the body taken whole.
+    (CR, LF or CRLF), stored as its compat32 policy stores them (``header_source_parse``,
+    inlined), and the body taken whole.
     """
     text = raw.decode("ascii", "surrogateescape")  # as BytesParser decodes
     msg = Message()
@@ -231,7 +233,9 @@ def simple_message(raw: bytes) -> Message | None:
             source.append(line)
             continue
         if source:
-            msg.set_raw(*compat32.header_source_parse(source))
+            name, value = source[0].split(":", 1)
+            value = value.lstrip(" \t") + "".join(source[1:]) if len(source) > 1 else value.lstrip(" \t")
+            msg.set_raw(name, value.rstrip("\r\n"))
         if line[0] in "\r\n":
             break  # the blank line that ends the header section
         if _FIELD_START.match(line) is None:
@@ -239,10 +243,11 @@ def simple_message(raw: bytes) -> Message | None:
         source = [line]
     else:
         return None  # no body at all
-    if msg.get_content_maintype() in ("multipart", "message"):
+    content_type = msg.get_content_type()
+    if content_type.split("/")[0] in ("multipart", "message"):  # get_content_maintype()
         return None
     msg.set_payload(text[length:])
-    return msg
+    return msg, content_type
 
 
 # --- headers ------------------------------------------------------------------------
@@ -453,14 +458,15 @@ def extract_text(msg: Message, content_type: str | None = None) -> tuple[str, li
         if part.is_multipart():
             continue
         ctype = content_type if part is msg and content_type is not None else part.get_content_type()
-        filename = part_filename(part)
-        disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        fields = part_fields(part)
+        filename = part_filename(part, fields)
+        disposition = str(fields.get("content-disposition", "")).split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html")
         if filename or disposition == "attachment" or not is_text:
             if ctype not in ("message/delivery-status", "text/rfc822-headers"):
                 attachments.append(Attachment(filename or "", ctype, payload_size(part)))
             continue
-        text = part_text(part, defects)
+        text = part_text(part, defects, fields)
         if ctype == "text/html":
             htmls.append(html_to_text(text[:MAX_HTML]))
         else:
@@ -469,11 +475,29 @@ def extract_text(msg: Message, content_type: str | None = None) -> tuple[str, li
     return body[:MAX_TEXT], attachments[:200], defects
 
 
-def part_filename(part: Message) -> str:
+#: The fields :func:`extract_text` reads of every part.
+_PART_FIELDS = ("content-type", "content-disposition")
+
+
+def part_fields(part: Message) -> dict[str, Any]:
+    """Return what ``part.get(name)`` returns for each of :data:`_PART_FIELDS` that the part has,
+    from one pass over its fields (each get() is a pass)."""
+    found: dict[str, Any] = {}
+    for name, value in part.raw_items():
+        key = name.lower()
+        if key in _PART_FIELDS and key not in found:
+            found[key] = part.policy.header_fetch_parse(name, value)
+    return found
+
+
+def part_filename(part: Message, fields: dict[str, Any] | None = None) -> str:
+    """Return the part's file name, or "" (``fields``: its :func:`part_fields`, when at hand)."""
     # A filename is a parameter named filename (Content-Disposition) or name (Content-Type), also
     # in RFC 2231 pieces (name*0=): where neither header says "name", skip the costly parameter parse.
     try:
-        if not any("name" in str(part.get(h, "")).lower() for h in ("content-disposition", "content-type")):
+        if fields is None:
+            fields = part_fields(part)
+        if not any("name" in str(fields.get(h, "")).lower() for h in ("content-disposition", "content-type")):
             return ""
         name = part.get_filename()
     except Exception:  # noqa: BLE001 - malformed RFC 2231 parameters
@@ -489,8 +513,9 @@ def payload_size(part: Message) -> int:
     return 0
 
 
-def part_text(part: Message, defects: list[str]) -> str:
-    """Return a text part decoded with its declared charset, or the best guess when that is wrong."""
+def part_text(part: Message, defects: list[str], fields: dict[str, Any] | None = None) -> str:
+    """Return a text part decoded with its declared charset, or the best guess when that is wrong
+    (``fields``: its :func:`part_fields`, when at hand)."""
     try:
         payload = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001 - broken transfer encodings
@@ -499,7 +524,7 @@ def part_text(part: Message, defects: list[str]) -> str:
         payload = raw.encode("ascii", "replace") if isinstance(raw, str) else b""
     if payload is None:
         payload = b""
-    return decode_bytes(payload, content_charset(part), defects)
+    return decode_bytes(payload, content_charset(part, fields), defects)
 
 
 #: A Content-Type of a type, one ``charset`` parameter (quoted or not) and nothing else.
@@ -507,14 +532,14 @@ _SIMPLE_CHARSET = re.compile(r"[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]+/[A-Za-z0-9!#$%&
                              r"(?i:charset)=(\"?)([A-Za-z0-9_.:+-]+)\1[ \t]*")
 
 
-def content_charset(part: Message) -> str | None:
-    """Return ``part.get_content_charset()``.
+def content_charset(part: Message, fields: dict[str, Any] | None = None) -> str | None:
+    """Return ``part.get_content_charset()`` (``fields``: its :func:`part_fields`, when at hand).
 
     The commonest Content-Type (``text/plain; charset=utf-8``) is read with one
     regular expression; anything else goes through the stdlib's RFC 2231
     parameter parser, which cost half of reading a single-part message.
     """
-    value = part.get("content-type")
+    value = (part_fields(part) if fields is None else fields).get("content-type")
     if isinstance(value, str):
         simple = _SIMPLE_CHARSET.fullmatch(value)
         if simple is not None:
