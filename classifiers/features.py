@@ -89,11 +89,6 @@ class _WordColumns:
         self.index[word] = row
         return row
 
-    def find(self, word: str, vocabulary: dict[str, int]) -> int:
-        """Return ``word``'s index, storing its row first if it is new."""
-        row = self.index.get(word)
-        return self.add(word, vocabulary) if row is None else row
-
     def matrix(self) -> sparse.csr_matrix:
         """Return the words x columns counts (views of the arrays: no copy)."""
         rows = len(self.index)
@@ -176,7 +171,11 @@ class CharTfidf(TransformerMixin, BaseEstimator):
         tokens = list(chain.from_iterable(split))
         ids = list(map(words.index.get, tokens))
         if None in ids:
-            ids = [i if i is not None else words.find(w, self.vocabulary_) for w, i in zip(tokens, ids)]
+            # New words (most batches of real mail have a few): each stored once, then looked up
+            # again with the others.  Their numbering does not matter: the product sums integers.
+            for word in set(tokens).difference(words.index):
+                words.add(word, self.vocabulary_)
+            ids = list(map(words.index.get, tokens))
         indptr = np.zeros(len(texts) + 1, dtype=np.int32)
         np.cumsum(np.fromiter(map(len, split), dtype=np.int32, count=len(split)), out=indptr[1:])
         return sparse.csr_matrix((np.ones(len(ids), dtype=np.float32), np.array(ids, dtype=np.int32), indptr),
