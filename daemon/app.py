@@ -30,7 +30,7 @@ from daemon.runner import Component, backoff, run_loop, wait_any
 from daemon.web import server as web
 from daemon.sdnotify import Notifier
 from daemon.signals import EarlyStop
-from daemon.worker import Stage, run_stage_once
+from daemon.worker import Stage, run_round
 from models.migrate import current_revisions, head_revisions
 
 log = logging.getLogger("acedesk.app")
@@ -52,9 +52,8 @@ class PipelineWorker:
         self.alive_at = time.monotonic()
 
     def run_once(self) -> int:
-        """One batch per stage, in table order (so no stage starves the others); return rows handled."""
-        cfg = self.ctx.config.pipeline
-        return sum(run_stage_once(self.ctx.sessions, stage, cfg) for stage in self.stages)
+        """A fused batch of new mail, then one batch per stage (:func:`daemon.worker.run_round`)."""
+        return run_round(self.ctx.sessions, self.stages, self.ctx.config.pipeline)
 
     async def run(self, stop: asyncio.Event) -> None:
         async def once() -> int:

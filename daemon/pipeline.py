@@ -63,12 +63,12 @@ def build_stages(ctx: AppContext) -> list[Stage]:
     """Return one runnable stage per row of :data:`PIPELINE` that can run with this configuration."""
     built: dict[str, Stage | None] = {}
     stages = []
-    for consumed, name, _produced in PIPELINE:
+    for consumed, name, produced in PIPELINE:
         if name not in built:
             built[name] = MAKERS[name](ctx)
             if built[name] is None:
                 log.warning("pipeline stage %s is not available; messages wait in '%s'", name, consumed)
         stage = built[name]
         if stage is not None:
-            stages.append(dataclasses.replace(stage, consumes=consumed))
+            stages.append(dataclasses.replace(stage, consumes=consumed, produces=produced))
     return stages

@@ -41,7 +41,8 @@ from daemon.context import AppContext, make_context
 from daemon.logs import setup_logging
 from daemon.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from daemon.runner import backoff, wait_any
-from daemon.worker import Share, run_stage_once
+from daemon.worker import Share
+from daemon.worker import run_round as worker_round
 
 log = logging.getLogger("acedesk.processes")
 
@@ -60,6 +61,17 @@ class _Worker:
     started: float = 0.0
     restarts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when the worker has loaded the model and built its stages (it reports :class:`Ready`).
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a worker reports once it can take work: how long it took and the CPU it spent."""
+
+    index: int
+    seconds: float
+    cpu_seconds: float
 
 
 class WorkerProcesses:
@@ -72,7 +84,13 @@ class WorkerProcesses:
         self.count = count or ctx.config.pipeline.worker_processes()
         self.workers = [_Worker(index=i) for i in range(self.count)]
         self.stopping = _MP.Event()
+        #: CPU seconds the workers spent starting (imports, the model): not the pipeline's per-message cost.
+        self.startup_cpu_seconds = 0.0
         ctx.reload_hooks.append(self.reload)
+
+    async def wait_ready(self) -> None:
+        """Return once every worker has started and loaded its stages."""
+        await asyncio.gather(*(worker.ready.wait() for worker in self.workers))
 
     # --- the main process's side --------------------------------------------------------------
 
@@ -110,6 +128,11 @@ class WorkerProcesses:
             asyncio.get_running_loop().remove_reader(worker.inbox.fileno())
             worker.done.set()
             return
+        if isinstance(name, Ready):
+            worker.ready.set()
+            self.startup_cpu_seconds += name.cpu_seconds
+            log.info("pipeline worker %d ready in %.1f s (model loaded, stages built)", name.index, name.seconds)
+            return
         if isinstance(name, tuple):  # a batch's figures, for this process's /metrics
             _stage, count, seconds = name
             STAGE_MESSAGES.labels(_stage).inc(count)
@@ -131,6 +154,7 @@ class WorkerProcesses:
         crashes = 0
         while not stop.is_set():
             worker.done = asyncio.Event()
+            worker.ready.clear()
             self._start(worker)
             while not (stop.is_set() or worker.done.is_set()):
                 await wait_any(stop, worker.done, 3600.0)
@@ -202,10 +226,12 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
     setup_logging(config.logging, level)
     _name_worker_in_logs(index)
+    began = time.monotonic()
     ctx = make_context(config)
     ctx.instance = f"{ctx.instance}/w{index}"
     ctx.remote_wake = lambda name: _send(outbox, name)
     stages = build_stages(ctx)
+    _send(outbox, Ready(index, time.monotonic() - began, time.process_time()))  # type: ignore[arg-type]
     # The main process serves /metrics: a worker's figures go there, not to its own registry.
     forward = _Forwarded(outbox)
     worker_module.STAGE_MESSAGES, worker_module.STAGE_SECONDS = forward, forward  # type: ignore[assignment]
@@ -239,13 +265,8 @@ def worker_main(config: Config, index: int, count: int, wake: Any, stopping: Any
 
 
 def run_round(ctx: AppContext, stages: list[Any], share: Share | None, stopping: Any) -> int:
-    """One batch per stage, in table order (no stage starves the others); return the rows handled."""
-    handled = 0
-    for stage in stages:
-        handled += run_stage_once(ctx.sessions, stage, ctx.config.pipeline, share)
-        if stopping.is_set():
-            break
-    return handled
+    """A fused batch of new mail, then one batch per stage (:func:`daemon.worker.run_round`)."""
+    return worker_round(ctx.sessions, stages, ctx.config.pipeline, share, stopping.is_set)
 
 
 def _name_worker_in_logs(index: int) -> None:

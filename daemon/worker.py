@@ -17,6 +17,18 @@ lock, over its own share of the rows
 write transaction only applies the results to the rows still waiting.
 A claim lives only as long as its transaction: when a worker dies, the
 database rolls its transaction back and the rows are claimable at once.
+
+A round starts with one *fused* batch (:func:`run_fused_once`): new mail
+taken through every stage that has a compute/apply split (parse, classify,
+respond) in one go -- on SQLite each stage's compute on one read snapshot,
+the rows moved on in memory from stage to stage, then every stage's write in
+one transaction; on PostgreSQL every stage's ``process`` in the claiming
+transaction.  A message then costs one claim and one commit instead of one
+per stage, and its parsed record is not written and read back between
+stages.  The per-stage batches that follow take what the fused batch left:
+mail for stages without a split (CSMS commands), retries, and everything,
+one stage at a time, when a fused batch raised (its transaction is rolled
+back whole, so each stage's row-by-row isolation then finds the culprit).
 """
 
 from __future__ import annotations
@@ -43,9 +55,11 @@ log = logging.getLogger("acedesk.worker")
 
 #: Process a batch of claimed rows; set ``row.state`` on each row it finishes.
 StageFn = Callable[[Session, list[InboundMessage]], None]
-#: The part of a stage that writes nothing: results by row id.  The rows come loaded in a read
-#: session (``object_session(row)``) that a compute may query too: one snapshot, no write lock.
-ComputeFn = Callable[[list[InboundMessage]], dict[int, Any]]
+#: The part of a stage that writes nothing: results by row id.  The session is a read snapshot the
+#: compute may query (no write lock); the rows may be detached from it, carrying in memory what the
+#: stages before this one computed (a fused batch), so a compute reads the rows, not the database,
+#: for anything an earlier stage sets.
+ComputeFn = Callable[[Session, list[InboundMessage]], dict[int, Any]]
 #: Write computed results to the claimed rows (each row's result is in the dict).
 ApplyFn = Callable[[Session, list[InboundMessage], dict[int, Any]], None]
 
@@ -72,6 +86,13 @@ class Stage:
     #: Optional split of ``process`` into a pure step and a write step (see the module docstring).
     compute: ComputeFn | None = None
     apply: ApplyFn | None = None
+    #: The states this stage moves rows to (``daemon.pipeline.PIPELINE``; empty: not known, and the
+    #: stage then ends a fused batch).
+    produces: tuple[str, ...] = ()
+
+    def limit(self, cfg: PipelineConfig) -> int:
+        """Return the largest batch this stage takes under ``cfg``."""
+        return min(self.batch_size, cfg.batch_size) if self.batch_size else cfg.batch_size
 
 
 def claim(session: Session, stage: Stage, limit: int, now: dt.datetime, share: Share | None = None,
@@ -112,7 +133,7 @@ def computed_first(factory: sessionmaker[Session], stage: Stage, limit: int, now
         if not rows:
             return {}
         try:
-            return stage.compute(rows)
+            return stage.compute(session, rows)
         except Exception:
             # The write transaction runs the stage row by row and records the culprit.
             log.debug("stage %s: compute raised; processing in the transaction", stage.name, exc_info=True)
@@ -122,7 +143,7 @@ def computed_first(factory: sessionmaker[Session], stage: Stage, limit: int, now
 def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineConfig,
                    share: Share | None = None) -> int:
     """Claim one batch for ``stage`` and process it; return how many rows were handled."""
-    limit = min(stage.batch_size, cfg.batch_size) if stage.batch_size else cfg.batch_size
+    limit = stage.limit(cfg)
     now = utcnow()
     computed = computed_first(factory, stage, limit, now, share)
     if computed == {}:
@@ -175,12 +196,125 @@ def _process_alone(session: Session, stage: Stage, row: InboundMessage, max_atte
                     row.id, row.message_id, stage.name, row.attempts, summary)
 
 
+def fused_chain(stages: Sequence[Stage]) -> list[Stage]:
+    """Return the stages a fused batch takes new mail through, in table order: the first stage,
+    then each later one that consumes a state an earlier member produces -- all with a
+    compute/apply split (else none: the stages run one at a time)."""
+    if not stages or not all((stages[0].compute, stages[0].apply, stages[0].produces)):
+        return []
+    chain = [stages[0]]
+    reachable = set(stages[0].produces)
+    for stage in stages[1:]:
+        if stage.consumes in reachable and stage.compute is not None and stage.apply is not None:
+            chain.append(stage)
+            reachable |= set(stage.produces)
+    return chain if len(chain) > 1 else []
+
+
+def run_fused_once(factory: sessionmaker[Session], chain: Sequence[Stage], cfg: PipelineConfig,
+                   share: Share | None = None) -> int | None:
+    """Take one batch of new mail through every stage of ``chain`` (:func:`fused_chain`) and
+    commit it once; return the rows handled (counted per stage, as the stages one at a time
+    would), or None when the batch raised and was rolled back (the stages then run one at a time)."""
+    if not chain:
+        return None
+    limit = min(stage.limit(cfg) for stage in chain)
+    now = utcnow()
+    try:
+        if factory.kw["bind"].dialect.name == "sqlite":
+            return _fused_on_snapshot(factory, chain, limit, now, share)
+        return _fused_in_transaction(factory, chain, limit, now, share)
+    except Exception:
+        log.warning("a fused batch raised; the stages take it one at a time",
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+        return None
+
+
+def _fused_on_snapshot(factory: sessionmaker[Session], chain: Sequence[Stage], limit: int, now: dt.datetime,
+                       share: Share | None) -> int:
+    """SQLite: every stage's compute on one read snapshot (no write lock), then every write at once."""
+    steps: list[tuple[Stage, list[int], dict[int, Any]]] = []
+    with factory() as read:
+        rows = claim(read, chain[0], limit, now, share)
+        if not rows:
+            return 0
+        # Detached, the rows carry each stage's results to the next in memory, and nothing set on
+        # them can be flushed through the read session.
+        read.expunge_all()
+        for i, stage in enumerate(chain):
+            batch = [row for row in rows if row.state == stage.consumes]
+            if not batch:
+                continue
+            computed = stage.compute(read, batch)  # type: ignore[misc]
+            steps.append((stage, [row.id for row in batch], computed))
+            if any(later.consumes in stage.produces for later in chain[i + 1:]):
+                _move_on_in_memory(stage, batch, computed)
+    with transaction(factory) as session:
+        claimed = claim(session, chain[0], limit, now, share, ids=[row.id for row in rows], load=False)
+        by_id = {row.id: row for row in claimed}
+        handled = 0
+        for stage, ids, computed in steps:
+            batch = [by_id[i] for i in ids if i in by_id and by_id[i].state == stage.consumes]
+            if batch:
+                handled += _timed(stage, batch, lambda s=stage, b=batch, c=computed: s.apply(session, b, c))  # type: ignore[misc]
+        return handled
+
+
+def _move_on_in_memory(stage: Stage, rows: list[InboundMessage], computed: dict[int, Any]) -> None:
+    """Set on detached ``rows`` what ``stage.apply`` would write, for the stages after it to read.
+
+    Rows whose result is an exception (unparseable, the model raised) stay where they were: the
+    write quarantines them and no later stage takes them.  The session is a scratch one bound to
+    no database: ``apply`` of a successful result only sets attributes.
+    """
+    moved = [row for row in rows if row.id in computed and not isinstance(computed[row.id], Exception)]
+    with Session() as scratch:
+        stage.apply(scratch, moved, computed)  # type: ignore[misc]
+
+
+def _fused_in_transaction(factory: sessionmaker[Session], chain: Sequence[Stage], limit: int,
+                          now: dt.datetime, share: Share | None) -> int:
+    """PostgreSQL: claim (``SKIP LOCKED``) and run every stage's ``process`` in one transaction."""
+    with transaction(factory) as session:
+        rows = claim(session, chain[0], limit, now, share)
+        handled = 0
+        for stage in chain:
+            batch = [row for row in rows if row.state == stage.consumes]
+            if batch:
+                handled += _timed(stage, batch, lambda s=stage, b=batch: s.process(session, b))  # type: ignore[misc]
+        return handled
+
+
+def _timed(stage: Stage, rows: list[InboundMessage], step: Callable[[], None]) -> int:
+    started = time.perf_counter()
+    STAGE_MESSAGES.labels(stage.name).inc(len(rows))
+    step()
+    STAGE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
+    return len(rows)
+
+
+def run_round(factory: sessionmaker[Session], stages: Sequence[Stage], cfg: PipelineConfig,
+              share: Share | None = None, stopping: Callable[[], bool] = lambda: False) -> int:
+    """One fused batch of new mail, then one batch per stage in table order (no stage starves the
+    others: they take what the fused batch left); return the rows handled."""
+    chain = fused_chain(stages)
+    fused = run_fused_once(factory, chain, cfg, share)
+    handled = fused or 0
+    for stage in stages:
+        if stopping():
+            break
+        if fused is not None and stage is chain[0]:
+            continue  # new mail went through the fused batch
+        handled += run_stage_once(factory, stage, cfg, share)
+    return handled
+
+
 def drain(factory: sessionmaker[Session], stages: Sequence[Stage], cfg: PipelineConfig,
           max_batches: int = 1_000_000, share: Share | None = None) -> int:
     """Run every stage until none has work; return the rows handled (burst mode, tests)."""
     total = 0
     for _ in range(max_batches):
-        handled = sum(run_stage_once(factory, stage, cfg, share) for stage in stages)
+        handled = run_round(factory, stages, cfg, share)
         total += handled
         if handled == 0:
             break

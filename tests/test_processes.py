@@ -83,7 +83,8 @@ def test_workers_share_the_pipeline_a_killed_worker_is_replaced_and_sighup_reloa
         return len(re.findall(text, output)) >= count
 
     try:
-        wait_until(lambda: logged(r"classify\[w\d\]: classifier model", 2), 60, "both workers to load the model")
+        wait_until(lambda: all(w.ready.is_set() for w in workers.workers), 60, "both workers to report ready")
+        assert logged(r"classify\[w0\]: classifier model", 1) and logged(r"classify\[w1\]: classifier model", 1)
         store(ctx, MESSAGES)
         wait_until(lambda: logged(r"respond\[w0\]: message", 1) and logged(r"respond\[w1\]: message", 1), 60,
                    "both workers to take batches")

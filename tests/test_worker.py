@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from daemon.config import PipelineConfig
 from daemon.intake.store import NewMessage, insert_messages
 from daemon.worker import Stage, drain, run_stage_once
-from models.core import DONE, FAILED, NEW, InboundMessage
+from models.core import CLASSIFIED, DONE, FAILED, NEW, PARSED, InboundMessage
 from models.session import transaction
 
 
@@ -78,3 +78,80 @@ def test_poison_message_is_isolated_retried_and_failed(sessions):
     with sessions() as s:
         final = s.get(InboundMessage, poison.id)
     assert final.state == FAILED and final.attempts == 3
+
+
+def chained_stages(log: list[str]) -> list[Stage]:
+    """Three stages with compute/apply splits, as daemon.pipeline builds them: new -> parsed ->
+    classified -> done.  The second reads what the first set on the row; the third refuses POISON."""
+    def first_compute(session, rows):
+        return {row.id: row.raw.decode().split("Subject: ")[1].split("\r\n")[0] for row in rows}
+
+    def first_apply(session, rows, subjects):
+        for row in rows:
+            row.label, row.state = subjects[row.id], PARSED
+
+    def second_compute(session, rows):
+        return {row.id: row.label.upper() for row in rows}  # the first stage's result, read off the row
+
+    def second_apply(session, rows, shouted):
+        for row in rows:
+            row.model_version, row.state = shouted[row.id], CLASSIFIED
+
+    def third_compute(session, rows):
+        return {row.id: row.model_version for row in rows}
+
+    def third_apply(session, rows, seen):
+        log.append(f"apply {len(rows)}")
+        for row in rows:
+            if "POISON" in seen[row.id]:
+                raise ValueError("cannot handle this one")
+            row.state = DONE
+
+    def process(compute, apply):
+        return lambda session, rows: apply(session, rows, compute(session, rows))
+
+    return [Stage("first", NEW, process(first_compute, first_apply), needs_raw=True, needs_parsed=False,
+                  compute=first_compute, apply=first_apply, produces=(PARSED,)),
+            Stage("second", PARSED, process(second_compute, second_apply), needs_parsed=False,
+                  compute=second_compute, apply=second_apply, produces=(CLASSIFIED,)),
+            Stage("third", CLASSIFIED, process(third_compute, third_apply), needs_parsed=False,
+                  compute=third_compute, apply=third_apply, produces=(DONE,))]
+
+
+def test_new_mail_goes_through_every_stage_in_one_commit(sessions):
+    seed(sessions, 30)
+    commits: list[int] = []  # commits of transactions that wrote something
+    engine = sessions.kw["bind"]
+
+    def wrote(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE", "INSERT")):
+            conn.info["wrote"] = True
+
+    def count(conn) -> None:
+        if conn.info.pop("wrote", False):
+            commits.append(1)
+
+    event.listen(engine, "before_cursor_execute", wrote)
+    event.listen(engine, "commit", count)
+    try:
+        assert drain(sessions, chained_stages([]), PipelineConfig()) == 90  # 30 rows, 3 stages each
+    finally:
+        event.remove(engine, "before_cursor_execute", wrote)
+        event.remove(engine, "commit", count)
+    with sessions() as s:
+        rows = list(s.scalars(select(InboundMessage)))
+    assert {r.state for r in rows} == {DONE}
+    assert all(r.label.startswith("ok ") and r.model_version == r.label.upper() for r in rows)
+    assert len(commits) == 1  # one batch, one transaction: not one per stage
+
+
+def test_a_fused_batch_that_raises_is_rolled_back_and_the_stages_isolate_the_poison(sessions):
+    seed(sessions, 20, poison={5})
+    log: list[str] = []
+    drain(sessions, chained_stages(log), PipelineConfig(max_attempts=3))
+    with sessions() as s:
+        rows = list(s.scalars(select(InboundMessage)))
+    assert Counter(r.state for r in rows) == {DONE: 19, CLASSIFIED: 1}
+    poison = next(r for r in rows if r.state == CLASSIFIED)
+    assert poison.model_version == "POISON 5" and poison.attempts == 1 and "cannot handle" in poison.error
+    assert log[0] == "apply 20"  # the fused batch tried them all, then the third stage alone

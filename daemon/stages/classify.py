@@ -160,7 +160,7 @@ def make_stage(ctx: AppContext) -> Stage | None:
     stage = Stage(name="classify", consumes=PARSED, needs_parsed=False,
                   process=lambda session, rows: classify_rows(holder, cfg, spanish, session, rows),
                   batch_size=max(cfg.batch_size, 1),
-                  compute=lambda rows: classify_all(holder, cfg, spanish, rows), apply=apply_classified)
+                  compute=lambda _session, rows: classify_all(holder, cfg, spanish, rows), apply=apply_classified)
     return stage
 
 

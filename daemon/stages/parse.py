@@ -86,5 +86,5 @@ def make_stage(ctx: AppContext) -> Stage:
     # and each commit has a fixed cost that smaller batches paid more often.
     return Stage(name="parse", consumes=NEW, needs_raw=True, needs_parsed=False,
                  process=lambda session, rows: parse_rows(desk, budget, session, rows), batch_size=0,
-                 compute=lambda rows: parse_all(budget, rows),
+                 compute=lambda _session, rows: parse_all(budget, rows),
                  apply=lambda session, rows, parsed: apply_parsed(desk, session, rows, parsed))

@@ -133,9 +133,9 @@ def make_stage(ctx: AppContext) -> Stage:
         woken(session, respond_rows(session, responder, rows, raw_of=raw_of, on_error=set_aside,
                                     message_seconds=budget))
 
-    def compute(rows: list[InboundMessage]) -> dict[int, Planned]:
-        # The rows come loaded in the worker's read session: the plans' lookups read the same snapshot.
-        return plan_rows(session_of(rows[0]), responder, rows, raw_of=raw_of, message_seconds=budget)
+    def compute(session: Session, rows: list[InboundMessage]) -> dict[int, Planned]:
+        # ``session`` is the worker's read snapshot: the plans' lookups read what the rows were read from.
+        return plan_rows(session, responder, rows, raw_of=raw_of, message_seconds=budget)
 
     def apply(session: Session, rows: list[InboundMessage], planned: dict[int, Planned]) -> None:
         woken(session, act_on_plans(session, responder, rows, planned, on_error=set_aside, raw_of=raw_of))
