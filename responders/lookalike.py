@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import confusable_homoglyphs
@@ -59,6 +61,7 @@ def unicode_domain(domain: str) -> str:
     return ".".join(labels)
 
 
+@functools.lru_cache(maxsize=8192)
 def skeleton(domain: str) -> str:
     """Return the confusable skeleton of ``domain``."""
     text = unicodedata.normalize("NFKC", unicode_domain(domain)).lower()
@@ -81,20 +84,87 @@ def _distance(a: str, b: str) -> int:
     return prev[-1]
 
 
+def _without(text: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(i, text without its i-th character)`` for every position."""
+    for i in range(len(text)):
+        yield i, text[:i] + text[i + 1:]
+
+
+@dataclass(frozen=True)
+class _Known:
+    """The domains on file, indexed so that a lookalike is found with a few dict lookups, not a
+    skeleton and an edit distance for every domain on file (the desk has thousands)."""
+
+    domains: tuple[str, ...]
+    members: frozenset[str]
+    #: skeleton -> positions in ``domains`` (of the domains long enough to be imitated, as below).
+    skeletons: dict[str, list[int]]
+    #: A domain -> its positions; the domain without one character -> positions; ``(i, the domain
+    #: without its i-th character)`` -> positions.  One edit (``_distance`` <= 1) is: one character
+    #: more, one fewer, or one other at the same place.
+    exact: dict[str, list[int]]
+    shorter: dict[str, list[int]]
+    replaced: dict[tuple[int, str], list[int]]
+
+    @classmethod
+    def build(cls, known: Iterable[str]) -> _Known:
+        domains = tuple(known)
+        index = cls(domains, frozenset(domains), {}, {}, {}, {})
+        for position, good in enumerate(domains):
+            if len(good) < 6:
+                continue
+            index.skeletons.setdefault(skeleton(good), []).append(position)
+            index.exact.setdefault(good, []).append(position)
+            for i, rest in _without(good):
+                index.shorter.setdefault(rest, []).append(position)
+                index.replaced.setdefault((i, rest), []).append(position)
+        return index
+
+    def first_like(self, skel: str, decoded: str) -> str | None:
+        """Return the first domain (in the order given) other than ``decoded`` with the skeleton
+        ``skel`` or one edit from ``decoded``, or None."""
+        found = set(self.skeletons.get(skel, ()))
+        found.update(self.shorter.get(decoded, ()))
+        for i, rest in _without(decoded):
+            found.update(self.exact.get(rest, ()))
+            found.update(self.replaced.get((i, rest), ()))
+        found.difference_update(self.exact.get(decoded, ()))
+        return self.domains[min(found)] if found else None
+
+
+#: The indexes of the last few frozensets of domains asked about, by identity (the daemon asks about
+#: one cached frozenset for minutes: ``responders.service.known_domains``).
+_INDEXED: dict[int, tuple[frozenset[str], _Known]] = {}
+_INDEXED_MAX = 8
+_INDEXED_LOCK = threading.Lock()
+
+
+def _indexed(known: Iterable[str]) -> _Known:
+    if not isinstance(known, frozenset):
+        return _Known.build(known)
+    with _INDEXED_LOCK:
+        cached = _INDEXED.get(id(known))
+    if cached is not None and cached[0] is known:
+        return cached[1]
+    index = _Known.build(known)
+    with _INDEXED_LOCK:
+        if len(_INDEXED) >= _INDEXED_MAX:
+            _INDEXED.pop(next(iter(_INDEXED)))
+        # The frozenset is kept with its index, so its id is not reused while the entry lives.
+        _INDEXED[id(known)] = (known, index)
+    return index
+
+
 def lookalike_of(domain: str, known: Iterable[str]) -> str | None:
     """Return a domain on file that ``domain`` (or its organisational domain) imitates, never itself, or None."""
     domain = domain.lower().strip(".")
     if not domain:
         return None
-    known = list(known)
-    if domain in known:
+    index = _indexed(known)
+    if domain in index.members:
         return None
     for candidate in dict.fromkeys((domain, organisational_domain(unicode_domain(domain)))):
-        skel = skeleton(candidate)
-        decoded = unicode_domain(candidate)
-        for good in known:
-            if len(good) < 6 or good == decoded:
-                continue
-            if skeleton(good) == skel or _distance(good, decoded) <= 1:
-                return good
+        imitated = index.first_like(skeleton(candidate), unicode_domain(candidate))
+        if imitated is not None:
+            return imitated
     return None

@@ -202,11 +202,33 @@ PERSON: tuple[Check[Subject], ...] = (
 )
 
 
-def screen(msg: ParsedMessage, ctx: ScreenContext) -> Screen:
-    """Return whether ``msg`` may get an automatic answer, and why not."""
+@dataclass(frozen=True)
+class Examined:
+    """What screening reads from the message alone (with the desk's addresses and secret): the same
+    whatever the cap and the repeats, so a batch works it out once for its probe and its plan."""
+
+    #: :func:`automatic_reasons`.
+    automatic: tuple[str, ...]
+    #: :func:`thread_ticket`.
+    ticket: str | None
+
+
+def examine(msg: ParsedMessage, ctx: ScreenContext) -> Examined:
+    """Return what :func:`screen` reads from ``msg`` itself (``ctx``: only its addresses, domain, secret)."""
     ticket = thread_ticket(msg, ctx.secret)
+    return Examined(tuple(automatic_reasons(msg, ctx)), ticket)
+
+
+def screen(msg: ParsedMessage, ctx: ScreenContext, examined: Examined | None = None) -> Screen:
+    """Return whether ``msg`` may get an automatic answer, and why not.
+
+    ``examined``: :func:`examine` of ``msg`` under a context with the same addresses and secret, when
+    the caller has it already.
+    """
+    seen = examined if examined is not None else examine(msg, ctx)
+    ticket = seen.ticket
     subject = Subject(msg, ctx)
-    reasons = automatic_reasons(msg, ctx) + [f"{f.check}:{f.detail}" for f in run(REPEAT, subject)]
+    reasons = list(seen.automatic) + [f"{f.check}:{f.detail}" for f in run(REPEAT, subject)]
     if reasons:
         return Screen(DROP, tuple(reasons), our_ticket=ticket)
     if ticket:

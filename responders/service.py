@@ -46,12 +46,12 @@ from responders.articles import Library, links_context, load_library
 from responders.escalation import EscalationConfig
 from responders.hours import DeskHours
 from responders.hours import reply_context as hours_context
-from responders.identity import DirectoryIndex, mentioned_identifiers, mentioned_user_ids
+from responders.identity import DirectoryIndex, mentions
 from responders.incidents import IncidentConfig
 from responders.policy import DROP_ACTION, REPLY, SECURITY_NEUTRAL, TRIAGE, Decision, decide
 from responders.redact import redact
 from responders.render import Renderer, Reply, build_reply
-from responders.screen import Screen, ScreenContext, screen
+from responders.screen import Examined, Screen, ScreenContext, examine, screen
 from responders.settings import ResponderConfig
 from responders.tickets import priority, quoted_number, reply_subject, ticket_number
 from responders.verify import VERIFIED, Directory, UserRecord, Verification, verify
@@ -124,17 +124,21 @@ def choose_language(msg: ParsedMessage, row_language: str | None, desk_address: 
 def plan(responder: Responder, msg: ParsedMessage, *, label: str, confidence: float, auto: bool | None,
          language: str, directory: Directory, recent_autoreplies: int, followup: bool,
          dkim_ok: bool | None = None, duplicate_of: str | None = None, held: Sequence[Any] = (),
-         foreign_ticket: str | None = None) -> Plan:
+         foreign_ticket: str | None = None, examined: Examined | None = None,
+         verification: Verification | None = None) -> Plan:
     """Screen, verify and decide for one message (pure).
 
     ``foreign_ticket``: a ticket number the message quotes whose requester is someone else.
+    ``examined`` (``screen.examine``) and ``verification``: what the caller worked out already for
+    this message from the same facts (neither depends on the cap or the repeats).
     """
     cfg = responder.cfg
     ctx = ScreenContext(own_addresses=responder.desk.own_addresses, domain=responder.desk.domain,
                         secret=responder.secret, recent_autoreplies=recent_autoreplies,
                         autoreply_max=cfg.autoreply_max, duplicate_of=duplicate_of)
-    screened = screen(msg, ctx)
-    verification = verify(msg, directory, cfg.trusted_authserv_ids, responder.border_hosts, dkim_ok)
+    screened = screen(msg, ctx, examined)
+    if verification is None:
+        verification = verify(msg, directory, cfg.trusted_authserv_ids, responder.border_hosts, dkim_ok)
     # An inactive or suspended account never gets self-service account help (policy step account_status).
     decision = decide(label, confidence, auto, verification, screened, msg.sender.lower(), cfg.rules,
                       followup=followup, held=held_status(held, msg.sender, verification.user_id),
@@ -222,9 +226,15 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
     """
     senders = {s.lower() for s in senders if s}
     mentioned: set[str] = set()
+    # What each text mentions is kept on the directory: each message's verification reads it again.
+    found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     for text in texts:
-        mentioned.update(mentioned_user_ids(text, index))
-        for key in mentioned_identifiers(text, index):
+        if text in found:
+            continue
+        users_of, keys = mentions(text, index)
+        found[text] = (tuple(users_of), tuple(keys))
+        mentioned.update(users_of)
+        for key in keys:
             mentioned.update(index.user_ids[u] for u in index.identifiers.get(key, ()) if u in index.user_ids)
     users: dict[str, UserRecord] = {}
     if senders:
@@ -242,7 +252,9 @@ def load_directory(session: Session, senders: Iterable[str], texts: Iterable[str
     if conds:
         for u in _records(session, or_(*conds)):
             users[u.user_id] = u
-    return Directory(tuple(users.values()), domains, index)
+    directory = Directory(tuple(users.values()), domains, index)
+    directory.mentioned.update(found)
+    return directory
 
 
 def duplicates(session: Session, rows: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]) -> dict[int, str]:
@@ -318,6 +330,26 @@ def foreign_ticket(session: Session, responder: Responder, msg: ParsedMessage) -
         return None
     requester = session.scalars(select(Ticket.requester).where(Ticket.number == number)).first()
     return number if requester is not None and requester != msg.sender.lower() else None
+
+
+def thread_or_foreign(session: Session, responder: Responder, msg: ParsedMessage,
+                      our_ticket: str | None) -> tuple[Ticket | None, str | None]:
+    """Return :func:`find_thread`, and when there is none :func:`foreign_ticket`: the quoted number
+    is looked for once, and its ticket read once, for both."""
+    if our_ticket:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == our_ticket.upper())).first()
+        if ticket is not None:
+            return ticket, None
+    number = quoted_number(msg, responder.cfg.ticket_prefix)
+    if not number:
+        return None, None
+    ticket = session.scalars(select(Ticket).where(Ticket.number == number)).first()
+    if ticket is None:
+        return None, None
+    sender = msg.sender.lower()
+    if ticket.requester == sender:
+        return ticket, None
+    return None, (number if ticket.requester is not None else None)
 
 
 # --- acting on a batch ----------------------------------------------------------------
@@ -440,12 +472,12 @@ def plan_batch(session: Session, responder: Responder, rows: Sequence[InboundMes
     for row, msg in zip(rows, parsed):
         started = time.monotonic()
         try:
-            probe = screen(msg, probe_ctx)
-            thread = None if probe.verdict == "drop" else find_thread(session, responder, msg, probe.our_ticket)
-            foreign = None if thread is not None or probe.verdict == "drop" else \
-                foreign_ticket(session, responder, msg)
+            examined = examine(msg, probe_ctx)
+            probe = screen(msg, probe_ctx, examined)
+            thread, foreign = (None, None) if probe.verdict == "drop" else \
+                thread_or_foreign(session, responder, msg, probe.our_ticket)
             p = plan_row(responder, row, msg, facts.directory, counts, thread is not None, facts.repeats.get(row.id),
-                         raw_of, facts.held, foreign)
+                         raw_of, facts.held, foreign, examined)
         except Exception as exc:  # noqa: BLE001 - one message never stops the batch
             if not guard:
                 raise
@@ -559,7 +591,7 @@ def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundM
 def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, directory: Directory,
              counts: dict[str, int], followup: bool, duplicate_of: str | None,
              raw_of: Callable[[InboundMessage], bytes] | None, held: Sequence[Any] = (),
-             foreign: str | None = None) -> Plan:
+             foreign: str | None = None, examined: Examined | None = None) -> Plan:
     """Return the plan of one classified row (the cap counts answers to wherever the reply would go)."""
     dkim_ok = None
     if responder.cfg.verify_dkim and responder.dkim_check and raw_of:
@@ -567,10 +599,12 @@ def plan_row(responder: Responder, row: InboundMessage, msg: ParsedMessage, dire
     language = choose_language(msg, row.language, row.desk, responder.desk)
     facts = dict(label=row.label or "other", confidence=float(row.confidence or 0.0), auto=row.auto,
                  language=language, directory=directory, followup=followup, dkim_ok=dkim_ok,
-                 duplicate_of=duplicate_of, held=held, foreign_ticket=foreign)
+                 duplicate_of=duplicate_of, held=held, foreign_ticket=foreign, examined=examined)
     p = plan(responder, msg, recent_autoreplies=counts.get(msg.sender.lower(), 0), **facts)  # type: ignore[arg-type]
     if p.decision.to and counts.get(p.decision.to, 0) >= responder.cfg.autoreply_max:
-        p = plan(responder, msg, recent_autoreplies=responder.cfg.autoreply_max, **facts)  # type: ignore[arg-type]
+        # Planned again under the cap: only the screen and the decision can change.
+        p = plan(responder, msg, recent_autoreplies=responder.cfg.autoreply_max,  # type: ignore[arg-type]
+                 verification=p.verification, **facts)
     return p
 
 

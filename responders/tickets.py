@@ -52,16 +52,32 @@ _URGENT = re.compile(r"\b(urgent|urgente|asap|emergency|emergencia)\b", re.IGNOR
 _HELD = re.compile(r"\b(held|on hold|hold|detained|retenid[oa]s?|detenid[oa]s?)\b", re.IGNORECASE)
 _OUTAGE = re.compile(r"\b(down|outage|not processing|ca[ií]d[oa]|fuera de servicio|no (?:se )?procesa)\b",
                      re.IGNORECASE)
+#: A word of each pattern above, lower-case, that every match holds: a text without one of them
+#: is not searched (a substring test costs a small part of a case-insensitive search).
+_CUES = {_URGENT: ("urgent", "asap", "emergenc"), _HELD: ("held", "hold", "detained", "tenid"),
+         _OUTAGE: ("down", "outage", "processing", "caid", "caíd", "servicio", "procesa")}
+#: Characters that match a letter of those patterns case-insensitively without lower-casing to it
+#: (dotted and dotless i, long s): a text with one is searched without the shortcut.
+_FOLDS = "\u0130\u0131\u017f"
+
+
+def _mentions(pattern: re.Pattern[str], text: str, lowered: list[str]) -> bool:
+    if not text.isascii() and any(c in text for c in _FOLDS):
+        return pattern.search(text) is not None
+    if not lowered:
+        lowered.append(text.lower())
+    return any(cue in lowered[0] for cue in _CUES[pattern]) and pattern.search(text) is not None
 
 
 def priority(label: str | None, text: str, verified: bool) -> tuple[str, list[str]]:
     """Return ``normal`` or ``high`` and why: outages, cargo held, "urgent" from a verified user."""
     why: list[str] = []
-    if label == "system_status" and _OUTAGE.search(text):
+    lowered: list[str] = []  # the text lower-cased, once, when a search needs it
+    if label == "system_status" and _mentions(_OUTAGE, text, lowered):
         why.append("outage")
-    if label == "cargo_release" and _HELD.search(text):
+    if label == "cargo_release" and _mentions(_HELD, text, lowered):
         why.append("cargo held")
-    if verified and _URGENT.search(text):
+    if verified and _mentions(_URGENT, text, lowered):
         why.append("urgent from a verified user")
     return ("high" if why else "normal"), why
 

@@ -24,18 +24,13 @@ without an aligned pass, or with an impersonation finding; else ``verified``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from models.parsed import ParsedMessage
 from responders.checks import Check, Finding, run, with_effect
-from responders.identity import (
-    DirectoryIndex,
-    mentioned_identifiers,
-    mentioned_user_ids,
-    on_behalf,
-)
+from responders.identity import DirectoryIndex, mentions, on_behalf
 from responders.lookalike import lookalike_of
 from responders.trust import FAIL, PASS, Trust, authenticate
 
@@ -62,19 +57,56 @@ class UserRecord:
     language: str = "en"
 
 
+#: What a text mentions: the UserIDs on file (as on file) and the normalised identifiers on file.
+Mentions = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Directory:
-    """The users relevant to one batch (plain data; the caller queries the table) and the index of all."""
+    """The users relevant to one batch (plain data; the caller queries the table) and the index of all.
+
+    It also remembers, for the batch, what each text mentions and whom each sender concerns: the
+    batch's query needs the first, and every message's verification both (worked out once each).
+    """
 
     users: tuple[UserRecord, ...] = ()
     #: Domains of addresses on file, for the lookalike check.
     domains: frozenset[str] = frozenset()
     #: Every UserID and identifier on file; None = just ``users`` (tests, a dry run without a database).
     index: DirectoryIndex | None = None
+    #: Text -> what it mentions (:meth:`mentions`), filled as texts are looked at (not copied by
+    #: ``dataclasses.replace``: another index may mention other users).
+    mentioned: dict[str, Mentions] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def full_index(self) -> DirectoryIndex:
-        return self.index if self.index is not None else DirectoryIndex.build(
-            (u.user_id, u.identifier) for u in self.users)
+        return self.index if self.index is not None else self._users_index
+
+    @cached_property
+    def _users_index(self) -> DirectoryIndex:
+        return DirectoryIndex.build((u.user_id, u.identifier) for u in self.users)
+
+    def mentions(self, text: str) -> Mentions:
+        """Return the UserIDs (as on file) and identifiers (normalised) on file that ``text`` mentions."""
+        found = self.mentioned.get(text)
+        if found is None:
+            users, identifiers = mentions(text, self.full_index())
+            found = self.mentioned[text] = (tuple(users), tuple(identifiers))
+        return found
+
+    def concerning(self, sender: str) -> tuple[tuple[UserRecord, ...], frozenset[str], frozenset[str]]:
+        """Return the records of ``sender`` (lower-case), the UserIDs (lower-case) it is Account Owner of,
+        and its company (:func:`company_of`; empty for an address with neither)."""
+        found = self._concerning.get(sender)
+        if found is None:
+            own = tuple(self.by_email(sender))
+            owned = frozenset(u.user_id.lower() for u in self.by_owner(sender))
+            company = company_of(own, self, sender) if own or owned else frozenset()
+            found = self._concerning[sender] = (own, owned, company)
+        return found
+
+    @cached_property
+    def _concerning(self) -> dict[str, tuple[tuple[UserRecord, ...], frozenset[str], frozenset[str]]]:
+        return {}
 
     @cached_property
     def _keyed(self) -> dict[str, dict[str, list[UserRecord]]]:
@@ -88,6 +120,21 @@ class Directory:
             if u.identifier:
                 keyed["identifier"].setdefault(u.identifier.upper(), []).append(u)
         return keyed
+
+    def user_ids(self, key: str, value: str) -> frozenset[str]:
+        """Return the UserIDs (lower-case) of :meth:`by_email`, :meth:`by_owner` or :meth:`by_identifier`
+        (``key``: ``email``, ``owner``, ``identifier``) of ``value``; worked out once per batch (the
+        colleagues of one Account Owner are every one of their users' company)."""
+        normalised = value.upper() if key == "identifier" else value.lower()
+        found = self._user_ids.get((key, normalised))
+        if found is None:
+            found = self._user_ids[key, normalised] = frozenset(
+                u.user_id.lower() for u in self._keyed[key].get(normalised, ()))
+        return found
+
+    @cached_property
+    def _user_ids(self) -> dict[tuple[str, str], frozenset[str]]:
+        return {}
 
     def by_email(self, email: str) -> list[UserRecord]:
         return list(self._keyed["email"].get(email.lower(), ()))
@@ -142,6 +189,8 @@ class Subject:
     owned: frozenset[str]
     mentioned_users: tuple[str, ...] = ()
     mentioned_identifiers: tuple[str, ...] = ()
+    #: ``msg.classifier_text`` (a property that builds it anew each time it is read).
+    text: str = ""
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -197,7 +246,7 @@ def other_company_identifier(s: Subject) -> str | None:
 
 
 def request_for_another(s: Subject) -> str | None:
-    phrase = on_behalf(s.msg.classifier_text)
+    phrase = on_behalf(s.text or s.msg.classifier_text)
     return f"asks on another person's behalf ({phrase[:40]!r})" if phrase else None
 
 
@@ -230,25 +279,23 @@ def company_of(own: Iterable[UserRecord], directory: Directory, sender: str) -> 
     own = list(own)
     owners = {u.account_owner_email.lower() for u in own if u.account_owner_email} | {sender}
     identifiers = {u.identifier.upper() for u in own if u.identifier}
-    company = [*directory.by_email(sender)]
+    company = set(directory.user_ids("email", sender))
     for owner in owners:
-        company += directory.by_owner(owner)
+        company |= directory.user_ids("owner", owner)
     for identifier in identifiers:
-        company += directory.by_identifier(identifier)
-    return frozenset(u.user_id.lower() for u in company)
+        company |= directory.user_ids("identifier", identifier)
+    return frozenset(company)
 
 
 def subject_of(msg: ParsedMessage, directory: Directory, trust: Trust) -> Subject:
     """Return what the checks need about ``msg`` (one pass over its text and the directory)."""
     sender = msg.sender.lower()
-    index = directory.full_index()
-    own = tuple(directory.by_email(sender))
-    owned = frozenset(u.user_id.lower() for u in directory.by_owner(sender))
+    own, owned, company = directory.concerning(sender)
     text = msg.classifier_text
-    return Subject(msg=msg, trust=trust, directory=directory, index=index, sender=sender, own=own,
-                   company=company_of(own, directory, sender) if own or owned else frozenset(),
-                   owned=owned, mentioned_users=tuple(mentioned_user_ids(text, index)),
-                   mentioned_identifiers=tuple(mentioned_identifiers(text, index)))
+    users, identifiers = directory.mentions(text)
+    return Subject(msg=msg, trust=trust, directory=directory, index=directory.full_index(), sender=sender,
+                   own=own, company=company, owned=owned, mentioned_users=users, mentioned_identifiers=identifiers,
+                   text=text)
 
 
 def local_trust(dkim_ok: bool | None, trust: Trust) -> Trust:
