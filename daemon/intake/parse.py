@@ -3,7 +3,10 @@
 The stdlib ``email`` parser with the ``compat32`` policy reads the structure
 (it never raises on malformed MIME; it records defects instead): about ten
 times cheaper than mail-parser, whose extras (address, date and ``Received``
-parsing of every header) we never read, and than ``policy=default``.  The text
+parsing of every header) we never read, and than ``policy=default``.  A
+single-part message with a plain header section (most mail) skips the
+parser's line-by-line machinery: :func:`simple_message` builds the very
+``Message`` it would build.  The text
 is then decoded part by part with the declared charset, falling back to UTF-8
 and a detected charset when the declaration is missing or wrong, so that
 ISO-2022-JP, windows-125x and RFC 2047 subjects split over several encoded
