@@ -53,6 +53,10 @@ DOT_SAFE = True
 _SOFT_BREAK = b"=\r\n"
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
 _HTML_SPECIAL = re.compile("[&<>\"']")
+#: Printable ASCII but '=' and space: what quoted-printable leaves as it is (only lines are cut).
+_QP_PLAIN = re.compile(rb"[!-<>-~]*")
+#: Distinct topic lists whose encodings a template keeps (a notice has a few topics, so a few lists).
+_TOPICS_CACHED = 4096
 
 
 def _qp(data: bytes) -> bytes:
@@ -60,11 +64,31 @@ def _qp(data: bytes) -> bytes:
     follows starts a line of its own; a dot starting a line is encoded (``=2E``), so no line of
     the message needs SMTP's dot-stuffing and the bytes are the same in DATA, in a spool file and
     under a DKIM body hash."""
+    if _QP_PLAIN.fullmatch(data) is not None:
+        # Nothing to encode (most values: an address, a URL): only cut, as b2a_qp cuts, at 75
+        # characters and a soft break while more than 76 are left; a few times faster.
+        if len(data) > 76:
+            lines = []
+            while len(data) > 76:
+                lines.append(data[:75])
+                data = data[75:]
+            lines.append(data)
+            data = _SOFT_BREAK.join(lines)
+        if data[:1] == b"." or b"\n." in data:
+            data = _LINE_START_DOT.sub(b"=2E", data)
+        return data + _SOFT_BREAK
     encoded = binascii.b2a_qp(data, istext=True)
     if b"\n" in encoded and b"\r\n" not in encoded:
         # Without a CRLF in the input (a value, a short segment) the encoder breaks lines with LF.
         encoded = encoded.replace(b"\n", b"\r\n")
     return _LINE_START_DOT.sub(b"=2E", encoded) + _SOFT_BREAK
+
+
+def _encoded(value: str) -> tuple[bytes, bytes]:
+    """``value`` quoted-printable for the text part, and escaped as the HTML part shows it."""
+    plain = _qp(value.encode("utf-8"))
+    escaped = _html_escape(value)
+    return plain, plain if escaped is value else _qp(escaped.encode("utf-8"))
 
 
 def _html_escape(value: str) -> str:
@@ -86,6 +110,25 @@ def _segments(text: str, escape: bool) -> list[bytes | int]:
     # The last segment ends the part: a hard line break, not a soft one.
     out.append(last[:-len(_SOFT_BREAK)] + (b"" if last.endswith(b"\r\n" + _SOFT_BREAK) else b"\r\n"))
     return out
+
+
+def _layout(pieces: list[bytes | int]) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Bytes and value indices -> a list to join (runs of bytes merged, a hole per value) and the
+    holes: ``(position, value index)``."""
+    parts: list[bytes] = []
+    slots: list[tuple[int, int]] = []
+    run: list[bytes] = []
+    for i, piece in enumerate(pieces):
+        if isinstance(piece, int) or i == 1:   # i == 1: the recipient's header lines
+            parts.append(b"".join(run))
+            run = []
+            if isinstance(piece, int):
+                slots.append((len(parts), piece))
+            parts.append(b"")
+        else:
+            run.append(piece)
+    parts.append(b"".join(run))
+    return parts, slots
 
 
 def _crlf(text: str) -> str:
@@ -129,6 +172,13 @@ class MessageTemplate:
         self._tail = f"--{boundary}--\r\n".encode("ascii")
         self._unsubscribe_base = headers.unsubscribe_url(sender.base_url, "")
         self._preamble = b"This is a multi-part message in MIME format.\r\n"
+        #: Each subscriber's topic list ("ACE, ACH Refunds") encoded once: there are few of them.
+        self._topics: dict[str, tuple[bytes, bytes]] = {}
+        #: The whole copy as one list to join: the fixed bytes merged, holes for the recipient's
+        #: header lines (index 1) and values (``self._slots``: position, value index).
+        self._parts, self._slots = _layout([self._head, b"", b"\r\n" + self._preamble + self._text_head,
+                                            *self._text, self._html_head, *self._html, self._tail])
+        self._body_at = len(self._head)   # + the recipient's header lines: where the body starts
         #: Signs each copy (RFC 6376) when a DKIM key is configured.
         self.dkim = NoticeSigner(dkim, self._head) if dkim is not None else None
 
@@ -147,20 +197,23 @@ class MessageTemplate:
             raise ValueError(f"not a plain address, not sent: {email_address[:100]!r}")
         token = self.signer.make(UNSUBSCRIBE, subscriber_id, self.ttl)
         unsub = self._unsubscribe_base + token
-        manage = unsub + "?manage=1"
-        values: list[bytes] = []
-        for value in (email_address, topics, unsub, manage):
-            values.append(_qp(value.encode("utf-8")))
-            values.append(_qp(_html_escape(value).encode("utf-8")))
-        text = b"".join([seg if isinstance(seg, bytes) else values[seg] for seg in self._text])
-        body_html = b"".join([seg if isinstance(seg, bytes) else values[seg] for seg in self._html])
+        topics_encoded = self._topics.get(topics)
+        if topics_encoded is None:
+            topics_encoded = _encoded(topics)
+            if len(self._topics) < _TOPICS_CACHED:
+                self._topics[topics] = topics_encoded
+        values = (*_encoded(email_address), *topics_encoded, *_encoded(unsub), *_encoded(unsub + "?manage=1"))
         to = f"<{email_address}>"
         message_id = f"<csms.{self.notice.number}.{subscriber_id:x}@{self.sender.domain}>"
         list_unsubscribe = headers.list_unsubscribe(self.sender.request_address, self.sender.base_url, token)
-        per_recipient = f"To: {to}\r\nMessage-ID: {message_id}\r\nList-Unsubscribe: {list_unsubscribe}\r\n"
-        body = b"".join((self._preamble, self._text_head, text, self._html_head, body_html, self._tail))
-        data = b"".join((self._head, per_recipient.encode("utf-8"), b"\r\n", body))
+        per_recipient = f"To: {to}\r\nMessage-ID: {message_id}\r\nList-Unsubscribe: {list_unsubscribe}\r\n".encode()
+        parts = self._parts.copy()
+        parts[1] = per_recipient
+        for position, value in self._slots:
+            parts[position] = values[value]
+        data = b"".join(parts)
         if self.dkim is not None:
+            body = data[self._body_at + len(per_recipient) + 2:]
             data = self.dkim.sign(data, ((b"to", f" {to}".encode()), (b"message-id", f" {message_id}".encode()),
                                          (b"list-unsubscribe", f" {list_unsubscribe}".encode())), body)
         return self.return_path(subscriber_id), data

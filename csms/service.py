@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -506,21 +507,34 @@ def _detail_rows(session: Session, notice: Notice, due) -> list:  # type: ignore
         .order_by(due.c.id)).all())
 
 
-def _due_deliveries(notice: Notice, rows: Sequence) -> list[DueDelivery]:
-    """Turn :func:`_due_rows` into deliveries, the matched topics in the notice's order."""
+def _due_deliveries(notice: Notice, rows: Sequence, only: set[int] | None = None) -> list[DueDelivery]:
+    """Turn :func:`_due_rows` into deliveries (those in ``only``, when given), the matched topics
+    in the notice's order."""
     order = {name: i for i, name in enumerate(notice.topics)}
+    # A thousand deliveries share a handful of topic lists: each is sorted and joined once.
+    joined: dict[tuple[str, ...], str] = {}
     out: list[DueDelivery] = []
-    i = 0
-    while i < len(rows):
-        first = rows[i]
-        names = []
-        while i < len(rows) and rows[i][0] == first[0]:
-            if rows[i][6] is not None:
-                names.append(rows[i][6])
-            i += 1
-        names.sort(key=lambda n: order.get(n, 0))
-        out.append(DueDelivery(first[0], first[1], first[2], first[3], first[4], ", ".join(names),
+
+    def add(first: Any, names: tuple[str, ...]) -> None:
+        topics = joined.get(names)
+        if topics is None:
+            topics = joined[names] = ", ".join(sorted(names, key=lambda n: order.get(n, 0)))
+        out.append(DueDelivery(first[0], first[1], first[2], first[3], first[4], topics,
                                first[5] == ACTIVE, first[7] or "en"))
+
+    first: Any = None
+    names: list[str] = []
+    for row in rows:
+        if only is not None and row[0] not in only:
+            continue
+        if first is None or row[0] != first[0]:
+            if first is not None:
+                add(first, tuple(names))
+            first, names = row, []
+        if row[6] is not None:
+            names.append(row[6])
+    if first is not None:
+        add(first, tuple(names))
     return out
 
 
@@ -558,9 +572,12 @@ def claim_due(session: Session, notice: Notice, owner: str, now: dt.datetime, le
         .returning(Delivery.id).execution_options(synchronize_session=False)))
     if not claimed:
         return []
+    # By the claimed range, not a thousand ids in an IN list: our own older claims in it are left
+    # out below, and nobody else's rows are ours.
     due = (select(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.first_attempt_at)
-           .where(Delivery.id.in_(claimed)).subquery())
-    return _due_deliveries(notice, _detail_rows(session, notice, due))
+           .where(Delivery.notice_id == notice.id, Delivery.status == PENDING,
+                  Delivery.id.between(min(claimed), max(claimed)), Delivery.claim_owner == owner).subquery())
+    return _due_deliveries(notice, _detail_rows(session, notice, due), set(claimed))
 
 
 def claimable_count(session: Session, notice_id: int, now: dt.datetime) -> int:
@@ -568,11 +585,15 @@ def claimable_count(session: Session, notice_id: int, now: dt.datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(Delivery).where(*_claimable(notice_id, now))) or 0)
 
 
-def renew_claims(session: Session, notice_id: int, owner: str, now: dt.datetime, lease_seconds: float) -> None:
-    """Extend the lease of what ``owner`` still holds of a notice."""
-    session.execute(update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
-                                           Delivery.claim_owner == owner)
-                    .values(claim_until=now + dt.timedelta(seconds=lease_seconds))
+def renew_claims(session: Session, notice_id: int, owner: str, now: dt.datetime, lease_seconds: float,
+                 ids: tuple[int, int] | None = None) -> None:
+    """Extend the lease of what ``owner`` still holds of a notice (only between ``ids``, first and
+    last, when given: the index then reads that range instead of every pending delivery)."""
+    stmt = update(Delivery).where(Delivery.notice_id == notice_id, Delivery.status == PENDING,
+                                  Delivery.claim_owner == owner)
+    if ids is not None:
+        stmt = stmt.where(Delivery.id.between(ids[0], ids[1]))
+    session.execute(stmt.values(claim_until=now + dt.timedelta(seconds=lease_seconds))
                     .execution_options(synchronize_session=False))
 
 

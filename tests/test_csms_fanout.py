@@ -560,6 +560,45 @@ def test_pool_delivers_intact_over_reused_connections(pipelining_capture, pipeli
     assert opened == 2 and len(set(pipelining_capture.handler.peers)) == 2   # 12 messages, 2 sessions
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+def test_a_channel_sends_a_series_over_one_session_each_envelope_ahead(pipelining_capture, pipelining):
+    async def main():
+        async with SmtpPool("127.0.0.1", pipelining_capture.port, connections=1, timeout=5,
+                            pipelining=pipelining) as pool:
+            accepted: list[int] = []
+            results = []
+            async with pool.channel() as channel:
+                for i in range(6):
+                    then = ("b@ace-support.example", [f"r{i + 1}@importer.example"]) if i < 5 else None
+                    results.append(await channel.send("b@ace-support.example", [f"r{i}@importer.example"],
+                                                      TRICKY, lambda i=i: accepted.append(i), then=then))
+            return results, accepted, pool.stats["connections"]
+
+    results, accepted, opened = asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.status for r in results] == [SENT] * 6 and accepted == list(range(6))
+    got = pipelining_capture.handler.wait_for(6)
+    assert [m.rcpt_tos for m in got] == [[f"r{i}@importer.example"] for i in range(6)]
+    assert all(m.data == TRICKY for m in got) and opened == 1
+
+
+def test_an_envelope_sent_ahead_for_a_message_that_does_not_follow_delivers_nothing(pipelining_capture):
+    async def main():
+        async with SmtpPool("127.0.0.1", pipelining_capture.port, connections=1, timeout=5) as pool:
+            async with pool.channel() as channel:
+                first = await channel.send("b@ace-support.example", ["a@importer.example"], TRICKY,
+                                           then=("b@ace-support.example", ["never@importer.example"]))
+                other = await channel.send("b@ace-support.example", ["c@importer.example"], TRICKY)
+            return first, other, pool.stats["connections"]
+
+    first, other, opened = asyncio.run(asyncio.wait_for(main(), 30))
+    assert first.status == SENT and other.status == SENT and opened == 2   # the announced session was dropped
+    got = pipelining_capture.handler.wait_for(2)
+    time.sleep(0.3)
+    assert [m.rcpt_tos for m in pipelining_capture.handler.messages] == [["a@importer.example"],
+                                                                         ["c@importer.example"]]
+    assert all(m.data == TRICKY for m in got)
+
+
 def test_pool_reports_refusals_per_recipient(smtp_capture):
     smtp_capture.handler.rcpt_errors["gone@importer.example"] = "550 5.1.1 no such user"
     smtp_capture.handler.data_errors.append("452 4.3.1 insufficient storage")

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
 from daemon.config import Config, read_secret
-from daemon.delivery.smtp_pool import SENT, TEMPORARY, RateLimiter, SendResult, SmtpPool
+from daemon.delivery.smtp_pool import SENT, TEMPORARY, Channel, RateLimiter, SendResult, SmtpPool
 from daemon.runner import backoff
 from daemon.tls import tls_context
 
@@ -36,7 +37,25 @@ class Sender(Protocol):
     async def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes, spool_name: str,
                    accepted: Callable[[], None] | None = None, dot_safe: bool = False) -> SendResult: ...
 
+    def series(self) -> Series:
+        """One way out held for a series of messages by one task (``async with``): each message
+        may name the envelope of the next (``then``), which the relay then gets ahead of time."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class Series(Protocol):
+    """What :meth:`Sender.series` gives: :meth:`Sender.send`, and ``then``, the next envelope."""
+
+    async def __aenter__(self) -> Series: ...
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    def send(self, mail_from: str, rcpts: list[str], raw: bytes, spool_name: str,
+             accepted: Callable[[], None] | None = None, dot_safe: bool = False,
+             then: tuple[str, list[str]] | None = None) -> Awaitable[SendResult]: ...
 
 
 def retry_delay(attempts: int, first: float, cap: float) -> float:
@@ -61,8 +80,32 @@ class RelaySender:
                    accepted: Callable[[], None] | None = None, dot_safe: bool = False) -> SendResult:
         return await self.pool.send(mail_from, list(rcpts), raw, accepted, dot_safe)
 
+    def series(self) -> Series:
+        return _RelaySeries(self.pool.channel())
+
     async def close(self) -> None:
         await self.pool.close()
+
+
+class _RelaySeries:
+    """A :class:`~daemon.delivery.smtp_pool.Channel` of the relay pool (the spool name unused)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def __aenter__(self) -> _RelaySeries:
+        await self.channel.__aenter__()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.channel.__aexit__(kind, exc, tb)
+
+    def send(self, mail_from: str, rcpts: list[str], raw: bytes, spool_name: str,
+             accepted: Callable[[], None] | None = None, dot_safe: bool = False,
+             then: tuple[str, list[str]] | None = None) -> Awaitable[SendResult]:
+        # Not a coroutine of its own: one call less a message.
+        return self.channel.send(mail_from, rcpts, raw, accepted, dot_safe, then)
 
 
 def write_spool(path: Path, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
@@ -94,8 +137,30 @@ class SpoolSender:
             accepted()
         return SendResult(SENT, 250, "spooled")
 
+    def series(self) -> Series:
+        return _SpoolSeries(self)
+
     async def close(self) -> None:
         return None
+
+
+class _SpoolSeries:
+    """The spool needs no session: each message is written as :meth:`SpoolSender.send` does."""
+
+    def __init__(self, spool: SpoolSender) -> None:
+        self.spool = spool
+
+    async def __aenter__(self) -> _SpoolSeries:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+    def send(self, mail_from: str, rcpts: list[str], raw: bytes, spool_name: str,
+             accepted: Callable[[], None] | None = None, dot_safe: bool = False,
+             then: tuple[str, list[str]] | None = None) -> Awaitable[SendResult]:
+        return self.spool.send(mail_from, rcpts, raw, spool_name, accepted, dot_safe)
 
 
 def make_sender(config: Config, *, connections: int, rate_per_second: float, hourly_cap: int) -> Sender:

@@ -18,9 +18,18 @@ in one write and the content with its final dot in a second: two round trips
 per message instead of four.  ``raw`` is the whole message with CRLF line
 endings; dot-stuffing is done here.
 
+A task with a series of messages (the CSMS fan-out) holds one session with
+``async with pool.channel() as ch`` and names each next message's envelope
+when it sends one (``ch.send(..., then=(return_path, rcpts))``): that
+envelope goes in the same write as the final dot (RFC 2920: content first in
+a group, DATA last), so each message costs one write and one round trip.
+The next message's content is still written only after this one's 250 was
+read and ``accepted`` called.
+
 Every step (connect, greeting, EHLO, STARTTLS, AUTH, each transaction, QUIT)
-runs under ``timeout``: a relay that stops answering or drops the connection
-gives a ``temporary`` result, never a hang.  A relay that cannot be reached
+runs under ``timeout`` (a transaction is checked by a watchdog every quarter of
+it, so it may run up to 1.25 x ``timeout``): a relay that stops answering or
+drops the connection gives a ``temporary`` result, never a hang.  A relay that cannot be reached
 is not hammered: new connections wait out a doubling back-off (up to 30 s)
 after a failed connect.
 
@@ -89,6 +98,11 @@ def dot_stuffed(data: bytes) -> bytes:
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
+
+
+def _envelope(mail_from: str, rcpts: list[str]) -> list[str]:
+    """The commands of one transaction up to DATA."""
+    return [f"MAIL FROM:<{mail_from}>", *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
 
 
 class SmtpError(Exception):
@@ -167,6 +181,24 @@ class RateLimiter:
                 self._hour.append([second, 1])
             self._in_hour += 1
 
+    def _take(self) -> float:
+        """Take one message's turn if it is free now and return 0; else how long to wait."""
+        now = time.monotonic()
+        wait = 0.0
+        if self.rate:
+            burst = max(1.0, self.rate / 20)
+            self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
+            if self._tokens < 1.0:
+                wait = (1.0 - self._tokens) / self.rate
+        self._last = now
+        if self.hourly_cap:
+            wait = max(wait, self._hour_wait(now))
+        if wait <= 0:
+            if self.rate:
+                self._tokens -= 1.0
+            self._count(now)
+        return wait
+
     async def acquire(self) -> None:
         """Wait until one more message may be sent."""
         if not self.rate and not self.hourly_cap:
@@ -174,23 +206,15 @@ class RateLimiter:
             return
         # One waiter at a time keeps the order fair and the bucket arithmetic simple.
         async with self._lock:
-            while True:
-                now = time.monotonic()
-                wait = 0.0
-                if self.rate:
-                    burst = max(1.0, self.rate / 20)
-                    self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
-                    if self._tokens < 1.0:
-                        wait = (1.0 - self._tokens) / self.rate
-                self._last = now
-                if self.hourly_cap:
-                    wait = max(wait, self._hour_wait(now))
-                if wait <= 0:
-                    if self.rate:
-                        self._tokens -= 1.0
-                    self._count(now)
-                    return
+            while (wait := self._take()) > 0:
                 await asyncio.sleep(wait)
+
+    def try_acquire(self) -> bool:
+        """Take one message's turn if that needs no wait (and nobody waits already); else False."""
+        if not self.rate and not self.hourly_cap:
+            self._recent.append(time.monotonic())
+            return True
+        return not self._lock.locked() and self._take() <= 0
 
 
 class SmtpConnection:
@@ -212,6 +236,12 @@ class SmtpConnection:
         self.sent = 0
         #: ``envelope`` until the content is written, then ``data``: what a failure may have cost.
         self.stage = "envelope"
+        #: The next message's envelope, written with the last message's end, replies not read yet.
+        self.announced: tuple[str, tuple[str, ...]] | None = None
+        #: When (monotonic) the transaction under way times out; 0 while idle (see :meth:`_watch`).
+        self.deadline = 0.0
+        self.timed_out = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def pipelining(self) -> bool:
@@ -224,7 +254,7 @@ class SmtpConnection:
         while True:
             line = await self.reader.readline()
             if not line.endswith(b"\n"):
-                raise ConnectionError("connection closed by the server")
+                raise self._closed()
             try:
                 code = int(line[:3])
             except ValueError:
@@ -236,6 +266,50 @@ class SmtpConnection:
     async def _reply(self) -> tuple[int, str]:
         code, lines = await self._reply_lines()
         return code, " ".join(lines)
+
+    async def _replies(self, count: int) -> list[tuple[int, str]]:
+        """Read ``count`` replies (what :meth:`_reply` reads, in one call: a pipelined group's
+        replies are mostly in the buffer already)."""
+        assert self.reader is not None
+        readuntil = self.reader.readuntil
+        replies: list[tuple[int, str]] = []
+        lines: list[str] = []
+        while len(replies) < count:
+            try:
+                line = await readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                raise self._closed() from None
+            except asyncio.LimitOverrunError:
+                raise ConnectionError("reply line too long") from None
+            try:
+                code = int(line[:3])
+            except ValueError:
+                raise ConnectionError(f"malformed reply {line[:80]!r}") from None
+            lines.append(line[4:].strip().decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                replies.append((code, " ".join(lines)))
+                lines = []
+        return replies
+
+    def _closed(self) -> Exception:
+        """What a read that found the session closed raises: a timeout if :meth:`_watch` closed it."""
+        return TimeoutError() if self.timed_out else ConnectionError("connection closed by the server")
+
+    async def _watch(self) -> None:
+        """Abort the session once a transaction has run past its deadline.
+
+        A timer per transaction (``asyncio.timeout``) cost more CPU than the rest of the client
+        at thousands of messages a second; this looks every quarter of ``timeout`` instead, so
+        a silent relay is given up after ``timeout`` to 1.25 x ``timeout``.
+        """
+        period = max(0.05, self.timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            if self.deadline and time.monotonic() > self.deadline:
+                self.timed_out = self.broken = True
+                if self.writer is not None:
+                    self.writer.transport.abort()   # the pending read ends: raises TimeoutError
+                return
 
     async def _command(self, text: str) -> tuple[int, str]:
         assert self.writer is not None
@@ -251,6 +325,7 @@ class SmtpConnection:
             self.broken = True
             await self.close()
             raise
+        self._watchdog = asyncio.create_task(self._watch())
 
     async def _open(self) -> None:
         # A TLS context costs ~20 ms to build: only made when this connection will use TLS.
@@ -288,24 +363,37 @@ class SmtpConnection:
             keyword, _, params = line.partition(" ")
             self.extensions[keyword.lower()] = params
 
-    async def send(self, mail_from: str, rcpts: list[str], data: bytes, dot_safe: bool = False) -> SendResult:
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes, dot_safe: bool = False,
+                   then: tuple[str, list[str]] | None = None) -> SendResult:
         """Run one mail transaction; raises OSError/ConnectionError/TimeoutError on a broken session.
 
         ``dot_safe``: the caller guarantees no line of ``data`` starts with a dot and it ends in
         CRLF (a CSMS notice is built so, once), so it goes out without another scan or copy.
+        ``then``: the envelope (return path, recipients) of the message that will follow on this
+        session; with PIPELINING it goes in the same write as this message's final dot (RFC 2920
+        allows message content first in a group and DATA last), so the next transaction costs no
+        round trip of its own.  Only its envelope: its content is written by the next ``send``,
+        after this message's reply was read (and recorded by the caller).
         """
         assert self.writer is not None
         if not dot_safe:
             data = dot_stuffed(data)
-        commands = [f"MAIL FROM:<{mail_from}>", *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
+        count = len(rcpts) + 2   # MAIL, each RCPT, DATA
         self.stage = "envelope"
-        async with asyncio.timeout(self.timeout):
-            if self.pipelining:
-                self.writer.write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
-                replies = [await self._reply() for _ in commands]
+        self.deadline = time.monotonic() + self.timeout
+        try:
+            if self.announced is not None:
+                if self.announced != (mail_from, tuple(rcpts)):
+                    raise ValueError("the envelope written ahead is not this message's")
+                # Written with the last message's end: only its replies are due.
+                self.announced = None
+                replies = await self._replies(count)
+            elif self.pipelining:
+                self.writer.write(("\r\n".join(_envelope(mail_from, rcpts)) + "\r\n").encode("utf-8"))
+                replies = await self._replies(count)
             else:
-                replies = await self._lockstep(commands)
-            mail_reply, data_reply = replies[0], replies[-1] if len(replies) == len(commands) else (0, "")
+                replies = await self._lockstep(_envelope(mail_from, rcpts))
+            mail_reply, data_reply = replies[0], replies[-1] if len(replies) == count else (0, "")
             rcpt_replies = replies[1:1 + len(rcpts)]
             refused = {r: rep for r, rep in zip(rcpts, rcpt_replies) if rep[0] >= 400}
             if data_reply[0] != 354:
@@ -321,8 +409,14 @@ class SmtpConnection:
                 return SendResult(classify(code), code, msg, refused)
             self.stage = "data"
             # One write, one send(2): the copy costs a microsecond, a second syscall more.
-            self.writer.write(data + b".\r\n")
-            code, msg = await self._reply()
+            if then is not None and self.pipelining:
+                self.writer.write(b"".join((data, b".\r\n", ("\r\n".join(_envelope(*then)) + "\r\n").encode("utf-8"))))
+                self.announced = (then[0], tuple(then[1]))
+            else:
+                self.writer.write(data + b".\r\n")
+            (code, msg), = await self._replies(1)
+        finally:
+            self.deadline = 0.0
         self.sent += 1
         if code == 421:
             self.broken = True
@@ -346,11 +440,15 @@ class SmtpConnection:
             self.broken = True
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         writer, self.writer = self.writer, None
         if writer is None:
             return
         try:
-            if not self.broken and not writer.is_closing():
+            # With an envelope written ahead the session may be in DATA: a QUIT would be content.
+            if not self.broken and self.announced is None and not writer.is_closing():
                 async with asyncio.timeout(min(2.0, self.timeout)):
                     writer.write(b"QUIT\r\n")
                     await self._reply()
@@ -424,51 +522,128 @@ class SmtpPool:
         if self.limiter is not None:
             await self.limiter.acquire()
         async with self._slots:
-            conn: SmtpConnection | None = None
-            try:
-                reused = bool(self._idle)
-                conn = await self._connection()
-                try:
-                    result = await conn.send(mail_from, rcpts, data, dot_safe)
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    if not reused or conn.stage != "envelope" or isinstance(exc, TimeoutError):
-                        raise
-                    # A reused session the relay closed while it sat idle: nothing of this message
-                    # was accepted yet, so one more try on a fresh session cannot duplicate it.
-                    conn.broken = True
-                    await conn.close()
-                    conn = None
-                    conn = await self._connection()
-                    result = await conn.send(mail_from, rcpts, data, dot_safe)
-            except SmtpError as exc:
-                # Refused at greeting/EHLO/STARTTLS/AUTH: the relay, not the message, is the problem,
-                # so even a 5xx there is no reason to give up on the recipient.
-                result = SendResult(TEMPORARY, exc.code, exc.message)
-            except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
-                result = SendResult(TEMPORARY, 0, f"connection error: {exc.__class__.__name__}: {exc}".rstrip(": "))
-                if conn is not None:
-                    conn.broken = True
-            except BaseException:
-                if conn is not None:   # cancelled mid-transaction: the session's state is unknown
-                    conn.broken = True
-                    await asyncio.shield(conn.close())
-                raise
+            result, conn = await self._deliver(None, mail_from, rcpts, data, dot_safe, None)
             if result.status == SENT and accepted is not None:
                 accepted()
             if conn is not None:
-                if conn.broken or self._closed or (self.max_per_connection and conn.sent >= self.max_per_connection):
-                    await conn.close()
-                else:
-                    self._idle.append(conn)
+                await self._put_back(conn)
+        self._count(result)
+        return result
+
+    async def _deliver(self, conn: SmtpConnection | None, mail_from: str, rcpts: list[str], data: bytes,
+                       dot_safe: bool, then: tuple[str, list[str]] | None
+                       ) -> tuple[SendResult, SmtpConnection | None]:
+        """One message over ``conn`` (or an idle or new session); the result and the session used
+        (None if none could be opened); the caller records an acceptance, then puts it back."""
+        try:
+            reused = conn is not None and conn.sent > 0 or conn is None and bool(self._idle)
+            if conn is None:
+                conn = await self._connection()
+            try:
+                result = await conn.send(mail_from, rcpts, data, dot_safe, then)
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if not reused or conn.stage != "envelope" or isinstance(exc, TimeoutError):
+                    raise
+                # A reused session the relay closed while it sat idle: nothing of this message
+                # was accepted yet, so one more try on a fresh session cannot duplicate it.
+                conn.broken = True
+                await conn.close()
+                conn = None
+                conn = await self._connection()
+                result = await conn.send(mail_from, rcpts, data, dot_safe, then)
+        except SmtpError as exc:
+            # Refused at greeting/EHLO/STARTTLS/AUTH: the relay, not the message, is the problem,
+            # so even a 5xx there is no reason to give up on the recipient.
+            result = SendResult(TEMPORARY, exc.code, exc.message)
+        except (OSError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            result = SendResult(TEMPORARY, 0, f"connection error: {exc.__class__.__name__}: {exc}".rstrip(": "))
+            if conn is not None:
+                conn.broken = True
+        except BaseException:
+            if conn is not None:   # cancelled mid-transaction: the session's state is unknown
+                conn.broken = True
+                await asyncio.shield(conn.close())
+            raise
+        return result, conn
+
+    async def _put_back(self, conn: SmtpConnection) -> None:
+        """An idle session goes back to the pool, or is closed once it has carried enough."""
+        if (conn.broken or self._closed or conn.announced is not None
+                or (self.max_per_connection and conn.sent >= self.max_per_connection)):
+            await conn.close()
+        else:
+            self._idle.append(conn)
+
+    def _count(self, result: SendResult) -> None:
         self.stats[result.status] += 1
         if self.limiter is not None:
             if result.status == TEMPORARY:
                 self.limiter.slow_down()
             elif result.status == SENT:
                 self.limiter.speed_up()
-        return result
+
+    def channel(self) -> Channel:
+        """A session of this pool held for a series of messages (``async with pool.channel() as ch``)."""
+        return Channel(self)
 
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
+
+
+class Channel:
+    """One of a pool's sessions held by one task for a series of messages, each next message's
+    envelope written with the last one's end (``then``): one round trip a message, not two.
+
+    It takes one of the pool's ``connections`` slots while open.  Everything else is as
+    :meth:`SmtpPool.send`: the rate limiter, the reconnect back-off, the one retry of a session
+    closed while idle, ``accepted`` called right after the 250 and before the session takes
+    another message (the next message's content is only written by the next :meth:`send`).
+    """
+
+    def __init__(self, pool: SmtpPool) -> None:
+        self.pool = pool
+        self.conn: SmtpConnection | None = None
+        #: The limiter's turn was taken for the envelope written ahead.
+        self._paid_ahead = False
+
+    async def __aenter__(self) -> Channel:
+        await self.pool._slots.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                await asyncio.shield(self.pool._put_back(conn))
+        finally:
+            self.pool._slots.release()
+
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes, accepted: Callable[[], None] | None = None,
+                   dot_safe: bool = False, then: tuple[str, list[str]] | None = None) -> SendResult:
+        """Send one message; ``then`` is the envelope of the message this channel sends next, if
+        known (a ``send`` of another one instead costs this session: it is closed, not reused)."""
+        pool, conn = self.pool, self.conn
+        if conn is not None and conn.broken:   # closed by a failure the caller saw raised
+            conn = None
+        ahead = conn is not None and conn.announced == (mail_from, tuple(rcpts))
+        if conn is not None and conn.announced is not None and not ahead:
+            # The session may be in DATA for the envelope written ahead: only closing ends that.
+            conn.broken = True
+            await conn.close()
+            self.conn = conn = None
+        if pool.limiter is not None and not (ahead and self._paid_ahead):
+            await pool.limiter.acquire()
+        # The envelope goes ahead only if its turn is free now: no session held open by a wait.
+        self._paid_ahead = then is not None and (pool.limiter is None or pool.limiter.try_acquire())
+        result, conn = await pool._deliver(conn, mail_from, rcpts, data, dot_safe, then if self._paid_ahead else None)
+        if result.status == SENT and accepted is not None:
+            accepted()
+        if conn is not None and (conn.broken or pool._closed
+                                 or (pool.max_per_connection and conn.sent >= pool.max_per_connection)):
+            await conn.close()
+            conn = None
+        self.conn = conn
+        pool._count(result)
+        return result
