@@ -15,11 +15,9 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from array import array
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,51 @@ class ArtifactError(Exception):
     """An archive that is not a usable model; the message says why."""
 
 
+class _GramIndex:
+    """The word vocabulary as arrays: every word that the vocabulary's uni- or bigrams use gets
+    a number, and a batch's n-grams are then found with NumPy, not counted per text in Python."""
+
+    def __init__(self, vocabulary: dict[str, int]) -> None:
+        words: dict[str, int] = {}
+        for term in vocabulary:
+            for word in term.split(" "):
+                words.setdefault(word, len(words))
+        self.words = words
+        #: Column of each numbered word as a unigram; -1 when it is not one (and, last, for an
+        #: unknown word, numbered -1).
+        self.unigram = np.full(len(words) + 1, -1, dtype=np.int64)
+        pairs: list[tuple[int, int]] = []
+        for term, col in vocabulary.items():
+            first, _, second = term.partition(" ")
+            if second:
+                pairs.append((words[first] * len(words) + words[second], col))
+            else:
+                self.unigram[words[term]] = col
+        pairs.sort()
+        #: Bigrams as sorted keys (first word's number x words + second's) and their columns.
+        self.pair_keys = np.array([k for k, _ in pairs], dtype=np.int64)
+        self.pair_columns = np.array([c for _, c in pairs], dtype=np.int64)
+
+
+def _first_and_count(cells: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the distinct ``cells`` (sorted), the least ``order`` key of each, and how many times
+    each occurs (both arrays non-negative, ``order`` keys distinct)."""
+    if not len(cells):
+        return cells, order, np.zeros(0, dtype=np.int64)
+    bits = int(order.max()).bit_length()
+    if (int(cells.max()) + 1) << bits < 1 << 62:
+        # One plain sort of both packed in an int64 (vectorised), not np.unique's stable argsort.
+        packed = np.sort((cells << bits) | order)
+        cells = packed >> bits
+        starts = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1])))
+        counts = np.diff(np.append(starts, len(cells)))
+        return cells[starts], packed[starts] & ((1 << bits) - 1), counts
+    distinct, first, counts = np.unique(cells, return_index=True, return_counts=True)
+    least = np.full(len(distinct), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(least, np.searchsorted(distinct, cells), order)
+    return distinct, least, counts
+
+
 @dataclass
 class WordFeatures:
     """Word uni- and bigram TF-IDF (sublinear TF, L2 rows), as scikit-learn's
@@ -44,38 +87,53 @@ class WordFeatures:
 
     vocabulary: dict[str, int]
     idf: np.ndarray
+    _index: _GramIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def transform(self, texts: Sequence[str], tokens: Sequence[list[str]] | None = None) -> sparse.csr_matrix:
         """Return the TF-IDF rows of normalised ``texts`` (``tokens``: their :func:`word_tokens`,
         when the caller has them already)."""
-        vocab_get = self.vocabulary.get
-        # Python only counts the grams (Counter and map run in C); the arithmetic is NumPy's
-        # over the whole batch.
-        columns = array("q")
-        counts = array("q")
-        lengths = array("q")
-        for r, text in enumerate(texts):
-            words = tokens[r] if tokens is not None else word_tokens(text)
-            unigrams = Counter(words)
-            # Pairs counted as tuples, joined into strings once each (a bigram has a space, a
-            # word none: the two never collide).
-            pairs = Counter(zip(words, words[1:]))
-            columns.extend(map(vocab_get, unigrams, repeat(-1, len(unigrams))))
-            columns.extend(map(vocab_get, map(" ".join, pairs), repeat(-1, len(pairs))))
-            counts.extend(unigrams.values())
-            counts.extend(pairs.values())
-            lengths.append(len(unigrams) + len(pairs))
-        cols = np.frombuffer(columns, dtype=np.int64) if len(columns) else np.zeros(0, dtype=np.int64)
-        tf = np.frombuffer(counts, dtype=np.int64) if len(counts) else np.zeros(0, dtype=np.int64)
-        rows = np.repeat(np.arange(len(texts)), np.frombuffer(lengths, dtype=np.int64) if len(lengths) else 0)
-        known = cols >= 0
-        cols, tf, rows = cols[known], tf[known], rows[known]
+        if tokens is None:
+            tokens = [word_tokens(text) for text in texts]
+        index = self._index
+        if index is None:
+            index = self._index = _GramIndex(self.vocabulary)
+        n_rows = len(texts)
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=n_rows)
+        size = len(index.words)
+        # Every token of the batch as its word's number (-1: a word no n-gram uses).
+        ids = np.fromiter(map(index.words.get, chain.from_iterable(tokens), repeat(-1)), dtype=np.int64,
+                          count=int(lengths.sum()))
+        rows = np.repeat(np.arange(n_rows), lengths)
+        unigrams = index.unigram[ids]
+        # Bigrams: neighbouring tokens of one text, both numbered, whose key is in the vocabulary.
+        keys = ids[:-1] * size + ids[1:]
+        at = np.minimum(np.searchsorted(index.pair_keys, keys), max(len(index.pair_keys) - 1, 0))
+        paired = (rows[:-1] == rows[1:]) & (ids[:-1] >= 0) & (ids[1:] >= 0)
+        if len(index.pair_keys):
+            paired &= index.pair_keys[at] == keys
+        else:
+            paired[:] = False
+        known = unigrams >= 0
+        entry_rows = np.concatenate((rows[known], rows[:-1][paired]))
+        entry_cols = np.concatenate((unigrams[known], index.pair_columns[at[paired]] if len(index.pair_keys)
+                                     else np.zeros(0, dtype=np.int64)))
+        # The order scikit-learn's counting gave (and that the float sums below follow): per
+        # text, its unigrams by first occurrence, then its bigrams by first occurrence.
+        position = np.arange(len(ids))
+        order = np.concatenate((2 * rows[known] * len(ids) + position[known],
+                                (2 * rows[:-1][paired] + 1) * len(ids) + position[:-1][paired]))
+        cells, first, tf = _first_and_count(entry_rows * len(self.vocabulary) + entry_cols, order)
+        # Distinct order keys: an unstable sort orders them the same.
+        ranked = np.argsort(first)
+        cells, tf = cells[ranked], tf[ranked]
+        rows_of = cells // len(self.vocabulary)
+        cols = cells - rows_of * len(self.vocabulary)
         vals = (1.0 + np.log(tf)) * self.idf[cols]
-        norms = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=len(texts)))
+        norms = np.sqrt(np.bincount(rows_of, weights=vals * vals, minlength=n_rows))
         norms[norms == 0] = 1.0
-        vals /= norms[rows]
-        indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(texts)))))
-        return sparse.csr_matrix((vals, cols, indptr), shape=(len(texts), len(self.vocabulary)))
+        vals /= norms[rows_of]
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(rows_of, minlength=n_rows))))
+        return sparse.csr_matrix((vals, cols, indptr), shape=(n_rows, len(self.vocabulary)))
 
 
 @dataclass

@@ -57,10 +57,10 @@ def classify(model: TextClassifier, messages: Sequence[MessageText],
 
     ``thresholds`` and ``max_chars`` override the model's own (``[classifier]`` config).
     """
-    predictions = model.predict([m.classifier_text for m in messages], thresholds, max_chars or None)
+    texts = [m.classifier_text for m in messages]
+    predictions = model.predict(texts, thresholds, max_chars or None)
     out = []
-    for message, prediction in zip(messages, predictions, strict=True):
-        text = message.classifier_text
+    for message, text, prediction in zip(messages, texts, predictions, strict=True):
         language = detect_language(text, default="")
         if not language:
             language = detect_language(message.quoted, default=message.language_hint)

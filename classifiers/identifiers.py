@@ -16,6 +16,7 @@ the digits are not in it, nor in anything derived from it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 # Valid EIN prefixes (the IRS campus codes); 00, 07-09, 17-19, 28, 29, 49,
@@ -40,6 +41,9 @@ _CBP_IOR = re.compile(r"(?=\d)" + _B + r"(\d{2})(\d{2})(\d{2})-(\d{5})(?![\w-])"
 
 _DIGIT_SEP_DIGIT = re.compile(r"\d[- ]\d")
 _NINE_DIGITS = re.compile(r"\d{9}")
+#: ASCII text as digits (0), separators (a space) and the rest (x): the two guards above become
+#: substring tests over one bytes.translate, several times faster than the regex scans.
+_DIGIT_SHAPES = bytes(48 if 48 <= c <= 57 else 32 if c in (32, 45) else 120 for c in range(256))
 
 _KW_SEP = r"\s*(?:(?:is|es|#|no\.?|number|n[uú]mero|code|c[oó]digo|:|=|\(|-)\s*){0,3}"
 _SCAC = re.compile(r"(?=S)\bSCAC(?:\s+code)?" + _KW_SEP + r"[\"']?([A-Za-z]{2,4})\b(?![\w-])")
@@ -98,6 +102,38 @@ def _ssn_shaped(area: str, group: str, serial: str) -> bool:
     return True  # any NNN-NN-NNNN is treated as one: better hidden than echoed
 
 
+#: The words a :data:`_USER` match can start with (lower case).
+_USER_STARTS = ("ace", "user", "login", "id", "nombre", "usuario")
+
+
+def user_matches(text: str, lower: str) -> Iterator[re.Match[str]]:
+    """Return what ``_USER.finditer(text)`` returns (``lower``: ``text.lower()``).
+
+    In ASCII text a match can only start where ``lower`` has one of
+    :data:`_USER_STARTS`: trying the pattern there alone, in order and
+    without overlaps, finds the same matches several times faster than the
+    regex engine's scan of every position.  Other text (where case folding
+    is wider) is scanned whole.
+    """
+    if not text.isascii():
+        yield from _USER.finditer(text)
+        return
+    starts: set[int] = set()
+    for word in _USER_STARTS:
+        at = lower.find(word)
+        while at >= 0:
+            starts.add(at)
+            at = lower.find(word, at + 1)
+    end = 0
+    for at in sorted(starts):
+        if at < end:
+            continue
+        m = _USER.match(text, at)
+        if m is not None:
+            end = m.end()
+            yield m
+
+
 def extract_identifiers(text: str) -> dict[str, Any]:
     """Return the identifiers quoted in ``text`` (only the keys found).
 
@@ -118,8 +154,12 @@ def extract_identifiers(text: str) -> dict[str, Any]:
     # SSN-shaped numbers first, and blank them out so no other pattern sees their digits.
     # Every numeric identifier has a digit, a dash or space, and a digit; an SSN without
     # separators nine digits in a row: without those, these scans cannot match.
-    separated = _DIGIT_SEP_DIGIT.search(text) is not None
-    nine = _NINE_DIGITS.search(text) is not None
+    if text.isascii():
+        shapes = text.encode("ascii").translate(_DIGIT_SHAPES)
+        separated, nine = b"0 0" in shapes, b"000000000" in shapes
+    else:
+        separated = _DIGIT_SEP_DIGIT.search(text) is not None
+        nine = _NINE_DIGITS.search(text) is not None
     for pattern in ((_SSN,) if separated else ()) + ((_SSN_PLAIN,) if nine else ()):
         def _blank(m: re.Match[str]) -> str:
             nonlocal ssn
@@ -155,7 +195,7 @@ def extract_identifiers(text: str) -> dict[str, Any]:
     for m in (_SURETY.finditer(text) if has_surety else ()):
         add("surety_codes", m.group(1))
     has_user = "user" in lower or "usuario" in lower or "login" in lower
-    for m in (_USER.finditer(text) if has_user else ()):
+    for m in (user_matches(text, lower) if has_user else ()):
         user = m.group(3).rstrip("._-")
         if user.lower() in _NOT_USER or len(user) < 3:
             continue

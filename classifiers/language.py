@@ -41,15 +41,35 @@ _ES_MARKS = re.compile(r"[ñáéíóú¿¡]", re.IGNORECASE)
 #: A word in both lists counts as English.
 _ES_ONLY = _ES - _EN
 
+# The same words found faster, with the same result (checked over every code point):
+# - ASCII text: letters kept and lower-cased, the rest blanked, by one bytes.translate, and the
+#   words split off in C; it has no Spanish marks.
+# - Other text without U+0130 (the only letter whose lower case is two characters): lower-cased
+#   first, then the lower-case letters of _WORD, and the marks counted as lower case.
+_ASCII_LETTERS = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 else 32 for c in range(256))
+_EN_BYTES = frozenset(w.encode() for w in _EN if w.isascii())
+_ES_ONLY_BYTES = frozenset(w.encode() for w in _ES_ONLY if w.isascii())
+_LOWER_WORD = re.compile("[a-záéíóúüñ\u0131\u017f]+")
+_LOWER_MARKS = "ñáéíóú¿¡"
+
 
 def language_scores(text: str) -> tuple[float, float]:
     """Return ``(english, spanish)`` evidence counts for ``text``."""
     head = text[:4000]
     # Counted by set membership in C, not a Python loop: this runs on every message.
-    words = list(map(str.lower, _WORD.findall(head)))
+    if head.isascii():
+        tokens = head.encode("ascii").translate(_ASCII_LETTERS).split()
+        return float(sum(map(_EN_BYTES.__contains__, tokens))), float(sum(map(_ES_ONLY_BYTES.__contains__, tokens)))
+    if "\u0130" in head:
+        words = list(map(str.lower, _WORD.findall(head)))
+        marks = len(_ES_MARKS.findall(head))
+    else:
+        lowered = head.lower()
+        words = _LOWER_WORD.findall(lowered)
+        marks = sum(map(lowered.count, _LOWER_MARKS))
     en = float(sum(map(_EN.__contains__, words)))
     es = float(sum(map(_ES_ONLY.__contains__, words)))
-    es += 0.5 * len(_ES_MARKS.findall(head))
+    es += 0.5 * marks
     return en, es
 
 

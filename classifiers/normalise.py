@@ -59,6 +59,21 @@ _FOLD_AND_CLEAN = _FoldTable()
 _SPACE_RUNS = re.compile(r"[ \t\u00a0]{2,}|[\t\u00a0]")
 
 
+def _ascii_table() -> bytes:
+    """Return the ``bytes.translate`` table of an ASCII text: what lower case and
+    :data:`_FOLD_AND_CLEAN` make of each character, and every digit as ``0``."""
+    table = bytearray(range(256))
+    for code in range(128):
+        char = chr(code)
+        value = "0" if char.isdigit() else _FOLD_AND_CLEAN[ord(char.lower())]
+        table[code] = ord(value)
+    return bytes(table)
+
+
+_ASCII = _ascii_table()
+_ZEROS = re.compile(rb"00+")
+
+
 def normalise(text: str, max_chars: int = 1000) -> str:
     """Return the model's view of ``text`` (subject + new text), at most ``max_chars`` long."""
     # Cap first (with slack for the replacements below) so that the cost is bounded.
@@ -70,8 +85,15 @@ def normalise(text: str, max_chars: int = 1000) -> str:
         text = _URL.sub(" zurl ", text)
     if "@" in text:
         text = _EMAIL.sub(" zemail ", text)
-    text = _DIGITS.sub("0", text)
-    text = text.lower().translate(_FOLD_AND_CLEAN)
-    text = _SPACE_RUNS.sub(" ", text)
+    if text.isascii():
+        # Most mail: one C pass over bytes does the lower case, the clean-up and the digits
+        # (each a 0); the 0s of one number then collapse into one, as _DIGITS would write it.
+        data = text.encode("ascii").translate(_ASCII)
+        text = (_ZEROS.sub(b"0", data) if b"00" in data else data).decode("ascii")
+    else:
+        text = _DIGITS.sub("0", text)
+        text = text.lower().translate(_FOLD_AND_CLEAN)
+    if "  " in text or "\t" in text or "\xa0" in text:  # else nothing for _SPACE_RUNS to do
+        text = _SPACE_RUNS.sub(" ", text)
     text = _NEWLINES.sub("\n", text)
     return text.strip()[:max_chars]

@@ -3,7 +3,10 @@
 The stdlib ``email`` parser with the ``compat32`` policy reads the structure
 (it never raises on malformed MIME; it records defects instead): about ten
 times cheaper than mail-parser, whose extras (address, date and ``Received``
-parsing of every header) we never read, and than ``policy=default``.  The text
+parsing of every header) we never read, and than ``policy=default``.  A
+single-part message with a plain header section (most mail) skips the
+parser's line-by-line machinery: :func:`simple_message` builds the very
+``Message`` it would build.  The text
 is then decoded part by part with the declared charset, falling back to UTF-8
 and a detected charset when the declaration is missing or wrong, so that
 ISO-2022-JP, windows-125x and RFC 2047 subjects split over several encoded
@@ -16,15 +19,16 @@ converter is linear, so no input can hang the worker.
 
 from __future__ import annotations
 
-import dataclasses
 import email
 import email.header
 import email.utils
 import html
+import io
 import logging
 import re
 import time
 from email.message import Message
+from typing import Any
 from html.parser import HTMLParser
 
 from classifiers.text import split_body
@@ -54,7 +58,11 @@ KEPT_HEADERS = (
     "x-acedesk-ticket", "feedback-id", "x-ms-exchange-generated-message-source",
 )
 
+_KEPT = frozenset(KEPT_HEADERS)
 _ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "return-path"})
+_TRACE_FIELDS = frozenset({"received", "authentication-results"})
+#: White space as str.isspace() sees it (the same characters, checked over every code point).
+_WHITESPACE = re.compile(r"\s")
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _CRLF = re.compile(r"[\r\n]+")
@@ -89,25 +97,36 @@ def parse_message(raw: bytes, envelope_from: str | None = None) -> ParsedMessage
     check_looks_like_mail(raw)
     check_header_size(raw)
     try:
-        msg: Message = email.message_from_bytes(raw)
+        simple = simple_message(raw)
+        msg: Message = simple[0] if simple else email.message_from_bytes(raw)
     except RecursionError:
         # One recursion per multipart nesting level: a crafted deep nest is a quarantine reason.
         raise Unparseable("parser_error", "message nesting too deep to parse") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a quarantine reason
         raise Unparseable("parser_error", f"{type(exc).__name__}: {exc}") from None
-    headers = kept_headers(msg)
-    sender_name, sender = first_address(headers.get("from", []))
+    headers, trace = header_fields(msg)
+    from_pairs = address_pairs(headers.get("from", []))
+    sender_name, sender = first_address(headers.get("from", []), from_pairs)
     if not sender:
         sender_name, sender = first_address(headers.get("sender", []))
     if not sender:
         raise Unparseable("no_sender", "no usable From or Sender address")
-    text, attachments, defects = extract_text(msg)
-    defects = from_defects(headers.get("from", [])) + defects
-    new, quoted, signature = split_body(clean(text))
-    return clean_record(ParsedMessage(
+    content_type = simple[1] if simple else msg.get_content_type()
+    text, attachments, defects = extract_text(msg, content_type)
+    defects = from_defects(headers.get("from", []), from_pairs) + defects
+    # Every string is made safe for storage (clean()) once.  The fields cleaned here are the ones
+    # taken from the message without going through clean(): the body text, the envelope sender,
+    # the content type, defect notes and attachments.  Every other field is built from header
+    # values that one_line() / clean() already returned (slices, joins, lower case, address
+    # parts of them), and cleaning a clean string gives the same string: cleaning them all again
+    # cost a tenth of the parse.
+    text = clean(text)
+    new, quoted, signature = split_body(text)
+    envelope = return_path(envelope_from, headers)
+    return ParsedMessage(
         sender=sender,
         sender_name=sender_name,
-        return_path=return_path(envelope_from, headers),
+        return_path=None if envelope is None else clean(envelope),
         to=addresses(headers.get("to", [])),
         cc=addresses(headers.get("cc", [])),
         reply_to=addresses(headers.get("reply-to", [])),
@@ -120,12 +139,12 @@ def parse_message(raw: bytes, envelope_from: str | None = None) -> ParsedMessage
         new_text=new,
         quoted_text=quoted,
         signature=signature,
-        attachments=attachments,
+        content_type=clean(content_type),
+        defects=[clean(d) for d in defects + [type(d).__name__ for d in getattr(msg, "defects", [])][:20]],
+        attachments=[Attachment(clean(a.filename), clean(a.content_type), a.size) for a in attachments],
         headers=headers,
-        content_type=msg.get_content_type(),
-        defects=defects + [type(d).__name__ for d in getattr(msg, "defects", [])][:20],
-        trace=trace_fields(msg),
-    ))
+        trace=trace,
+    )
 
 
 def parse_within_budget(raw: bytes, envelope_from: str | None = None, *, seconds: float = 10.0,
@@ -164,46 +183,18 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
 
 
-def _clean_value(value: object) -> object:
-    if isinstance(value, str):
-        return clean(value)
-    if isinstance(value, list):
-        return [_clean_value(v) for v in value]
-    if isinstance(value, dict):
-        return {clean(str(k)): _clean_value(v) for k, v in value.items()}
-    return value
-
-
-def clean_record(record: ParsedMessage) -> ParsedMessage:
-    """Return ``record`` with every string made safe for storage."""
-    # Field by field, by type, not through asdict(): its deep copy cost more than the parse itself.
-    values: dict[str, object] = {}
-    for name in _RECORD_FIELDS:
-        value = getattr(record, name)
-        if isinstance(value, str):
-            values[name] = clean(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            values[name] = [clean(v) for v in value]
-        else:
-            values[name] = _clean_value(value)
-    values["attachments"] = [Attachment(clean(a.filename), clean(a.content_type), a.size)
-                             for a in record.attachments]
-    return ParsedMessage(**values)  # type: ignore[arg-type]
-
-
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ParsedMessage) if f.name != "attachments")
-
-
 def check_looks_like_mail(raw: bytes) -> None:
     """Raise :class:`Unparseable` for input that is not an RFC 5322 message at all."""
-    if not raw.strip():
+    if not raw or raw.isspace():  # what strip() would leave empty, without copying the message
         raise Unparseable("empty", "no bytes")
     if raw.startswith(_OLE2_MAGIC):
         raise Unparseable("not_rfc5322", "an Outlook .msg (OLE2 compound file), not an RFC 5322 message")
     head = raw[:4096].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     if b"\x00" in head:
         raise Unparseable("not_rfc5322", "NUL bytes in the header section")
-    first_line = raw.lstrip(b"\r\n").split(b"\n", 1)[0]
+    start = raw.lstrip(b"\r\n")
+    end = start.find(b"\n")
+    first_line = start if end < 0 else start[:end]  # split(b"\n", 1)[0], without copying the rest
     if first_line.startswith(b"From "):  # mbox framing line
         first_line = raw.lstrip(b"\r\n").split(b"\n", 2)[1] if raw.count(b"\n") > 1 else b""
     if not _HEADER_LINE.match(first_line):
@@ -212,9 +203,54 @@ def check_looks_like_mail(raw: bytes) -> None:
 
 def check_header_size(raw: bytes) -> None:
     """Raise :class:`Unparseable` when the header section alone is over :data:`MAX_HEADER_BYTES`."""
+    if len(raw) <= MAX_HEADER_BYTES:
+        return  # the header section cannot be longer than the message
     end = _HEADER_END.search(raw, 0, MAX_HEADER_BYTES + 4)
-    if end is None and len(raw) > MAX_HEADER_BYTES:
+    if end is None:
         raise Unparseable("over_budget", f"header section longer than {MAX_HEADER_BYTES} bytes")
+
+
+#: A header field's first line as the stdlib parser recognises one: a non-empty name, a colon.
+_FIELD_START = re.compile(r"[\041-\071\073-\176]+:")
+
+
+def simple_message(raw: bytes) -> tuple[Message, str] | None:
+    """Return what ``email.message_from_bytes(raw)`` returns, and its content type, for a
+    message that is not multipart (nor message/*) and whose header section is plain fields
+    ended by a blank line; None for anything else, which the stdlib parser then reads.
+
+    The stdlib's FeedParser walks every line of the body through generators and a line
+    buffer only to join them again; here the header lines are split the way it splits them
+    (CR, LF or CRLF), stored as its compat32 policy stores them (``header_source_parse``,
+    inlined), and the body taken whole.
+    """
+    text = raw.decode("ascii", "surrogateescape")  # as BytesParser decodes
+    msg = Message()
+    source: list[str] = []
+    length = 0
+    for line in io.StringIO(text, newline=""):  # lines split on CR, LF and CRLF, ends kept
+        length += len(line)
+        if line[0] in " \t":
+            if not source:
+                return None  # a continuation first: a defect the stdlib records
+            source.append(line)
+            continue
+        if source:
+            name, value = source[0].split(":", 1)
+            value = value.lstrip(" \t") + "".join(source[1:]) if len(source) > 1 else value.lstrip(" \t")
+            msg.set_raw(name, value.rstrip("\r\n"))
+        if line[0] in "\r\n":
+            break  # the blank line that ends the header section
+        if _FIELD_START.match(line) is None:
+            return None  # a unix From line, a nameless field, or body without a blank line
+        source = [line]
+    else:
+        return None  # no body at all
+    content_type = msg.get_content_type()
+    if content_type.split("/")[0] in ("multipart", "message"):  # get_content_maintype()
+        return None
+    msg.set_payload(text[length:])
+    return msg, content_type
 
 
 # --- headers ------------------------------------------------------------------------
@@ -241,22 +277,32 @@ def _decode_chunk(chunk: bytes | str, charset: str | None) -> str:
     return decode_bytes(chunk, charset)
 
 
-def kept_headers(msg: Message) -> dict[str, list[str]]:
-    """Return the screening/verification headers, decoded, every value in order."""
+def header_fields(msg: Message) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Return the screening/verification headers (:data:`KEPT_HEADERS`, decoded, every value in
+    order) and the trace fields (``[name, value]`` of each Received and Authentication-Results
+    field, top first), from one pass over the header fields."""
     kept: dict[str, list[str]] = {}
+    trace: list[list[str]] = []
     for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
         key = str(name).strip().lower()
-        if key in KEPT_HEADERS and len(kept.get(key, ())) < MAX_ADDRESSES:
-            if key in _ADDRESS_HEADERS:
-                # Addresses are split before encoded words are decoded (RFC 2047 section 5: an
-                # encoded word is never an addr-spec), or "=?utf-8?b?<victim's address>?=
-                # <attacker>" would read as two mailboxes, the victim's first.  Comments go
-                # first, so that a padded comment cannot push the address past the cap.
-                text = strip_comments(clean(one_line(str(value)))[:200_000])
-            else:
-                text = decode_header_value(value)
-            kept.setdefault(key, []).append(text[:4000])
-    return kept
+        if key in _TRACE_FIELDS and len(trace) < MAX_TRACE:
+            trace.append([key, one_line(str(value))[:2000]])
+        if key in _KEPT and len(kept.get(key, ())) < MAX_ADDRESSES:
+            kept.setdefault(key, []).append(kept_value(key, value))
+    return kept, trace
+
+
+def kept_value(key: str, value: object) -> str:
+    """Return the value of kept header ``key`` as the record stores it."""
+    if key in _ADDRESS_HEADERS:
+        # Addresses are split before encoded words are decoded (RFC 2047 section 5: an
+        # encoded word is never an addr-spec), or "=?utf-8?b?<victim's address>?=
+        # <attacker>" would read as two mailboxes, the victim's first.  Comments go
+        # first, so that a padded comment cannot push the address past the cap.
+        text = strip_comments(clean(one_line(str(value)))[:200_000])
+    else:
+        text = decode_header_value(value)
+    return text[:4000]
 
 
 def first(headers: dict[str, list[str]], name: str) -> str:
@@ -268,19 +314,10 @@ def one_line(text: str) -> str:
     """Return ``text`` unfolded: no line break (CR, LF, or a Unicode one from an encoded word)
     and no NUL can travel from a header into anything we write."""
     # Raw 8-bit headers arrive as lone surrogates: decode them first, or a UTF-8 U+2028 would pass.
-    return _LINE_BREAKS.sub(" ", clean(text)).strip()
-
-
-def trace_fields(msg: Message) -> list[list[str]]:
-    """Return ``[name, value]`` of each Received and Authentication-Results field, top first."""
-    trace: list[list[str]] = []
-    for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
-        key = str(name).strip().lower()
-        if key in ("received", "authentication-results"):
-            trace.append([key, one_line(str(value))[:2000]])
-            if len(trace) >= MAX_TRACE:
-                break
-    return trace
+    text = clean(text)
+    if text.isascii() and "\n" not in text and "\r" not in text and "\x0b" not in text and "\x0c" not in text:
+        return text.strip()  # the commonest header value: nothing for _LINE_BREAKS to replace
+    return _LINE_BREAKS.sub(" ", text).strip()
 
 
 def strip_comments(value: str) -> str:
@@ -353,11 +390,12 @@ def address_pairs(values: list[str]) -> list[tuple[str, str]]:
     return pairs[:MAX_ADDRESSES]
 
 
-def from_defects(values: list[str]) -> list[str]:
-    """Return ``multiple_from_headers`` / ``multiple_from_mailboxes`` when From names more than one sender."""
+def from_defects(values: list[str], pairs: list[tuple[str, str]] | None = None) -> list[str]:
+    """Return ``multiple_from_headers`` / ``multiple_from_mailboxes`` when From names more than one sender
+    (``pairs``: ``address_pairs(values)``, when the caller has them)."""
     if len(values) > 1:
         return ["multiple_from_headers"]
-    if len([a for _n, a in address_pairs(values) if "@" in a]) > 1:
+    if len([a for _n, a in (address_pairs(values) if pairs is None else pairs) if "@" in a]) > 1:
         return ["multiple_from_mailboxes"]
     return []
 
@@ -367,25 +405,27 @@ def addresses(values: list[str]) -> list[str]:
     found = []
     for name, addr in address_pairs(values):
         addr = addr.strip().strip("<>").lower()
-        if "@" in addr and not any(c.isspace() for c in addr):
+        if "@" in addr and _WHITESPACE.search(addr) is None:
             found.append(addr)
     return found
 
 
-def first_address(values: list[str]) -> tuple[str, str]:
-    """Return ``(display name, addr-spec)`` of the first address, or ``("", "")``.
+def first_address(values: list[str], pairs: list[tuple[str, str]] | None = None) -> tuple[str, str]:
+    """Return ``(display name, addr-spec)`` of the first address, or ``("", "")``
+    (``pairs``: ``address_pairs(values)``, when the caller has them).
 
     A bare local part ("From: foo", seen on old DSNs) is kept as it is: such a
     sender can never be verified, but the message is still readable.
     """
-    pairs = address_pairs(values)
+    if pairs is None:
+        pairs = address_pairs(values)
     for name, addr in pairs:
         addr = addr.strip().strip("<>").lower()
-        if "@" in addr and not any(c.isspace() for c in addr):
+        if "@" in addr and _WHITESPACE.search(addr) is None:
             return decode_header_value(name), addr
     for name, addr in pairs:
         addr = addr.strip().strip("<>").lower()
-        if addr and not any(c.isspace() for c in addr):
+        if addr and _WHITESPACE.search(addr) is None:
             return decode_header_value(name), addr
     return "", ""
 
@@ -407,8 +447,9 @@ def msg_id(value: str) -> str | None:
 # --- body -----------------------------------------------------------------------------
 
 
-def extract_text(msg: Message) -> tuple[str, list[Attachment], list[str]]:
-    """Return the message's text (plain preferred, HTML converted), its attachments, and defects."""
+def extract_text(msg: Message, content_type: str | None = None) -> tuple[str, list[Attachment], list[str]]:
+    """Return the message's text (plain preferred, HTML converted), its attachments, and defects
+    (``content_type``: ``msg.get_content_type()``, when the caller has it)."""
     plain: list[str] = []
     htmls: list[str] = []
     attachments: list[Attachment] = []
@@ -419,15 +460,16 @@ def extract_text(msg: Message) -> tuple[str, list[Attachment], list[str]]:
             break
         if part.is_multipart():
             continue
-        ctype = part.get_content_type()
-        filename = part_filename(part)
-        disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        ctype = content_type if part is msg and content_type is not None else part.get_content_type()
+        fields = part_fields(part)
+        filename = part_filename(part, fields)
+        disposition = str(fields.get("content-disposition", "")).split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html")
         if filename or disposition == "attachment" or not is_text:
             if ctype not in ("message/delivery-status", "text/rfc822-headers"):
                 attachments.append(Attachment(filename or "", ctype, payload_size(part)))
             continue
-        text = part_text(part, defects)
+        text = part_text(part, defects, fields)
         if ctype == "text/html":
             htmls.append(html_to_text(text[:MAX_HTML]))
         else:
@@ -436,11 +478,29 @@ def extract_text(msg: Message) -> tuple[str, list[Attachment], list[str]]:
     return body[:MAX_TEXT], attachments[:200], defects
 
 
-def part_filename(part: Message) -> str:
+#: The fields :func:`extract_text` reads of every part.
+_PART_FIELDS = ("content-type", "content-disposition")
+
+
+def part_fields(part: Message) -> dict[str, Any]:
+    """Return what ``part.get(name)`` returns for each of :data:`_PART_FIELDS` that the part has,
+    from one pass over its fields (each get() is a pass)."""
+    found: dict[str, Any] = {}
+    for name, value in part.raw_items():
+        key = name.lower()
+        if key in _PART_FIELDS and key not in found:
+            found[key] = part.policy.header_fetch_parse(name, value)
+    return found
+
+
+def part_filename(part: Message, fields: dict[str, Any] | None = None) -> str:
+    """Return the part's file name, or "" (``fields``: its :func:`part_fields`, when at hand)."""
     # A filename is a parameter named filename (Content-Disposition) or name (Content-Type), also
     # in RFC 2231 pieces (name*0=): where neither header says "name", skip the costly parameter parse.
     try:
-        if not any("name" in str(part.get(h, "")).lower() for h in ("content-disposition", "content-type")):
+        if fields is None:
+            fields = part_fields(part)
+        if not any("name" in str(fields.get(h, "")).lower() for h in ("content-disposition", "content-type")):
             return ""
         name = part.get_filename()
     except Exception:  # noqa: BLE001 - malformed RFC 2231 parameters
@@ -456,8 +516,9 @@ def payload_size(part: Message) -> int:
     return 0
 
 
-def part_text(part: Message, defects: list[str]) -> str:
-    """Return a text part decoded with its declared charset, or the best guess when that is wrong."""
+def part_text(part: Message, defects: list[str], fields: dict[str, Any] | None = None) -> str:
+    """Return a text part decoded with its declared charset, or the best guess when that is wrong
+    (``fields``: its :func:`part_fields`, when at hand)."""
     try:
         payload = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001 - broken transfer encodings
@@ -466,8 +527,27 @@ def part_text(part: Message, defects: list[str]) -> str:
         payload = raw.encode("ascii", "replace") if isinstance(raw, str) else b""
     if payload is None:
         payload = b""
-    charset = part.get_content_charset()
-    return decode_bytes(payload, charset, defects)
+    return decode_bytes(payload, content_charset(part, fields), defects)
+
+
+#: A Content-Type of a type, one ``charset`` parameter (quoted or not) and nothing else.
+_SIMPLE_CHARSET = re.compile(r"[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]+/[A-Za-z0-9!#$%&'*+.^_`|~-]+[ \t]*;[ \t]*"
+                             r"(?i:charset)=(\"?)([A-Za-z0-9_.:+-]+)\1[ \t]*")
+
+
+def content_charset(part: Message, fields: dict[str, Any] | None = None) -> str | None:
+    """Return ``part.get_content_charset()`` (``fields``: its :func:`part_fields`, when at hand).
+
+    The commonest Content-Type (``text/plain; charset=utf-8``) is read with one
+    regular expression; anything else goes through the stdlib's RFC 2231
+    parameter parser, which cost half of reading a single-part message.
+    """
+    value = (part_fields(part) if fields is None else fields).get("content-type")
+    if isinstance(value, str):
+        simple = _SIMPLE_CHARSET.fullmatch(value)
+        if simple is not None:
+            return simple.group(2).lower()
+    return part.get_content_charset()
 
 
 def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = None) -> str:
