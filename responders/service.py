@@ -13,6 +13,7 @@ one inbound message yields at most one reply whatever crashes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -653,13 +654,29 @@ def replanned(session: Session, responder: Responder, rows: Sequence[InboundMess
                                          .where(AutoReplyLog.id > facts.autoreplies_seen)):
         if recipient in wanted and at > since:
             fresh[recipient] = fresh.get(recipient, 0) + 1
-    if fresh == facts.counts:
+    if fresh == facts.counts or not cap_reachable(planned, facts.counts, fresh, responder.cfg.autoreply_max):
         return planned
     log.info("respond: an address of the batch was answered meanwhile; planning the batch again")
     facts = dataclasses.replace(facts, counts=fresh)
     kept = [row for row in rows if row.id in planned]
     return plan_batch(session, responder, kept, [planned[row.id].msg for row in kept], facts, dict(fresh),
                       raw_of, None, True) | {i: p for i, p in planned.items() if p.error is not None}
+
+
+def cap_reachable(planned: dict[int, Planned], before: dict[str, int], fresh: dict[str, int], cap: int) -> bool:
+    """Return whether answers logged since the snapshot can change a plan of ``planned``.
+
+    A plan compares an address's count (its answers in the window before the
+    batch, plus the batch's own answers to it planned so far) with ``cap``,
+    and nothing else: a count that went up from ``before`` to ``fresh``
+    changes a comparison only when ``fresh`` plus the batch's answers to that
+    address reaches the cap.  (Two workers answering the same senders far
+    below the cap -- the usual case -- plan nothing again.)
+    """
+    own = collections.Counter(p.plan.decision.to.lower() for p in planned.values()
+                              if p.plan is not None and p.plan.decision.template and p.plan.decision.to)
+    return any(n + own.get(address.lower(), 0) >= cap
+               for address, n in fresh.items() if n != before.get(address, 0))
 
 
 def act_on_plans(session: Session, responder: Responder, rows: Sequence[InboundMessage],

@@ -205,3 +205,33 @@ def test_the_cap_counts_an_answer_another_worker_gave_after_the_snapshot(sqlite_
             assert (record.template is not None) == bool(replies)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("answered, replies", [("alice@broker.example", 1), ("someone@else.example", 2)])
+def test_the_cap_counts_the_batch_own_answers_with_one_given_after_the_snapshot(sqlite_url, config_factory,
+                                                                               answered, replies):
+    # Cap 2, two requests from one sender in one batch: both answered, unless another worker answered
+    # her after the snapshot -- then her count reaches the cap at the batch's second answer.
+    config = config_factory(sqlite_url, responders={"autoreply_max": 2})
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        ctx = make_ctx(config, engine)
+        import_users(sessions)
+        ingest(sessions, mail(), mail(subject="Password reset", body="Please reset my ACE portal password."))
+        drain(sessions, stages(ctx)[:2], PipelineConfig())
+        responder = make_responder(config)
+        with sessions() as reader:
+            rows = list(reader.scalars(select(InboundMessage).where(InboundMessage.state == CLASSIFIED)))
+            planned = service.plan_rows(reader, responder, rows)
+        assert [p.plan.decision.template for p in planned.values() if p.plan] == ["password_reset"] * 2
+        with transaction(sessions) as s:
+            s.add(AutoReplyLog(recipient=answered, at=utcnow()))
+        with transaction(sessions) as s:
+            claimed = list(s.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(planned)))))
+            service.act_on_plans(s, responder, claimed, planned)
+        with sessions() as s:
+            assert len(s.scalars(select(OutboxMessage)).all()) == replies
+    finally:
+        engine.dispose()
