@@ -642,7 +642,7 @@ def replanned(session: Session, responder: Responder, rows: Sequence[InboundMess
     One query, of the answers logged since the snapshot (SQLite's writers
     take turns and number rows in order, and the log is never pruned, so
     those are all it did not see); the batch is planned again only when one
-    of them counts (rare: workers take different senders' rows most of the time).
+    of them can change a plan (:func:`cap_reachable`: rare, far below the cap).
     """
     facts = next((p.facts for p in planned.values()), None)
     if facts is None:
@@ -650,8 +650,10 @@ def replanned(session: Session, responder: Responder, rows: Sequence[InboundMess
     wanted = {a.lower() for a in answered_addresses((p.msg for p in planned.values()), facts.directory) if a}
     fresh = {r: n for r, n in facts.counts.items() if r in wanted}
     since = facts.now - dt.timedelta(seconds=responder.cfg.autoreply_window)
+    # Only the batch's addresses: the other worker logged an answer for most of its own batch meanwhile.
     for recipient, at in session.execute(select(AutoReplyLog.recipient, AutoReplyLog.at)
-                                         .where(AutoReplyLog.id > facts.autoreplies_seen)):
+                                         .where(AutoReplyLog.id > facts.autoreplies_seen)
+                                         .where(AutoReplyLog.recipient.in_(wanted))):
         if recipient in wanted and at > since:
             fresh[recipient] = fresh.get(recipient, 0) + 1
     if fresh == facts.counts or not cap_reachable(planned, facts.counts, fresh, responder.cfg.autoreply_max):
