@@ -176,28 +176,35 @@ def test_the_stage_writes_the_same_with_drafts_as_without(tmp_path, config_facto
     assert with_drafts == without
 
 
+def answered_meanwhile(url: str, config_factory, cap: int, answered: str, *raws: bytes):
+    """Plan ``raws`` on a snapshot (as a worker does before the lock), let another worker answer
+    ``answered`` meanwhile, then write the plans; return the session factory and the plans' templates."""
+    config = config_factory(url, responders={"autoreply_max": cap})
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    ctx = make_ctx(config, engine)
+    import_users(sessions)
+    ingest(sessions, *raws)
+    drain(sessions, stages(ctx)[:2], PipelineConfig())  # parsed and classified, not answered
+    responder = make_responder(config)
+    with sessions() as reader:
+        rows = list(reader.scalars(select(InboundMessage).where(InboundMessage.state == CLASSIFIED)))
+        planned = service.plan_rows(reader, responder, rows)
+    with transaction(sessions) as s:  # meanwhile, the other worker answers someone
+        s.add(AutoReplyLog(recipient=answered, at=utcnow()))
+    with transaction(sessions) as s:
+        claimed = list(s.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(planned)))))
+        service.act_on_plans(s, responder, claimed, planned)
+    return engine, sessions, [p.plan.decision.template for p in planned.values() if p.plan]
+
+
 @pytest.mark.parametrize("answered, replies", [("alice@broker.example", 0), ("someone@else.example", 1)])
 def test_the_cap_counts_an_answer_another_worker_gave_after_the_snapshot(sqlite_url, config_factory, answered,
                                                                          replies):
-    config = config_factory(sqlite_url, responders={"autoreply_max": 1})
-    engine = make_engine(sqlite_url)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    engine, sessions, planned = answered_meanwhile(sqlite_url, config_factory, 1, answered, mail())
     try:
-        ctx = make_ctx(config, engine)
-        import_users(sessions)
-        ingest(sessions, mail())
-        drain(sessions, stages(ctx)[:2], PipelineConfig())  # parsed and classified, not answered
-        responder = make_responder(config)
-        with sessions() as reader:  # the plans, on a snapshot (as a worker makes them before the lock)
-            rows = list(reader.scalars(select(InboundMessage).where(InboundMessage.state == CLASSIFIED)))
-            planned = service.plan_rows(reader, responder, rows)
-        assert [p.plan.decision.template for p in planned.values() if p.plan] == ["password_reset"]
-        with transaction(sessions) as s:  # meanwhile, the other worker answers someone
-            s.add(AutoReplyLog(recipient=answered, at=utcnow()))
-        with transaction(sessions) as s:
-            claimed = list(s.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(planned)))))
-            service.act_on_plans(s, responder, claimed, planned)
+        assert planned == ["password_reset"]
         with sessions() as s:
             assert len(s.scalars(select(OutboxMessage)).all()) == replies
             assert s.scalars(select(InboundMessage.state)).all() == [DONE]
@@ -212,25 +219,11 @@ def test_the_cap_counts_the_batch_own_answers_with_one_given_after_the_snapshot(
                                                                                answered, replies):
     # Cap 2, two requests from one sender in one batch: both answered, unless another worker answered
     # her after the snapshot -- then her count reaches the cap at the batch's second answer.
-    config = config_factory(sqlite_url, responders={"autoreply_max": 2})
-    engine = make_engine(sqlite_url)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    engine, sessions, planned = answered_meanwhile(
+        sqlite_url, config_factory, 2, answered,
+        mail(), mail(subject="Password reset", body="Please reset my ACE portal password."))
     try:
-        ctx = make_ctx(config, engine)
-        import_users(sessions)
-        ingest(sessions, mail(), mail(subject="Password reset", body="Please reset my ACE portal password."))
-        drain(sessions, stages(ctx)[:2], PipelineConfig())
-        responder = make_responder(config)
-        with sessions() as reader:
-            rows = list(reader.scalars(select(InboundMessage).where(InboundMessage.state == CLASSIFIED)))
-            planned = service.plan_rows(reader, responder, rows)
-        assert [p.plan.decision.template for p in planned.values() if p.plan] == ["password_reset"] * 2
-        with transaction(sessions) as s:
-            s.add(AutoReplyLog(recipient=answered, at=utcnow()))
-        with transaction(sessions) as s:
-            claimed = list(s.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(planned)))))
-            service.act_on_plans(s, responder, claimed, planned)
+        assert planned == ["password_reset"] * 2
         with sessions() as s:
             assert len(s.scalars(select(OutboxMessage)).all()) == replies
     finally:

@@ -255,12 +255,9 @@ class SmtpConnection:
             line = await self.reader.readline()
             if not line.endswith(b"\n"):
                 raise self._closed()
-            try:
-                code = int(line[:3])
-            except ValueError:
-                raise ConnectionError(f"malformed reply {line[:80]!r}") from None
-            lines.append(line[4:].strip().decode("utf-8", "replace"))
-            if line[3:4] != b"-":
+            code, text, last = reply_line(line)
+            lines.append(text)
+            if last:
                 return code, lines
 
     async def _reply(self) -> tuple[int, str]:
@@ -281,12 +278,9 @@ class SmtpConnection:
                 raise self._closed() from None
             except asyncio.LimitOverrunError:
                 raise ConnectionError("reply line too long") from None
-            try:
-                code = int(line[:3])
-            except ValueError:
-                raise ConnectionError(f"malformed reply {line[:80]!r}") from None
-            lines.append(line[4:].strip().decode("utf-8", "replace"))
-            if line[3:4] != b"-":
+            code, text, last = reply_line(line)
+            lines.append(text)
+            if last:
                 replies.append((code, " ".join(lines)))
                 lines = []
         return replies
@@ -647,3 +641,12 @@ class Channel:
         self.conn = conn
         pool._count(result)
         return result
+
+
+def reply_line(line: bytes) -> tuple[int, str, bool]:
+    """Return one SMTP reply line's code, its text, and whether it ends the reply (no ``-``)."""
+    try:
+        code = int(line[:3])
+    except ValueError:
+        raise ConnectionError(f"malformed reply {line[:80]!r}") from None
+    return code, line[4:].strip().decode("utf-8", "replace"), line[3:4] != b"-"
