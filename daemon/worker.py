@@ -155,17 +155,16 @@ def run_stage_once(factory: sessionmaker[Session], stage: Stage, cfg: PipelineCo
             rows = claim(session, stage, limit, now, share, ids=list(computed), load=False)
         if not rows:
             return 0
-        started = time.perf_counter()
-        STAGE_MESSAGES.labels(stage.name).inc(len(rows))
-        try:
+        def step() -> None:
             with session.begin_nested():
                 if computed is None:
                     stage.process(session, rows)
                 else:
                     assert stage.apply is not None
                     stage.apply(session, rows, computed)
-            STAGE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
-            return len(rows)
+
+        try:
+            return _timed(stage, rows, step)
         except Exception:
             log.warning("stage %s: batch of %d raised; retrying one by one", stage.name, len(rows),
                         exc_info=log.isEnabledFor(logging.DEBUG))
@@ -286,6 +285,7 @@ def _fused_in_transaction(factory: sessionmaker[Session], chain: Sequence[Stage]
 
 
 def _timed(stage: Stage, rows: list[InboundMessage], step: Callable[[], None]) -> int:
+    """Run ``step`` over ``rows`` for ``stage``, counted in the stage's metrics; return how many rows."""
     started = time.perf_counter()
     STAGE_MESSAGES.labels(stage.name).inc(len(rows))
     step()
